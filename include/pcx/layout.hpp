@@ -1,0 +1,140 @@
+#pragma once
+/// @file layout.hpp
+/// @brief The rank-layout engine: the world as a grid of ranks with named axes.
+///
+/// Every group kind of pcx is a view of such a grid: a group is the set of ranks
+/// that vary some axes while the other axes stay fixed. Nothing here communicates.
+
+#include <initializer_list>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pcx {
+
+/// One named dimension of a RankGrid.
+struct Axis {
+  std::string name;  ///< Unique, non-empty name, for example "tensor".
+  int size = 1;      ///< Number of positions along the axis, at least 1.
+
+  friend bool operator==(const Axis&, const Axis&) = default;
+};
+
+class GroupLayout;
+
+/// A world of ranks laid out as a row-major grid: the first axis is the slowest,
+/// the last the fastest, like the indices of a C array.
+///
+/// A rank's global number is the row-major index of its coordinates. RankGrid is
+/// a regular value: copyable and comparable.
+class RankGrid {
+ public:
+  /// Builds a grid from its axes, slowest first.
+  /// @throws ConfigError if there is no axis, a name is empty or repeated, a size
+  ///         is below 1, or the product of the sizes does not fit in an `int`.
+  explicit RankGrid(std::vector<Axis> axes);
+
+  /// Builds a grid from a Megatron-style order string such as `"tp-cp-ep-dp-pp"`,
+  /// which lists axes fastest first. Axes of size 1 that the order leaves out are
+  /// appended as the slowest axes, as Megatron-Core's RankGenerator does.
+  /// @param order axis names joined by '-', fastest first
+  /// @param sizes the size of every axis named in @p order (and of optional
+  ///        size-1 axes), in any order
+  /// @throws ConfigError if the order is empty or malformed, names an axis that
+  ///         @p sizes lacks or names one twice, or leaves out an axis larger than 1.
+  static RankGrid from_order(std::string_view order, std::span<const Axis> sizes);
+
+  /// Number of ranks: the product of all axis sizes.
+  [[nodiscard]] int world_size() const noexcept { return world_size_; }
+
+  /// The axes, slowest first.
+  [[nodiscard]] const std::vector<Axis>& axes() const noexcept { return axes_; }
+
+  /// Position of the axis called @p name, counted from the slowest.
+  /// @throws ConfigError if there is no such axis.
+  [[nodiscard]] std::size_t axis_index(std::string_view name) const;
+
+  /// Coordinates of @p rank, one per axis, slowest first.
+  /// @throws ConfigError if @p rank is outside [0, world_size()).
+  [[nodiscard]] std::vector<int> coordinates(int rank) const;
+
+  /// The global rank at @p coordinates (one per axis, slowest first).
+  /// @throws ConfigError if the number of coordinates or any coordinate is out of range.
+  [[nodiscard]] int rank_at(std::span<const int> coordinates) const;
+
+  /// The groups of ranks that vary the named axes while the other axes stay fixed.
+  /// An empty list gives groups of one rank each.
+  /// @throws ConfigError if a name is unknown or repeated.
+  [[nodiscard]] GroupLayout along(std::span<const std::string_view> varying) const;
+
+  /// @copydoc along(std::span<const std::string_view>) const
+  [[nodiscard]] GroupLayout along(std::initializer_list<std::string_view> varying) const;
+
+  friend bool operator==(const RankGrid&, const RankGrid&) = default;
+
+ private:
+  std::vector<Axis> axes_;
+  int world_size_ = 1;
+};
+
+/// The partition of a RankGrid's world into groups that vary a set of axes.
+///
+/// Groups are numbered by their *colour*: the row-major index of the fixed axes'
+/// coordinates. Inside a group, members are in ascending global rank, and a
+/// member's *group rank* is its index. Every query on one rank costs O(number of
+/// axes), except listing a group, which costs O(group size).
+class GroupLayout {
+ public:
+  /// Number of ranks in the world.
+  [[nodiscard]] int world_size() const noexcept { return world_size_; }
+  /// Number of ranks in every group.
+  [[nodiscard]] int group_size() const noexcept { return group_size_; }
+  /// Number of groups; group_count() * group_size() == world_size().
+  [[nodiscard]] int group_count() const noexcept { return world_size_ / group_size_; }
+
+  /// Index of the group of @p rank among all groups, in [0, group_count()):
+  /// usable as the colour of a communicator split.
+  /// @throws ConfigError if @p rank is outside [0, world_size()).
+  [[nodiscard]] int colour(int rank) const;
+
+  /// Index of @p rank inside its group, in [0, group_size()).
+  /// @throws ConfigError if @p rank is outside [0, world_size()).
+  [[nodiscard]] int group_rank(int rank) const;
+
+  /// Global rank of member @p group_rank of group @p colour.
+  /// @throws ConfigError if either index is out of range.
+  [[nodiscard]] int global_rank(int colour, int group_rank) const;
+
+  /// Members of group @p colour, ascending.
+  /// @throws ConfigError if @p colour is outside [0, group_count()).
+  [[nodiscard]] std::vector<int> group(int colour) const;
+
+  /// Members of the group that holds @p rank, ascending.
+  /// @throws ConfigError if @p rank is outside [0, world_size()).
+  [[nodiscard]] std::vector<int> group_of(int rank) const;
+
+  /// Every group, in colour order. Costs O(world size).
+  [[nodiscard]] std::vector<std::vector<int>> groups() const;
+
+  friend bool operator==(const GroupLayout&, const GroupLayout&) = default;
+
+ private:
+  friend class RankGrid;
+
+  struct Dim {
+    int size;
+    int stride;  // distance in global rank between neighbours along this axis
+    bool varying;
+    friend bool operator==(const Dim&, const Dim&) = default;
+  };
+
+  GroupLayout(std::vector<Dim> dims, int world_size, int group_size);
+  void check_rank(int rank) const;
+
+  std::vector<Dim> dims_;  // slowest first, axes of size 1 left out
+  int world_size_;
+  int group_size_;
+};
+
+}  // namespace pcx

@@ -1,0 +1,207 @@
+#include "pcx/layout.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <climits>
+#include <ranges>
+
+#include "checked.hpp"
+#include "pcx/error.hpp"
+
+namespace pcx {
+
+RankGrid::RankGrid(std::vector<Axis> axes) : axes_(std::move(axes)) {
+  if (axes_.empty()) throw ConfigError("a rank grid needs at least one axis");
+  for (std::size_t i = 0; i < axes_.size(); ++i) {
+    const Axis& axis = axes_[i];
+    if (axis.name.empty()) throw ConfigError(fmt::format("axis {} has an empty name", i));
+    for (std::size_t j = 0; j < i; ++j) {
+      if (axes_[j].name == axis.name) {
+        throw ConfigError(fmt::format("axis name '{}' appears twice in the grid", axis.name));
+      }
+    }
+    if (axis.size < 1) {
+      throw ConfigError(fmt::format("axis '{}' has size {}; sizes must be at least 1", axis.name, axis.size));
+    }
+    const auto product = detail::checked_mul(world_size_, axis.size);
+    if (!product) {
+      throw ConfigError(fmt::format("the product of the axis sizes [{}] exceeds {} ranks",
+                                    fmt::join(axes_ | std::views::transform(&Axis::size), ", "), INT_MAX));
+    }
+    world_size_ = *product;
+  }
+}
+
+RankGrid RankGrid::from_order(std::string_view order, std::span<const Axis> sizes) {
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (sizes[i].name == sizes[j].name) {
+        throw ConfigError(fmt::format("axis '{}' is given two sizes", sizes[i].name));
+      }
+    }
+  }
+  if (order.empty()) throw ConfigError("the order string is empty");
+
+  std::vector<Axis> fastest_first;
+  for (std::size_t begin = 0; begin <= order.size();) {
+    const std::size_t end = std::min(order.find('-', begin), order.size());
+    const std::string_view name = order.substr(begin, end - begin);
+    if (name.empty()) {
+      throw ConfigError(fmt::format("order '{}' has an empty axis name at offset {}", order, begin));
+    }
+    const auto it = std::ranges::find(sizes, name, &Axis::name);
+    if (it == sizes.end()) {
+      throw ConfigError(fmt::format("order '{}' names axis '{}', which has no size", order, name));
+    }
+    if (std::ranges::find(fastest_first, name, &Axis::name) != fastest_first.end()) {
+      throw ConfigError(fmt::format("order '{}' names axis '{}' twice", order, name));
+    }
+    fastest_first.push_back(*it);
+    begin = end + 1;
+  }
+  // Megatron appends the axes an order leaves out; only size-1 axes may be left out.
+  for (const Axis& axis : sizes) {
+    if (std::ranges::find(fastest_first, axis.name, &Axis::name) != fastest_first.end()) continue;
+    if (axis.size != 1) {
+      throw ConfigError(fmt::format("axis '{}' has size {} but order '{}' leaves it out", axis.name,
+                                    axis.size, order));
+    }
+    fastest_first.push_back(axis);
+  }
+  std::ranges::reverse(fastest_first);
+  return RankGrid(std::move(fastest_first));
+}
+
+std::size_t RankGrid::axis_index(std::string_view name) const {
+  const auto it = std::ranges::find(axes_, name, &Axis::name);
+  if (it == axes_.end()) {
+    throw ConfigError(fmt::format("the grid has no axis '{}' (axes: {})", name,
+                                  fmt::join(axes_ | std::views::transform(&Axis::name), ", ")));
+  }
+  return static_cast<std::size_t>(it - axes_.begin());
+}
+
+std::vector<int> RankGrid::coordinates(int rank) const {
+  if (rank < 0 || rank >= world_size_) {
+    throw ConfigError(fmt::format("rank {} is outside the world [0, {})", rank, world_size_));
+  }
+  std::vector<int> coords(axes_.size());
+  for (std::size_t i = axes_.size(); i-- > 0;) {
+    coords[i] = rank % axes_[i].size;
+    rank /= axes_[i].size;
+  }
+  return coords;
+}
+
+int RankGrid::rank_at(std::span<const int> coordinates) const {
+  if (coordinates.size() != axes_.size()) {
+    throw ConfigError(fmt::format("{} coordinates given for a grid of {} axes", coordinates.size(), axes_.size()));
+  }
+  int rank = 0;
+  for (std::size_t i = 0; i < axes_.size(); ++i) {
+    if (coordinates[i] < 0 || coordinates[i] >= axes_[i].size) {
+      throw ConfigError(fmt::format("coordinate {} is outside axis '{}' of size {}", coordinates[i],
+                                    axes_[i].name, axes_[i].size));
+    }
+    rank = rank * axes_[i].size + coordinates[i];  // cannot overflow: bounded by world_size_
+  }
+  return rank;
+}
+
+GroupLayout RankGrid::along(std::span<const std::string_view> varying) const {
+  std::vector<bool> is_varying(axes_.size(), false);
+  for (const std::string_view name : varying) {
+    const std::size_t index = axis_index(name);
+    if (is_varying[index]) throw ConfigError(fmt::format("axis '{}' is selected twice", name));
+    is_varying[index] = true;
+  }
+  std::vector<GroupLayout::Dim> dims;
+  int stride = 1;
+  int group_size = 1;
+  for (std::size_t i = axes_.size(); i-- > 0;) {
+    const int size = axes_[i].size;
+    if (size > 1) dims.push_back({size, stride, is_varying[i]});
+    if (is_varying[i]) group_size *= size;
+    stride *= size;  // bounded by world_size_, checked at construction
+  }
+  std::ranges::reverse(dims);
+  return GroupLayout(std::move(dims), world_size_, group_size);
+}
+
+GroupLayout RankGrid::along(std::initializer_list<std::string_view> varying) const {
+  return along(std::span<const std::string_view>(varying.begin(), varying.size()));
+}
+
+GroupLayout::GroupLayout(std::vector<Dim> dims, int world_size, int group_size)
+    : dims_(std::move(dims)), world_size_(world_size), group_size_(group_size) {}
+
+void GroupLayout::check_rank(int rank) const {
+  if (rank < 0 || rank >= world_size_) {
+    throw ConfigError(fmt::format("rank {} is outside the world [0, {})", rank, world_size_));
+  }
+}
+
+int GroupLayout::colour(int rank) const {
+  check_rank(rank);
+  int colour = 0;
+  for (const Dim& dim : dims_) {
+    if (!dim.varying) colour = colour * dim.size + rank / dim.stride % dim.size;
+  }
+  return colour;
+}
+
+int GroupLayout::group_rank(int rank) const {
+  check_rank(rank);
+  int index = 0;
+  for (const Dim& dim : dims_) {
+    if (dim.varying) index = index * dim.size + rank / dim.stride % dim.size;
+  }
+  return index;
+}
+
+int GroupLayout::global_rank(int colour, int group_rank) const {
+  if (colour < 0 || colour >= group_count()) {
+    throw ConfigError(fmt::format("group {} is outside [0, {})", colour, group_count()));
+  }
+  if (group_rank < 0 || group_rank >= group_size_) {
+    throw ConfigError(fmt::format("group rank {} is outside [0, {})", group_rank, group_size_));
+  }
+  int rank = 0;
+  for (auto dim = dims_.rbegin(); dim != dims_.rend(); ++dim) {
+    int& digits = dim->varying ? group_rank : colour;
+    rank += digits % dim->size * dim->stride;
+    digits /= dim->size;
+  }
+  return rank;
+}
+
+std::vector<int> GroupLayout::group(int colour) const {
+  std::vector<int> members(static_cast<std::size_t>(group_size_));
+  members[0] = global_rank(colour, 0);
+  // Expand one varying axis at a time, slowest first, so the list stays ascending.
+  // Filling from the back lets the expansion run in place.
+  std::size_t filled = 1;
+  for (const Dim& dim : dims_) {
+    if (!dim.varying) continue;
+    const auto size = static_cast<std::size_t>(dim.size);
+    for (std::size_t i = filled; i-- > 0;) {
+      const int first = members[i];
+      for (std::size_t c = size; c-- > 0;) members[i * size + c] = first + static_cast<int>(c) * dim.stride;
+    }
+    filled *= size;
+  }
+  return members;
+}
+
+std::vector<int> GroupLayout::group_of(int rank) const { return group(colour(rank)); }
+
+std::vector<std::vector<int>> GroupLayout::groups() const {
+  std::vector<std::vector<int>> all;
+  all.reserve(static_cast<std::size_t>(group_count()));
+  for (int c = 0; c < group_count(); ++c) all.push_back(group(c));
+  return all;
+}
+
+}  // namespace pcx

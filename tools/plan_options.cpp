@@ -1,0 +1,91 @@
+#include "plan_options.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <charconv>
+#include <climits>
+
+#include "pcx/error.hpp"
+
+namespace pcx::cli {
+namespace {
+
+struct RawOptions {
+  std::string world, tp, pp, ep, order, hpz, per_node, rank, format;
+};
+
+void describe(CLI::App& app, RawOptions& raw, bool world_required) {
+  app.add_option("--world", raw.world, "number of ranks")->type_name("W")->required(world_required);
+  app.add_option("--tp", raw.tp, "tensor parallel size (default 1)")->type_name("T");
+  app.add_option("--pp", raw.pp, "pipeline parallel size (default 1)")->type_name("P");
+  app.add_option("--ep", raw.ep, "expert parallel sizes, comma separated")->type_name("E[,E...]");
+  app.add_option("--expert-order", raw.order, "expert-first (default) or data-first")->type_name("ORDER");
+  app.add_option("--zero-hpz", raw.hpz, "ZeRO hpZ partition size")->type_name("Z");
+  app.add_option("--ranks-per-node", raw.per_node, "ranks per node, for the all-to-all groups")
+      ->type_name("N");
+  app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
+  app.add_option("--format", raw.format, "table (default) or json")->type_name("FORMAT");
+}
+
+int parse_int(std::string_view flag, std::string_view text) {
+  int value = 0;
+  const char* const end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, value);
+  if (error == std::errc::result_out_of_range) {
+    throw ConfigError(fmt::format("{}: {} is out of range (at most {})", flag, text, INT_MAX));
+  }
+  if (error != std::errc{} || stop != end || text.empty()) {
+    throw ConfigError(fmt::format("{}: '{}' is not a whole number", flag, text));
+  }
+  return value;
+}
+
+}  // namespace
+
+PlanOptions parse_plan_options(std::span<const std::string> args, bool world_required) {
+  CLI::App app;
+  RawOptions raw;
+  describe(app, raw, world_required);
+  // CLI11 parses a reversed vector of the arguments.
+  std::vector<std::string> reversed(args.rbegin(), args.rend());
+  PlanOptions options;
+  try {
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    options.help = true;
+    return options;
+  } catch (const CLI::ParseError& e) {
+    throw ConfigError(e.what());
+  }
+
+  ParallelConfig& config = options.config;
+  config.world_size = app.count("--world") > 0 ? parse_int("--world", raw.world) : 0;
+  if (app.count("--tp") > 0) config.tensor_parallel_size = parse_int("--tp", raw.tp);
+  if (app.count("--pp") > 0) config.pipeline_parallel_size = parse_int("--pp", raw.pp);
+  if (app.count("--ep") > 0) {
+    for (std::size_t begin = 0; begin <= raw.ep.size();) {
+      const std::size_t end = std::min(raw.ep.find(',', begin), raw.ep.size());
+      config.expert_parallel_sizes.push_back(parse_int("--ep", std::string_view(raw.ep).substr(begin, end - begin)));
+      begin = end + 1;
+    }
+  }
+  if (app.count("--expert-order") > 0) config.expert_order = parse_expert_order(raw.order);
+  if (app.count("--zero-hpz") > 0) config.zero_hpz_size = parse_int("--zero-hpz", raw.hpz);
+  if (app.count("--ranks-per-node") > 0) config.ranks_per_node = parse_int("--ranks-per-node", raw.per_node);
+  if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
+  if (app.count("--format") > 0) {
+    if (raw.format == "json") options.format = Format::json;
+    else if (raw.format != "table") throw ConfigError(fmt::format("--format: '{}' is neither 'table' nor 'json'", raw.format));
+  }
+  return options;
+}
+
+std::string help_text(const std::string& program, bool world_required) {
+  CLI::App app("Prints the process groups of a parallel configuration.", program);
+  RawOptions raw;
+  describe(app, raw, world_required);
+  return app.help();
+}
+
+}  // namespace pcx::cli
