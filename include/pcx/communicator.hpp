@@ -1,0 +1,171 @@
+#pragma once
+/// @file communicator.hpp
+/// @brief The abstract communicator every backend implements (MPI, NCCL, self, fake).
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <type_traits>
+
+namespace pcx {
+
+/// Element types of the untyped collectives.
+enum class DataType { int8, uint8, int32, uint32, int64, uint64, float32, float64 };
+
+/// Size in bytes of one element of @p type.
+[[nodiscard]] std::size_t size_of(DataType type) noexcept;
+
+/// "int8", "float32", ...
+[[nodiscard]] std::string_view to_string(DataType type) noexcept;
+
+/// Reductions of all_reduce and reduce_scatter.
+enum class ReduceOp { sum, max };
+
+/// The DataType of a C++ element type, for the typed collectives.
+template <class T>
+inline constexpr bool kIsElement = false;
+/// @cond
+template <> inline constexpr bool kIsElement<std::int8_t> = true;
+template <> inline constexpr bool kIsElement<std::uint8_t> = true;
+template <> inline constexpr bool kIsElement<std::int32_t> = true;
+template <> inline constexpr bool kIsElement<std::uint32_t> = true;
+template <> inline constexpr bool kIsElement<std::int64_t> = true;
+template <> inline constexpr bool kIsElement<std::uint64_t> = true;
+template <> inline constexpr bool kIsElement<float> = true;
+template <> inline constexpr bool kIsElement<double> = true;
+/// @endcond
+
+/// An element type the typed collectives accept.
+template <class T>
+concept Element = kIsElement<T>;
+
+/// The DataType of element type @p T.
+template <Element T>
+[[nodiscard]] constexpr DataType data_type_of() noexcept {
+  if constexpr (std::is_same_v<T, std::int8_t>) return DataType::int8;
+  else if constexpr (std::is_same_v<T, std::uint8_t>) return DataType::uint8;
+  else if constexpr (std::is_same_v<T, std::int32_t>) return DataType::int32;
+  else if constexpr (std::is_same_v<T, std::uint32_t>) return DataType::uint32;
+  else if constexpr (std::is_same_v<T, std::int64_t>) return DataType::int64;
+  else if constexpr (std::is_same_v<T, std::uint64_t>) return DataType::uint64;
+  else if constexpr (std::is_same_v<T, float>) return DataType::float32;
+  else return DataType::float64;
+}
+
+/// A group of processes that can split into children and run collectives.
+///
+/// Every collective and split is collective over the communicator: each member must
+/// call it, in the same order. The public functions check their arguments (throwing
+/// ConfigError for a count, root or buffer size that cannot be right) and then call
+/// the backend. Backend failures throw CommError. Collectives are `const`: they use
+/// the communicator without changing what it is, so a const ProcessGroup can run them.
+class Communicator {
+ public:
+  /// Colour for split() of a rank that joins no child.
+  static constexpr int kNoColour = -1;
+
+  virtual ~Communicator() = default;
+
+  /// Number of members.
+  [[nodiscard]] virtual int size() const noexcept = 0;
+  /// This process's index among the members, in [0, size()).
+  [[nodiscard]] virtual int rank() const noexcept = 0;
+  /// Name of the backend: "mpi", "nccl", "self", "fake".
+  [[nodiscard]] virtual std::string_view backend() const noexcept = 0;
+
+  /// Splits into children: members with the same @p colour form one child, ranked by
+  /// @p key. @p members lists the ranks (in this communicator) of the caller's child,
+  /// in key order; backends that can build a group from its members use it, the
+  /// others ignore it.
+  /// @return the caller's child, or nullptr when @p colour is kNoColour.
+  /// @throws ConfigError if @p colour is negative but not kNoColour, or @p key is not
+  ///         the caller's position in @p members; CommError from the backend.
+  [[nodiscard]] std::unique_ptr<Communicator> split(int colour, int key, std::span<const int> members) const;
+
+  /// A new communicator with the same members and ranks.
+  /// @throws CommError from the backend.
+  [[nodiscard]] std::unique_ptr<Communicator> dup() const { return do_dup(); }
+
+  /// Reduces @p count elements of every member and gives the result to all.
+  /// @p send may equal @p recv (in place).
+  void all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const;
+  /// Member i sends block j of @p send (@p count elements each) to member j, which
+  /// stores it as block i of @p recv. Buffers hold size() * count elements.
+  void all_to_all(const void* send, void* recv, std::size_t count, DataType type) const;
+  /// Block i of @p recv (size() * count elements) receives member i's @p send (@p count).
+  void all_gather(const void* send, void* recv, std::size_t count, DataType type) const;
+  /// Reduces @p send (size() * count elements) over all members; member i receives
+  /// block i of the result in @p recv (@p count elements).
+  void reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const;
+  /// Copies @p count elements of member @p root's @p buffer to every member's @p buffer.
+  /// @throws ConfigError if @p root is outside [0, size()).
+  void broadcast(void* buffer, std::size_t count, DataType type, int root) const;
+  /// Returns once every member has called it.
+  void barrier() const { do_barrier(); }
+
+  /// Typed all_reduce; @p send and @p recv have the same length.
+  template <Element T>
+  void all_reduce(std::span<const T> send, std::span<T> recv, ReduceOp op) const {
+    check_length(send.size(), recv.size(), "all_reduce receive buffer");
+    all_reduce(send.data(), recv.data(), send.size(), data_type_of<T>(), op);
+  }
+  /// Typed all_reduce in place.
+  template <Element T>
+  void all_reduce(std::span<T> buffer, ReduceOp op) const {
+    all_reduce(buffer.data(), buffer.data(), buffer.size(), data_type_of<T>(), op);
+  }
+  /// Typed all_to_all; both spans hold size() equal blocks.
+  template <Element T>
+  void all_to_all(std::span<const T> send, std::span<T> recv) const {
+    check_length(send.size(), recv.size(), "all_to_all receive buffer");
+    all_to_all(send.data(), recv.data(), block(send.size(), "all_to_all"), data_type_of<T>());
+  }
+  /// Typed all_gather; @p recv holds size() blocks of send.size() elements.
+  template <Element T>
+  void all_gather(std::span<const T> send, std::span<T> recv) const {
+    check_length(send.size() * member_count(), recv.size(), "all_gather receive buffer");
+    all_gather(send.data(), recv.data(), send.size(), data_type_of<T>());
+  }
+  /// Typed reduce_scatter; @p send holds size() blocks of recv.size() elements.
+  template <Element T>
+  void reduce_scatter(std::span<const T> send, std::span<T> recv, ReduceOp op) const {
+    check_length(recv.size() * member_count(), send.size(), "reduce_scatter send buffer");
+    reduce_scatter(send.data(), recv.data(), recv.size(), data_type_of<T>(), op);
+  }
+  /// Typed broadcast from member @p root.
+  template <Element T>
+  void broadcast(std::span<T> buffer, int root) const {
+    broadcast(buffer.data(), buffer.size(), data_type_of<T>(), root);
+  }
+
+ protected:
+  Communicator() = default;
+  Communicator(const Communicator&) = default;
+  Communicator(Communicator&&) = default;
+  Communicator& operator=(const Communicator&) = default;
+  Communicator& operator=(Communicator&&) = default;
+
+  /// @name Backend hooks, called after the arguments were checked.
+  /// @{
+  [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key,
+                                                               std::span<const int> members) const = 0;
+  [[nodiscard]] virtual std::unique_ptr<Communicator> do_dup() const = 0;
+  virtual void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const = 0;
+  virtual void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const = 0;
+  virtual void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const = 0;
+  virtual void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                                 ReduceOp op) const = 0;
+  virtual void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const = 0;
+  virtual void do_barrier() const = 0;
+  /// @}
+
+ private:
+  [[nodiscard]] std::size_t member_count() const noexcept { return static_cast<std::size_t>(size()); }
+  static void check_length(std::size_t expected, std::size_t actual, std::string_view what);
+  // The per-member block of a buffer of total elements; throws unless size() divides it.
+  [[nodiscard]] std::size_t block(std::size_t total, std::string_view what) const;
+};
+
+}  // namespace pcx

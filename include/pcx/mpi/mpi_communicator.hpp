@@ -1,0 +1,86 @@
+#pragma once
+/// @file mpi_communicator.hpp
+/// @brief The MPI backend: an RAII owner of an MPI communicator, and the MPI environment.
+
+#include <mpi.h>
+
+#include "pcx/communicator.hpp"
+
+namespace pcx {
+
+/// Initializes MPI if nobody has, and finalizes it on destruction only if it did.
+/// Create one at the top of main(); destroy every MPI communicator before it goes.
+class MpiEnvironment {
+ public:
+  /// @param argc, argv main()'s arguments, or null
+  /// @param required the thread support to ask for (MPI_THREAD_*)
+  /// @throws CommError if MPI_Init_thread fails or gives less thread support than required.
+  explicit MpiEnvironment(int* argc = nullptr, char*** argv = nullptr, int required = MPI_THREAD_SERIALIZED);
+  ~MpiEnvironment();
+  MpiEnvironment(const MpiEnvironment&) = delete;
+  MpiEnvironment& operator=(const MpiEnvironment&) = delete;
+
+  /// Whether this object initialized MPI (and so will finalize it).
+  [[nodiscard]] bool initialized_here() const noexcept { return initialized_here_; }
+
+ private:
+  bool initialized_here_ = false;
+};
+
+/// A communicator over an `MPI_Comm`, owned (freed exactly once, by the destructor)
+/// or borrowed (never freed). Move-only.
+///
+/// Communicators that pcx creates return errors instead of aborting
+/// (`MPI_ERRORS_RETURN`), and every error becomes a CommError with MPI's text.
+class MpiCommunicator final : public Communicator {
+ public:
+  /// Uses @p comm without owning it; the caller keeps it alive and frees it.
+  /// @throws ConfigError if @p comm is MPI_COMM_NULL; CommError if MPI fails.
+  [[nodiscard]] static MpiCommunicator borrow(MPI_Comm comm);
+  /// Takes ownership of @p comm: it is freed when the communicator is destroyed.
+  /// @throws ConfigError if @p comm is MPI_COMM_NULL; CommError if MPI fails.
+  [[nodiscard]] static MpiCommunicator adopt(MPI_Comm comm);
+  /// Borrows MPI_COMM_WORLD.
+  [[nodiscard]] static MpiCommunicator world() { return borrow(MPI_COMM_WORLD); }
+
+  MpiCommunicator(MpiCommunicator&& other) noexcept;
+  MpiCommunicator& operator=(MpiCommunicator&& other) noexcept;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+  /// Frees an owned communicator (unless MPI is already finalized).
+  ~MpiCommunicator() override;
+
+  [[nodiscard]] int size() const noexcept override { return size_; }
+  [[nodiscard]] int rank() const noexcept override { return rank_; }
+  /// "mpi".
+  [[nodiscard]] std::string_view backend() const noexcept override { return "mpi"; }
+  /// The underlying handle, still owned by this object when owned.
+  [[nodiscard]] MPI_Comm native() const noexcept { return comm_; }
+  /// Whether the destructor frees the handle.
+  [[nodiscard]] bool owned() const noexcept { return owned_; }
+
+ private:
+  MpiCommunicator(MPI_Comm comm, bool owned);
+  void release() noexcept;
+
+  [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key,
+                                                       std::span<const int> members) const override;
+  [[nodiscard]] std::unique_ptr<Communicator> do_dup() const override;
+  void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
+  void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                         ReduceOp op) const override;
+  void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
+  void do_barrier() const override;
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  bool owned_ = false;
+  int size_ = 0;
+  int rank_ = 0;
+};
+
+/// Throws CommError naming @p call and MPI's error text unless @p code is MPI_SUCCESS.
+void check_mpi(int code, const char* call);
+
+}  // namespace pcx

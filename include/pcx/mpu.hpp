@@ -1,0 +1,72 @@
+#pragma once
+/// @file mpu.hpp
+/// @brief The model parallel unit (MPU) a ParallelContext is built from, and GridMpu,
+///        a built-in MPU with Megatron's layout.
+
+#include "pcx/process_group.hpp"
+#include "pcx/topology.hpp"
+
+namespace pcx {
+
+/// What a ParallelContext needs to know of the model parallel layout: DeepSpeed's
+/// injected Megatron `mpu`.
+///
+/// Global ranks in the groups are ranks of the world communicator the context is
+/// built on. Sequence parallel capabilities are optional: an MPU without them
+/// returns nullptr, which is normal.
+class Mpu {
+ public:
+  virtual ~Mpu() = default;
+
+  /// Tensor (model) parallel size.
+  [[nodiscard]] virtual int tensor_parallel_size() const = 0;
+  /// Pipeline parallel size; 1 unless the MPU has pipeline parallelism.
+  [[nodiscard]] virtual int pipeline_parallel_size() const { return 1; }
+  /// Size of the caller's data parallel group.
+  [[nodiscard]] virtual int data_parallel_size() const { return data_parallel_group().size(); }
+  /// The caller's data parallel group. Its ranks are the MPU's exposed data parallel
+  /// ranks: a context checks them against the layout its expert groups assume.
+  [[nodiscard]] virtual const ProcessGroup& data_parallel_group() const = 0;
+  /// Model parallel size (Megatron's `get_model_parallel_world_size`).
+  [[nodiscard]] virtual int model_parallel_size() const = 0;
+  /// The caller's sequence parallel group, or nullptr without sequence parallelism.
+  [[nodiscard]] virtual const ProcessGroup* sequence_parallel_group() const { return nullptr; }
+  /// The caller's sequence data parallel group, or nullptr without one.
+  [[nodiscard]] virtual const ProcessGroup* sequence_data_parallel_group() const { return nullptr; }
+
+ protected:
+  Mpu() = default;
+  Mpu(const Mpu&) = default;
+  Mpu& operator=(const Mpu&) = default;
+};
+
+/// A built-in MPU for applications without Megatron: tensor, pipeline and data
+/// parallel groups in Megatron's layout (rank = pipeline × data × tensor, tensor
+/// fastest). Model parallel size is tensor × pipeline.
+///
+/// Construction is collective over @p world: three splits at most, one per kind.
+class GridMpu final : public Mpu {
+ public:
+  /// @throws ConfigError if the sizes do not fit the world (see pcx::validate);
+  ///         CommError from the backend.
+  GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size = 1);
+
+  [[nodiscard]] int tensor_parallel_size() const override { return topology_.tensor_parallel_size(); }
+  [[nodiscard]] int pipeline_parallel_size() const override { return topology_.pipeline_parallel_size(); }
+  [[nodiscard]] const ProcessGroup& data_parallel_group() const override { return data_; }
+  [[nodiscard]] int model_parallel_size() const override {
+    return tensor_parallel_size() * pipeline_parallel_size();
+  }
+  /// The caller's tensor parallel group.
+  [[nodiscard]] const ProcessGroup& tensor_parallel_group() const noexcept { return tensor_; }
+  /// The caller's pipeline parallel group.
+  [[nodiscard]] const ProcessGroup& pipeline_parallel_group() const noexcept { return pipeline_; }
+
+ private:
+  Topology topology_;
+  ProcessGroup tensor_;
+  ProcessGroup pipeline_;
+  ProcessGroup data_;
+};
+
+}  // namespace pcx

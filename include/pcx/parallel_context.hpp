@@ -1,0 +1,159 @@
+#pragma once
+/// @file parallel_context.hpp
+/// @brief ParallelContext: every process group of large-model training, with no globals.
+
+#include <memory>
+#include <optional>
+#include <spdlog/logger.h>
+#include <vector>
+
+#include "pcx/communicator.hpp"
+#include "pcx/mpu.hpp"
+#include "pcx/process_group.hpp"
+#include "pcx/topology.hpp"
+
+namespace pcx {
+
+/// Settings of a ParallelContext that do not change its groups.
+struct ContextOptions {
+  /// Where group creation is logged: debug for each group, info for one summary on
+  /// rank 0, warn for clamped sizes. Null: no logging. Never taken from spdlog's registry.
+  std::shared_ptr<spdlog::logger> logger;
+};
+
+/// The process groups of one parallel layout, built once and immutable afterwards.
+///
+/// Construction is collective over the world communicator; on each rank it
+/// 1. checks the configuration locally,
+/// 2. runs one all-reduce over the world that compares every rank's configuration and
+///    MPU sizes: if ranks disagree, every rank throws the same ConfigMismatch, and if
+///    any rank rejects the configuration, every rank throws (none is left waiting),
+/// 3. clones the world (one dup), then makes one split per group kind (expert parallel
+///    and expert data parallel per expert size, ZeRO hpZ, all-to-all local and global);
+///    groups of one rank get a SelfCommunicator and no split.
+/// If any step throws, everything built so far is released. Groups are released in
+/// reverse order of creation; destroy a context before finalizing its backend.
+///
+/// All getters are const and safe to call from many threads. Any number of contexts
+/// may live in one process; they share nothing.
+class ParallelContext {
+ public:
+  /// Builds every group of @p config over @p world.
+  /// @param world the world communicator; it must outlive the constructor only
+  /// @param config the layout; world_size 0 means world.size(). With an MPU, the tensor
+  ///        and pipeline parallel sizes come from it (a size other than 1 in @p config
+  ///        must then agree with the MPU); without one they must be 1.
+  /// @param mpu the model parallel unit, or null: then data parallel is the world clone
+  /// @param options logger
+  /// @throws ConfigError for a configuration that breaks a rule (same on every rank),
+  ///         ConfigMismatch when ranks disagree, CommError naming the group kind and
+  ///         rank when the backend fails.
+  ParallelContext(const Communicator& world, ParallelConfig config, std::shared_ptr<const Mpu> mpu = nullptr,
+                  ContextOptions options = {});
+
+  ParallelContext(ParallelContext&&) noexcept = default;
+  ParallelContext& operator=(ParallelContext&&) noexcept = default;
+  ParallelContext(const ParallelContext&) = delete;
+  ParallelContext& operator=(const ParallelContext&) = delete;
+  ~ParallelContext() = default;
+
+  /// The validated layout (tensor and pipeline sizes as the MPU reports them).
+  [[nodiscard]] const Topology& topology() const noexcept { return topology_; }
+  /// Number of ranks in the world.
+  [[nodiscard]] int world_size() const noexcept { return topology_.world_size(); }
+  /// This process's global rank.
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+
+  /// The clone of the world: all ranks on a communicator of their own.
+  [[nodiscard]] const ProcessGroup& world_group() const noexcept { return groups_.entries.front().group; }
+
+  /// The caller's expert parallel group of size @p ep.
+  /// @throws GroupNotFound if the configuration has no such expert parallel size.
+  [[nodiscard]] const ProcessGroup& expert_parallel_group(int ep) const;
+  /// The caller's expert data parallel group for expert parallel size @p ep.
+  /// @throws GroupNotFound if the configuration has no such expert parallel size.
+  [[nodiscard]] const ProcessGroup& expert_data_parallel_group(int ep) const;
+  /// The largest configured expert parallel size, if any.
+  [[nodiscard]] std::optional<int> max_expert_parallel_size() const noexcept;
+  /// The expert parallel group of the largest expert parallel size.
+  /// @throws GroupNotFound if no expert parallel size is configured.
+  [[nodiscard]] const ProcessGroup& max_expert_parallel_group() const;
+  /// Global rank of group rank 0 of the caller's expert parallel group of size @p ep.
+  /// @throws GroupNotFound as expert_parallel_group().
+  [[nodiscard]] int expert_parallel_source_rank(int ep) const { return expert_parallel_group(ep).global_rank(0); }
+  /// Global rank of group rank 0 of the caller's expert data parallel group for @p ep.
+  /// @throws GroupNotFound as expert_data_parallel_group().
+  [[nodiscard]] int expert_broadcast_source_rank(int ep) const {
+    return expert_data_parallel_group(ep).global_rank(0);
+  }
+  /// Tensor parallel size the expert groups were built with (1 without an MPU).
+  [[nodiscard]] int expert_tensor_parallel_size() const noexcept { return topology_.tensor_parallel_size(); }
+
+  /// The MPU's data parallel group, or the world clone without an MPU.
+  [[nodiscard]] const ProcessGroup& data_parallel_group() const noexcept { return *data_; }
+  /// Size of data_parallel_group().
+  [[nodiscard]] int data_parallel_size() const noexcept { return data_->size(); }
+  /// The MPU's model parallel size, or 1 without an MPU.
+  [[nodiscard]] int model_parallel_size() const noexcept { return mpu_ ? mpu_->model_parallel_size() : 1; }
+  /// The MPU's sequence parallel group, or nullptr when it has none.
+  [[nodiscard]] const ProcessGroup* sequence_parallel_group() const noexcept { return sequence_; }
+  /// Size of the sequence parallel group, 1 without one.
+  [[nodiscard]] int sequence_parallel_size() const noexcept { return sequence_ ? sequence_->size() : 1; }
+  /// Rank in the sequence parallel group, 0 without one.
+  [[nodiscard]] int sequence_parallel_rank() const noexcept { return sequence_ ? sequence_->rank() : 0; }
+  /// The MPU's sequence data parallel group, else data_parallel_group().
+  [[nodiscard]] const ProcessGroup& sequence_data_parallel_group() const noexcept { return *sequence_data_; }
+  /// Global rank of group rank 0 of sequence_data_parallel_group().
+  [[nodiscard]] int broadcast_source_rank() const noexcept { return sequence_data_->ranks().front(); }
+
+  /// Whether ZeRO hpZ parameter partition groups were configured.
+  [[nodiscard]] bool has_zero_param_intra_group() const noexcept { return find({GroupKind::zero_param_intra}) != nullptr; }
+  /// The caller's ZeRO hpZ parameter partition group.
+  /// @throws GroupNotFound if no hpZ size was configured.
+  [[nodiscard]] const ProcessGroup& zero_param_intra_group() const { return group({GroupKind::zero_param_intra}); }
+  /// The caller's node: the all-to-all local group.
+  /// @throws GroupNotFound if no ranks per node were configured.
+  [[nodiscard]] const ProcessGroup& all_to_all_local_group() const { return group({GroupKind::all_to_all_local}); }
+  /// The ranks with the caller's local index on every node.
+  /// @throws GroupNotFound if no ranks per node were configured or the world is one node.
+  [[nodiscard]] const ProcessGroup& all_to_all_global_group() const {
+    return group({GroupKind::all_to_all_global});
+  }
+
+  /// The caller's group of kind @p id: any kind this context built, the world clone,
+  /// or data parallel.
+  /// @throws GroupNotFound if this context has no such kind.
+  [[nodiscard]] const ProcessGroup& group(const GroupId& id) const;
+  /// Kinds this context built, in creation order (world clone first).
+  [[nodiscard]] std::vector<GroupId> group_ids() const;
+  /// The MPU the context was built from, or null.
+  [[nodiscard]] const Mpu* mpu() const noexcept { return mpu_.get(); }
+
+ private:
+  struct Entry {
+    GroupId id;
+    ProcessGroup group;
+  };
+  // Releases its groups in reverse order of creation, also when a constructor fails.
+  struct Groups {
+    std::vector<Entry> entries;
+    Groups() = default;
+    Groups(Groups&&) noexcept = default;
+    Groups& operator=(Groups&&) noexcept = default;
+    ~Groups() {
+      while (!entries.empty()) entries.pop_back();
+    }
+  };
+
+  [[nodiscard]] const ProcessGroup* find(const GroupId& id) const noexcept;
+
+  std::shared_ptr<const Mpu> mpu_;
+  Topology topology_;
+  int rank_ = 0;
+  Groups groups_;
+  const ProcessGroup* data_ = nullptr;
+  const ProcessGroup* sequence_ = nullptr;
+  const ProcessGroup* sequence_data_ = nullptr;
+};
+
+}  // namespace pcx

@@ -1,0 +1,104 @@
+#pragma once
+/// @file fake_communicator.hpp
+/// @brief A communicator with no processes behind it, for tests: build the context of
+///        any rank of any world size in one process, and see every split it makes.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "pcx/communicator.hpp"
+
+namespace pcx::testing {
+
+/// What a simulated world saw: every split and dup that its fake communicators made.
+/// Shared by the FakeCommunicators of one simulated world; safe from many threads.
+class FakeWorld {
+ public:
+  /// One split call.
+  struct Split {
+    int caller;                ///< World rank of the process that called.
+    int sequence;              ///< How many splits that caller had made before this one.
+    int colour;                ///< Colour passed.
+    int key;                   ///< Key passed.
+    std::vector<int> members;  ///< Members passed (parent ranks, in key order).
+  };
+
+  /// A world of @p size ranks.
+  /// @throws ConfigError if @p size < 1.
+  explicit FakeWorld(int size);
+
+  /// Number of ranks.
+  [[nodiscard]] int size() const noexcept { return size_; }
+  /// Every split so far, in call order.
+  [[nodiscard]] std::vector<Split> splits() const;
+  /// Number of splits world rank @p caller made.
+  [[nodiscard]] int split_count(int caller) const;
+  /// Number of dups world rank @p caller made.
+  [[nodiscard]] int dup_count(int caller) const;
+  /// Checks that the splits recorded so far could have come from one real job: for
+  /// each call (the n-th split of every caller), callers with the same colour passed
+  /// the same members, each at its own key, and the members are exactly those callers.
+  /// @throws Error describing the first inconsistency.
+  void verify() const;
+
+  /// Makes the @p n-th operation (counting from 0, over splits, dups and collectives
+  /// of every caller) throw CommError, to test error paths. std::nullopt disarms it.
+  void fail_operation(std::optional<int> n);
+  /// Number of operations so far (splits, dups and collectives).
+  [[nodiscard]] int operation_count() const;
+
+ private:
+  friend class FakeCommunicator;
+  void record_operation(const char* what);
+  void record_split(int caller, int colour, int key, std::span<const int> members);
+  void record_dup(int caller);
+
+  int size_;
+  mutable std::mutex mutex_;
+  std::vector<Split> splits_;
+  std::vector<int> split_counts_;
+  std::vector<int> dup_counts_;
+  int operations_ = 0;
+  std::optional<int> fail_at_;
+};
+
+/// A communicator of a simulated world. Splits and dups are recorded in its
+/// FakeWorld and return fakes of the right size and rank; collectives behave as if
+/// every member passed the same buffer as this one (an all-reduce sum multiplies by
+/// the size, a maximum returns the input, an all-gather repeats it).
+class FakeCommunicator final : public Communicator {
+ public:
+  /// Member @p rank of a communicator of @p size members, made by world rank
+  /// @p caller of @p world. A world communicator is (world, world->size(), r, r).
+  /// @throws ConfigError if @p world is null or a rank is out of range.
+  FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, int rank, int caller);
+  /// World rank @p rank of @p world.
+  FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank);
+
+  [[nodiscard]] int size() const noexcept override { return size_; }
+  [[nodiscard]] int rank() const noexcept override { return rank_; }
+  /// "fake".
+  [[nodiscard]] std::string_view backend() const noexcept override { return "fake"; }
+
+ private:
+  [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key,
+                                                       std::span<const int> members) const override;
+  [[nodiscard]] std::unique_ptr<Communicator> do_dup() const override;
+  void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
+  void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                         ReduceOp op) const override;
+  void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
+  void do_barrier() const override;
+
+  std::shared_ptr<FakeWorld> world_;
+  int size_;
+  int rank_;
+  int caller_;
+};
+
+}  // namespace pcx::testing

@@ -1,0 +1,111 @@
+#include "pcx/communicator.hpp"
+
+#include <fmt/format.h>
+
+#include "pcx/error.hpp"
+
+namespace pcx {
+namespace {
+
+void check_buffer(const void* buffer, std::size_t count, std::string_view what) {
+  if (buffer == nullptr && count > 0) {
+    throw ConfigError(fmt::format("{} is null but {} elements were asked for", what, count));
+  }
+}
+
+}  // namespace
+
+std::size_t size_of(DataType type) noexcept {
+  switch (type) {
+    case DataType::int8:
+    case DataType::uint8: return 1;
+    case DataType::int32:
+    case DataType::uint32:
+    case DataType::float32: return 4;
+    case DataType::int64:
+    case DataType::uint64:
+    case DataType::float64: return 8;
+  }
+  return 0;
+}
+
+std::string_view to_string(DataType type) noexcept {
+  switch (type) {
+    case DataType::int8: return "int8";
+    case DataType::uint8: return "uint8";
+    case DataType::int32: return "int32";
+    case DataType::uint32: return "uint32";
+    case DataType::int64: return "int64";
+    case DataType::uint64: return "uint64";
+    case DataType::float32: return "float32";
+    case DataType::float64: return "float64";
+  }
+  return "unknown";
+}
+
+std::unique_ptr<Communicator> Communicator::split(int colour, int key, std::span<const int> members) const {
+  if (colour == kNoColour) return do_split(colour, key, {});
+  if (colour < 0) {
+    throw ConfigError(fmt::format("split colour {} is negative (use kNoColour, {}, to join no group)", colour,
+                                  kNoColour));
+  }
+  if (key < 0 || static_cast<std::size_t>(key) >= members.size() || members[static_cast<std::size_t>(key)] != rank()) {
+    throw ConfigError(fmt::format("split key {} does not point at rank {} in a group of {} members", key, rank(),
+                                  members.size()));
+  }
+  for (const int member : members) {
+    if (member < 0 || member >= size()) {
+      throw ConfigError(fmt::format("split member {} is outside [0, {})", member, size()));
+    }
+  }
+  return do_split(colour, key, members);
+}
+
+void Communicator::all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
+  check_buffer(send, count, "all_reduce send buffer");
+  check_buffer(recv, count, "all_reduce receive buffer");
+  do_all_reduce(send, recv, count, type, op);
+}
+
+void Communicator::all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
+  check_buffer(send, count, "all_to_all send buffer");
+  check_buffer(recv, count, "all_to_all receive buffer");
+  do_all_to_all(send, recv, count, type);
+}
+
+void Communicator::all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
+  check_buffer(send, count, "all_gather send buffer");
+  check_buffer(recv, count, "all_gather receive buffer");
+  do_all_gather(send, recv, count, type);
+}
+
+void Communicator::reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                                  ReduceOp op) const {
+  check_buffer(send, count, "reduce_scatter send buffer");
+  check_buffer(recv, count, "reduce_scatter receive buffer");
+  do_reduce_scatter(send, recv, count, type, op);
+}
+
+void Communicator::broadcast(void* buffer, std::size_t count, DataType type, int root) const {
+  if (root < 0 || root >= size()) {
+    throw ConfigError(fmt::format("broadcast root {} is outside [0, {})", root, size()));
+  }
+  check_buffer(buffer, count, "broadcast buffer");
+  do_broadcast(buffer, count, type, root);
+}
+
+void Communicator::check_length(std::size_t expected, std::size_t actual, std::string_view what) {
+  if (expected != actual) {
+    throw ConfigError(fmt::format("{} holds {} elements but {} are needed", what, actual, expected));
+  }
+}
+
+std::size_t Communicator::block(std::size_t total, std::string_view what) const {
+  if (total % member_count() != 0) {
+    throw ConfigError(fmt::format("{} buffer of {} elements does not split into {} equal blocks", what, total,
+                                  size()));
+  }
+  return total / member_count();
+}
+
+}  // namespace pcx

@@ -1,0 +1,163 @@
+#include "pcx/mpi/mpi_communicator.hpp"
+
+#include <fmt/format.h>
+
+#include <climits>
+#include <utility>
+
+#include "pcx/error.hpp"
+
+namespace pcx {
+namespace {
+
+MPI_Datatype mpi_type(DataType type) {
+  switch (type) {
+    case DataType::int8: return MPI_INT8_T;
+    case DataType::uint8: return MPI_UINT8_T;
+    case DataType::int32: return MPI_INT32_T;
+    case DataType::uint32: return MPI_UINT32_T;
+    case DataType::int64: return MPI_INT64_T;
+    case DataType::uint64: return MPI_UINT64_T;
+    case DataType::float32: return MPI_FLOAT;
+    case DataType::float64: return MPI_DOUBLE;
+  }
+  throw ConfigError("unknown data type");
+}
+
+MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+
+// MPI counts are ints.
+int mpi_count(std::size_t count) {
+  if (count > static_cast<std::size_t>(INT_MAX)) {
+    throw ConfigError(fmt::format("count {} exceeds what MPI takes in one call ({})", count, INT_MAX));
+  }
+  return static_cast<int>(count);
+}
+
+const void* send_or_in_place(const void* send, const void* recv) { return send == recv ? MPI_IN_PLACE : send; }
+
+}  // namespace
+
+void check_mpi(int code, const char* call) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) length = 0;
+  throw CommError(fmt::format("{} failed: {} (MPI error {})", call, std::string_view(text, static_cast<std::size_t>(length)), code),
+                  code);
+}
+
+MpiEnvironment::MpiEnvironment(int* argc, char*** argv, int required) {
+  int initialized = 0;
+  check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
+  if (initialized) return;
+  int provided = 0;
+  check_mpi(MPI_Init_thread(argc, argv, required, &provided), "MPI_Init_thread");
+  initialized_here_ = true;
+  if (provided < required) {
+    MPI_Finalize();
+    initialized_here_ = false;
+    throw CommError(fmt::format("MPI gives thread support level {}, below the required {}", provided, required),
+                    MPI_ERR_OTHER);
+  }
+}
+
+MpiEnvironment::~MpiEnvironment() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (initialized_here_ && !finalized) MPI_Finalize();
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+  if (comm == MPI_COMM_NULL) throw ConfigError("an MPI communicator cannot wrap MPI_COMM_NULL");
+  try {
+    check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+    check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+MpiCommunicator MpiCommunicator::borrow(MPI_Comm comm) { return MpiCommunicator(comm, false); }
+
+MpiCommunicator MpiCommunicator::adopt(MPI_Comm comm) {
+  MpiCommunicator owner(comm, true);
+  // Ours from now on: report errors instead of letting MPI abort the job.
+  check_mpi(MPI_Comm_set_errhandler(owner.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  return owner;
+}
+
+MpiCommunicator::MpiCommunicator(MpiCommunicator&& other) noexcept
+    : Communicator(std::move(other)),
+      comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
+      owned_(std::exchange(other.owned_, false)),
+      size_(other.size_),
+      rank_(other.rank_) {}
+
+MpiCommunicator& MpiCommunicator::operator=(MpiCommunicator&& other) noexcept {
+  if (this != &other) {
+    release();
+    comm_ = std::exchange(other.comm_, MPI_COMM_NULL);
+    owned_ = std::exchange(other.owned_, false);
+    size_ = other.size_;
+    rank_ = other.rank_;
+  }
+  return *this;
+}
+
+MpiCommunicator::~MpiCommunicator() { release(); }
+
+void MpiCommunicator::release() noexcept {
+  if (owned_ && comm_ != MPI_COMM_NULL) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Comm_free(&comm_);
+  }
+  comm_ = MPI_COMM_NULL;
+  owned_ = false;
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, std::span<const int>) const {
+  MPI_Comm child = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split(comm_, colour == kNoColour ? MPI_UNDEFINED : colour, key, &child), "MPI_Comm_split");
+  if (child == MPI_COMM_NULL) return nullptr;
+  return std::make_unique<MpiCommunicator>(adopt(child));
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::do_dup() const {
+  MPI_Comm copy = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_dup(comm_, &copy), "MPI_Comm_dup");
+  return std::make_unique<MpiCommunicator>(adopt(copy));
+}
+
+void MpiCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
+                                    ReduceOp op) const {
+  check_mpi(MPI_Allreduce(send_or_in_place(send, recv), recv, mpi_count(count), mpi_type(type), mpi_op(op), comm_),
+            "MPI_Allreduce");
+}
+
+void MpiCommunicator::do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
+  const int n = mpi_count(count);
+  check_mpi(MPI_Alltoall(send_or_in_place(send, recv), n, mpi_type(type), recv, n, mpi_type(type), comm_),
+            "MPI_Alltoall");
+}
+
+void MpiCommunicator::do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
+  const int n = mpi_count(count);
+  check_mpi(MPI_Allgather(send, n, mpi_type(type), recv, n, mpi_type(type), comm_), "MPI_Allgather");
+}
+
+void MpiCommunicator::do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                                        ReduceOp op) const {
+  check_mpi(MPI_Reduce_scatter_block(send, recv, mpi_count(count), mpi_type(type), mpi_op(op), comm_),
+            "MPI_Reduce_scatter_block");
+}
+
+void MpiCommunicator::do_broadcast(void* buffer, std::size_t count, DataType type, int root) const {
+  check_mpi(MPI_Bcast(buffer, mpi_count(count), mpi_type(type), root, comm_), "MPI_Bcast");
+}
+
+void MpiCommunicator::do_barrier() const { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+}  // namespace pcx

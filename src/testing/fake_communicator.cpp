@@ -1,0 +1,183 @@
+#include "pcx/testing/fake_communicator.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "pcx/error.hpp"
+#include "pcx/testing/mock_mpu.hpp"
+
+namespace pcx::testing {
+namespace {
+
+template <class F>
+void with_type(DataType type, F&& f) {
+  switch (type) {
+    case DataType::int8: return f(std::int8_t{});
+    case DataType::uint8: return f(std::uint8_t{});
+    case DataType::int32: return f(std::int32_t{});
+    case DataType::uint32: return f(std::uint32_t{});
+    case DataType::int64: return f(std::int64_t{});
+    case DataType::uint64: return f(std::uint64_t{});
+    case DataType::float32: return f(float{});
+    case DataType::float64: return f(double{});
+  }
+}
+
+// The result of reducing `members` copies of send[0, count) into recv.
+void reduce_copies(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op, int members) {
+  with_type(type, [&](auto zero) {
+    using T = decltype(zero);
+    const auto* in = static_cast<const T*>(send);
+    auto* out = static_cast<T*>(recv);
+    for (std::size_t i = 0; i < count; ++i) out[i] = op == ReduceOp::sum ? static_cast<T>(in[i] * static_cast<T>(members)) : in[i];
+  });
+}
+
+}  // namespace
+
+FakeWorld::FakeWorld(int size)
+    : size_(size), split_counts_(static_cast<std::size_t>(std::max(size, 0))), dup_counts_(split_counts_.size()) {
+  if (size < 1) throw ConfigError(fmt::format("a fake world of {} ranks: the size must be at least 1", size));
+}
+
+std::vector<FakeWorld::Split> FakeWorld::splits() const {
+  const std::lock_guard lock(mutex_);
+  return splits_;
+}
+
+int FakeWorld::split_count(int caller) const {
+  const std::lock_guard lock(mutex_);
+  return split_counts_.at(static_cast<std::size_t>(caller));
+}
+
+int FakeWorld::dup_count(int caller) const {
+  const std::lock_guard lock(mutex_);
+  return dup_counts_.at(static_cast<std::size_t>(caller));
+}
+
+void FakeWorld::fail_operation(std::optional<int> n) {
+  const std::lock_guard lock(mutex_);
+  fail_at_ = n;
+}
+
+int FakeWorld::operation_count() const {
+  const std::lock_guard lock(mutex_);
+  return operations_;
+}
+
+void FakeWorld::record_operation(const char* what) {
+  const std::lock_guard lock(mutex_);
+  if (fail_at_ && *fail_at_ == operations_++) {
+    throw CommError(fmt::format("{} failed: injected fault at operation {}", what, *fail_at_), -1);
+  }
+}
+
+void FakeWorld::record_split(int caller, int colour, int key, std::span<const int> members) {
+  record_operation("split");
+  const std::lock_guard lock(mutex_);
+  const auto index = static_cast<std::size_t>(caller);
+  splits_.push_back({caller, split_counts_[index]++, colour, key, {members.begin(), members.end()}});
+}
+
+void FakeWorld::record_dup(int caller) {
+  record_operation("dup");
+  const std::lock_guard lock(mutex_);
+  ++dup_counts_[static_cast<std::size_t>(caller)];
+}
+
+void FakeWorld::verify() const {
+  const std::lock_guard lock(mutex_);
+  // (sequence, colour) -> the splits of that child
+  std::map<std::pair<int, int>, std::vector<const Split*>> children;
+  for (const Split& split : splits_) {
+    if (split.colour != Communicator::kNoColour) children[{split.sequence, split.colour}].push_back(&split);
+  }
+  for (const auto& [id, calls] : children) {
+    const std::vector<int>& members = calls.front()->members;
+    if (calls.size() != members.size()) {
+      throw Error(fmt::format("split {} colour {}: {} callers but members [{}]", id.first, id.second, calls.size(),
+                              fmt::join(members, ",")));
+    }
+    for (const Split* call : calls) {
+      if (call->members != members) {
+        throw Error(fmt::format("split {} colour {}: caller {} passed members [{}], another [{}]", id.first,
+                                id.second, call->caller, fmt::join(call->members, ","), fmt::join(members, ",")));
+      }
+      if (std::ranges::count(calls, call->key, &Split::key) != 1) {
+        throw Error(fmt::format("split {} colour {}: key {} passed twice", id.first, id.second, call->key));
+      }
+    }
+  }
+}
+
+FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, int rank, int caller)
+    : world_(std::move(world)), size_(size), rank_(rank), caller_(caller) {
+  if (!world_) throw ConfigError("a fake communicator needs a fake world");
+  if (size < 1 || rank < 0 || rank >= size) {
+    throw ConfigError(fmt::format("fake communicator rank {} of size {}: the rank must be in [0, size)", rank, size));
+  }
+  if (caller < 0 || caller >= world_->size()) {
+    throw ConfigError(fmt::format("fake caller {} is outside the world [0, {})", caller, world_->size()));
+  }
+}
+
+FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank)
+    : FakeCommunicator(world, world ? world->size() : 1, rank, rank) {}
+
+std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, std::span<const int> members) const {
+  world_->record_split(caller_, colour, key, members);
+  if (colour == kNoColour) return nullptr;
+  return std::make_unique<FakeCommunicator>(world_, static_cast<int>(members.size()), key, caller_);
+}
+
+std::unique_ptr<Communicator> FakeCommunicator::do_dup() const {
+  world_->record_dup(caller_);
+  return std::make_unique<FakeCommunicator>(world_, size_, rank_, caller_);
+}
+
+void FakeCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
+                                     ReduceOp op) const {
+  world_->record_operation("all_reduce");
+  reduce_copies(send, recv, count, type, op, size_);
+}
+
+void FakeCommunicator::do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
+  world_->record_operation("all_to_all");
+  // Every member sends the same blocks, so block i from member i is always our block.
+  const std::size_t bytes = count * size_of(type);
+  std::vector<std::byte> mine(static_cast<const std::byte*>(send) + bytes * static_cast<std::size_t>(rank_),
+                              static_cast<const std::byte*>(send) + bytes * static_cast<std::size_t>(rank_ + 1));
+  for (int i = 0; i < size_; ++i) {
+    if (bytes > 0) std::memcpy(static_cast<std::byte*>(recv) + bytes * static_cast<std::size_t>(i), mine.data(), bytes);
+  }
+}
+
+void FakeCommunicator::do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
+  world_->record_operation("all_gather");
+  const std::size_t bytes = count * size_of(type);
+  for (int i = 0; i < size_; ++i) {
+    if (bytes > 0) std::memmove(static_cast<std::byte*>(recv) + bytes * static_cast<std::size_t>(i), send, bytes);
+  }
+}
+
+void FakeCommunicator::do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                                         ReduceOp op) const {
+  world_->record_operation("reduce_scatter");
+  const auto* block = static_cast<const std::byte*>(send) + count * size_of(type) * static_cast<std::size_t>(rank_);
+  reduce_copies(block, recv, count, type, op, size_);
+}
+
+void FakeCommunicator::do_broadcast(void*, std::size_t, DataType, int) const { world_->record_operation("broadcast"); }
+
+void FakeCommunicator::do_barrier() const { world_->record_operation("barrier"); }
+
+const ProcessGroup& MockMpu::data_parallel_group() const {
+  if (!data_) throw ConfigError("MockMpu: no data parallel group was set (call set_data_parallel_group)");
+  return *data_;
+}
+
+}  // namespace pcx::testing
