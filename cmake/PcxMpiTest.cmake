@@ -1,0 +1,36 @@
+# pcx_add_mpi_test(<name> SOURCES <files...> RANKS <n...> [TIMEOUT <seconds>] [ARGS <args...>])
+#
+# Builds one test executable and registers it under mpiexec once per rank count, as
+# <name>.ranks<n>. Open MPI gets --oversubscribe (more ranks than cores on small
+# machines) and the variables that let it run as root in containers. Each test has a
+# TIMEOUT, so a deadlock fails instead of hanging.
+
+if(MPI_CXX_LIBRARY_VERSION_STRING MATCHES "Open MPI")
+  set(PCX_MPIEXEC_EXTRA_FLAGS --oversubscribe)
+endif()
+
+function(pcx_add_mpi_executable_test name)
+  cmake_parse_arguments(PARSE_ARGV 1 arg "" "TIMEOUT;TARGET" "RANKS;ARGS;LABELS")
+  if(NOT arg_TIMEOUT)
+    set(arg_TIMEOUT 60)
+  endif()
+  foreach(ranks IN LISTS arg_RANKS)
+    set(test_name ${name}.ranks${ranks})
+    add_test(NAME ${test_name}
+             COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS}
+                     ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${arg_TARGET}> ${MPIEXEC_POSTFLAGS} ${arg_ARGS})
+    set_tests_properties(${test_name} PROPERTIES
+      TIMEOUT ${arg_TIMEOUT}
+      PROCESSORS 1
+      LABELS "mpi;${arg_LABELS}"
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+  endforeach()
+endfunction()
+
+function(pcx_add_mpi_test name)
+  cmake_parse_arguments(PARSE_ARGV 1 arg "" "TIMEOUT" "SOURCES;RANKS;ARGS;LIBRARIES")
+  add_executable(${name} ${arg_SOURCES})
+  target_link_libraries(${name} PRIVATE pcx::pcx Boost::unit_test_framework fmt::fmt pcx_warnings ${arg_LIBRARIES})
+  target_compile_definitions(${name} PRIVATE BOOST_TEST_DYN_LINK)
+  pcx_add_mpi_executable_test(${name} TARGET ${name} RANKS ${arg_RANKS} TIMEOUT ${arg_TIMEOUT} ARGS ${arg_ARGS})
+endfunction()
