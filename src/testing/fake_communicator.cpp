@@ -71,7 +71,8 @@ int FakeWorld::operation_count() const {
 
 void FakeWorld::record_operation(const char* what) {
   const std::lock_guard lock(mutex_);
-  if (fail_at_ && *fail_at_ == operations_++) {
+  const int operation = operations_++;
+  if (fail_at_ && *fail_at_ == operation) {
     throw CommError(fmt::format("{} failed: injected fault at operation {}", what, *fail_at_), -1);
   }
 }

@@ -1,0 +1,308 @@
+// ParallelContext without processes: the context of every rank of a simulated world,
+// built over FakeCommunicators, checked against the layout engine.
+#define BOOST_TEST_MODULE parallel_context
+#include <boost/test/unit_test.hpp>
+
+#include <fmt/format.h>
+
+#include <memory>
+#include <random>
+
+#include "pcx/error.hpp"
+#include "pcx/parallel_context.hpp"
+#include "pcx/testing/fake_communicator.hpp"
+#include "pcx/testing/mock_mpu.hpp"
+
+namespace {
+
+using pcx::GroupId;
+using pcx::GroupKind;
+using pcx::ParallelConfig;
+using pcx::ParallelContext;
+using pcx::ProcessGroup;
+using pcx::Topology;
+using pcx::testing::FakeCommunicator;
+using pcx::testing::FakeWorld;
+using pcx::testing::MockMpu;
+
+ParallelConfig make_config(int world, int tp, int pp, std::vector<int> eps, pcx::ExpertOrder order = {},
+                           std::optional<int> hpz = {}, std::optional<int> per_node = {}) {
+  ParallelConfig config;
+  config.world_size = world;
+  config.tensor_parallel_size = tp;
+  config.pipeline_parallel_size = pp;
+  config.expert_parallel_sizes = std::move(eps);
+  config.expert_order = order;
+  config.zero_hpz_size = hpz;
+  config.ranks_per_node = per_node;
+  return config;
+}
+
+// A group of the simulated world as rank `caller` sees it.
+ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks, int caller) {
+  const auto position = std::ranges::find(ranks, caller) - ranks.begin();
+  const int size = static_cast<int>(ranks.size());
+  return ProcessGroup(std::move(ranks),
+                      std::make_unique<FakeCommunicator>(world, size, static_cast<int>(position), caller));
+}
+
+// An MPU in Megatron's layout, as rank `rank` of `world` sees it.
+std::shared_ptr<const pcx::Mpu> megatron_mpu(const std::shared_ptr<FakeWorld>& world, int tp, int pp, int rank) {
+  ParallelConfig config;
+  config.world_size = world->size();
+  config.tensor_parallel_size = tp;
+  config.pipeline_parallel_size = pp;
+  const Topology topology(config);
+  auto mpu = std::make_shared<MockMpu>();
+  mpu->set_tensor_parallel_size(tp).set_pipeline_parallel_size(pp).set_model_parallel_size(tp * pp);
+  mpu->set_data_parallel_group(fake_group(world, topology.layout({GroupKind::data_parallel}).group_of(rank), rank));
+  return mpu;
+}
+
+bool uses_mpu(const ParallelConfig& config) {
+  return config.tensor_parallel_size > 1 || config.pipeline_parallel_size > 1;
+}
+
+// Builds the context of every rank and checks each group against the topology.
+void check_every_rank(const ParallelConfig& config) {
+  BOOST_TEST_CONTEXT(fmt::format("world {} tp {} pp {} ep [{}] {} hpz {} per node {}", config.world_size,
+                                 config.tensor_parallel_size, config.pipeline_parallel_size,
+                                 fmt::join(config.expert_parallel_sizes, ","), to_string(config.expert_order),
+                                 config.zero_hpz_size.value_or(0), config.ranks_per_node.value_or(0))) {
+    const Topology topology(config);
+    const auto world = std::make_shared<FakeWorld>(config.world_size);
+    int expected_splits = 0;
+    for (const pcx::GroupView& view : topology.views()) {
+      const GroupKind kind = view.id.kind;
+      const bool built = kind != GroupKind::world && kind != GroupKind::tensor_parallel &&
+                         kind != GroupKind::pipeline_parallel && kind != GroupKind::data_parallel;
+      expected_splits += built && view.layout.group_size() > 1 ? 1 : 0;
+    }
+    bool all_match = true;
+    for (int rank = 0; rank < config.world_size; ++rank) {
+      const FakeCommunicator comm(world, rank);
+      auto mpu = uses_mpu(config) ? megatron_mpu(world, config.tensor_parallel_size, config.pipeline_parallel_size, rank)
+                                  : nullptr;
+      const int splits_before = world->split_count(rank);
+      const ParallelContext context(comm, config, mpu);
+      BOOST_TEST(world->split_count(rank) - splits_before == expected_splits);
+      for (const pcx::GroupView& view : topology.views()) {
+        if (view.id.kind == GroupKind::tensor_parallel || view.id.kind == GroupKind::pipeline_parallel) continue;
+        const ProcessGroup& group = context.group(view.id);
+        const bool match = group.ranks() == view.layout.group_of(rank) &&
+                           group.rank() == view.layout.group_rank(rank) &&
+                           group.communicator().size() == view.layout.group_size();
+        if (!match) BOOST_ERROR(fmt::format("rank {} {}: [{}]", rank, view.id.name(), fmt::join(group.ranks(), ",")));
+        all_match = all_match && match;
+      }
+    }
+    BOOST_TEST(all_match);
+    BOOST_CHECK_NO_THROW(world->verify());
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(seed_example_every_rank_gets_its_groups_with_one_split_per_kind) {
+  check_every_rank(make_config(16, 2, 1, {4}));
+  check_every_rank(make_config(16, 2, 1, {4}, pcx::ExpertOrder::data_first));
+  check_every_rank(make_config(16, 1, 1, {2, 4, 8}, {}, 4, 8));
+  check_every_rank(make_config(24, 2, 2, {3}, pcx::ExpertOrder::data_first, 6, 4));
+}
+
+BOOST_AUTO_TEST_CASE(random_configurations_up_to_512_ranks_match_the_layout) {
+  const unsigned seed = 20261125;
+  BOOST_TEST_MESSAGE("random seed " << seed);
+  std::mt19937 random(seed);
+  const auto pick_divisor = [&](int n) {
+    std::vector<int> divisors;
+    for (int d = 1; d <= n; ++d)
+      if (n % d == 0) divisors.push_back(d);
+    return divisors[std::uniform_int_distribution<std::size_t>(0, divisors.size() - 1)(random)];
+  };
+  for (int trial = 0; trial < 40; ++trial) {
+    const int world = trial < 4 ? 512 : pick_divisor(256) * (1 + static_cast<int>(random() % 2));
+    const int tp = pick_divisor(world);
+    const int pp = pick_divisor(world / tp);
+    const int dp = world / tp / pp;
+    std::vector<int> eps;
+    for (int e = pick_divisor(dp); eps.size() < 2 && std::ranges::find(eps, e) == eps.end(); e = pick_divisor(dp)) {
+      eps.push_back(e);
+    }
+    const auto order = random() % 2 ? pcx::ExpertOrder::expert_first : pcx::ExpertOrder::data_first;
+    const std::optional<int> hpz = random() % 2 ? std::optional(pick_divisor(world)) : std::nullopt;
+    const std::optional<int> per_node = random() % 2 ? std::optional(pick_divisor(world)) : std::nullopt;
+    check_every_rank(make_config(world, tp, pp, eps, order, hpz, per_node));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(splits_per_rank_do_not_grow_with_the_world) {
+  for (int world = 8; world <= (1 << 16); world *= 8) {
+    const auto fake = std::make_shared<FakeWorld>(world);
+    const FakeCommunicator comm(fake, world - 1);
+    const ParallelContext context(comm, make_config(world, 1, 1, {2, 4}, {}, 2, 4));
+    // expert_parallel and expert_data_parallel per ep size, hpZ, local and global all-to-all
+    BOOST_TEST(fake->split_count(world - 1) == 7);
+    BOOST_TEST(fake->dup_count(world - 1) == 1);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(getters_follow_the_seed_with_its_bugs_fixed) {
+  const auto world = std::make_shared<FakeWorld>(16);
+  const FakeCommunicator comm(world, 5);
+  const ParallelContext context(comm, make_config(16, 1, 1, {2, 4}, pcx::ExpertOrder::data_first, 32));
+  BOOST_TEST(context.rank() == 5);
+  BOOST_TEST(context.world_group().size() == 16);
+  BOOST_TEST(&context.data_parallel_group() == &context.world_group());
+  BOOST_TEST(&context.sequence_data_parallel_group() == &context.world_group());
+  BOOST_TEST(context.sequence_parallel_group() == nullptr);
+  BOOST_TEST(context.sequence_parallel_size() == 1);
+  BOOST_TEST(context.sequence_parallel_rank() == 0);
+  BOOST_TEST(context.model_parallel_size() == 1);
+  BOOST_TEST(context.expert_tensor_parallel_size() == 1);
+  BOOST_TEST(context.broadcast_source_rank() == 0);
+  BOOST_TEST(context.max_expert_parallel_size().value_or(0) == 4);
+  BOOST_TEST(context.max_expert_parallel_group().ranks() == std::vector<int>({1, 5, 9, 13}));
+  // Data-first ep 4 on 16 ranks: ep group [1,5,9,13], edp group [4,5,6,7].
+  BOOST_TEST(context.expert_data_parallel_group(4).ranks() == std::vector<int>({4, 5, 6, 7}));
+  BOOST_TEST(context.expert_broadcast_source_rank(4) == 4);
+  // The seed's (rank // size) * size would say 4; the group's first rank is 1.
+  BOOST_TEST(context.expert_parallel_source_rank(4) == 1);
+  // hpZ 32 on 16 ranks is clamped to the world.
+  BOOST_TEST(context.has_zero_param_intra_group());
+  BOOST_TEST(context.zero_param_intra_group().size() == 16);
+  BOOST_CHECK_THROW((void)context.all_to_all_local_group(), pcx::GroupNotFound);
+  BOOST_CHECK_THROW((void)context.expert_parallel_group(8), pcx::GroupNotFound);
+}
+
+BOOST_AUTO_TEST_CASE(a_context_without_experts_has_no_largest_expert_group) {
+  const auto world = std::make_shared<FakeWorld>(4);
+  const ParallelContext context(FakeCommunicator(world, 0), make_config(4, 1, 1, {}));
+  BOOST_TEST(!context.max_expert_parallel_size().has_value());
+  BOOST_CHECK_THROW((void)context.max_expert_parallel_group(), pcx::GroupNotFound);
+  BOOST_TEST(!context.has_zero_param_intra_group());
+}
+
+BOOST_AUTO_TEST_CASE(mpu_groups_and_sizes_are_used) {
+  const auto world = std::make_shared<FakeWorld>(8);
+  const int rank = 3;
+  auto mpu = std::make_shared<MockMpu>();
+  mpu->set_tensor_parallel_size(2).set_model_parallel_size(2);
+  mpu->set_data_parallel_group(fake_group(world, {1, 3, 5, 7}, rank));
+  mpu->set_sequence_parallel_group(fake_group(world, {2, 3}, rank));
+  mpu->set_sequence_data_parallel_group(fake_group(world, {1, 3}, rank));
+  const ParallelContext context(FakeCommunicator(world, rank), make_config(8, 1, 1, {2}), mpu);
+  BOOST_TEST(context.data_parallel_size() == 4);
+  BOOST_TEST(context.data_parallel_group().ranks() == std::vector<int>({1, 3, 5, 7}));
+  BOOST_TEST(context.model_parallel_size() == 2);
+  BOOST_TEST(context.expert_tensor_parallel_size() == 2);
+  BOOST_TEST(context.sequence_parallel_size() == 2);
+  BOOST_TEST(context.sequence_parallel_rank() == 1);
+  BOOST_TEST(context.broadcast_source_rank() == 1);
+  BOOST_TEST(context.expert_parallel_group(2).ranks() == std::vector<int>({1, 3}));
+  BOOST_TEST(context.expert_data_parallel_group(2).ranks() == std::vector<int>({3, 7}));
+  BOOST_TEST(context.mpu() == mpu.get());
+}
+
+namespace {
+
+bool message_has(const pcx::Error& e, std::initializer_list<std::string_view> parts) {
+  const std::string_view what = e.what();
+  for (const std::string_view part : parts) {
+    if (what.find(part) == std::string_view::npos) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(bad_configurations_are_config_errors_naming_the_values) {
+  const auto world = std::make_shared<FakeWorld>(8);
+  const FakeCommunicator comm(world, 0);
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 2, 1, {})), pcx::ConfigError,
+                        [](const pcx::Error& e) { return message_has(e, {"tensor parallel size 2", "MPU"}); });
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(16, 1, 1, {})), pcx::ConfigError,
+                        [](const pcx::Error& e) { return message_has(e, {"16", "8"}); });
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 1, 1, {3})), pcx::ConfigError,
+                        [](const pcx::Error& e) { return message_has(e, {"expert parallel size 3"}); });
+
+  // The MPU says tp 2 but its data parallel group is not Megatron's.
+  auto wrong = std::make_shared<MockMpu>();
+  wrong->set_tensor_parallel_size(2).set_model_parallel_size(2);
+  wrong->set_data_parallel_group(fake_group(world, {0, 1, 2, 3}, 0));
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 1, 1, {2}), wrong), pcx::ConfigError,
+                        [](const pcx::Error& e) { return message_has(e, {"[0,1,2,3]", "[0,2,4,6]"}); });
+
+  auto disagreeing = std::make_shared<MockMpu>();
+  disagreeing->set_tensor_parallel_size(2).set_data_parallel_group(fake_group(world, {0, 2, 4, 6}, 0));
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 4, 1, {}), disagreeing), pcx::ConfigError,
+                        [](const pcx::Error& e) { return message_has(e, {"4", "MPU's 2"}); });
+
+  // An MPU without a data parallel group set is rejected, not a crash.
+  BOOST_CHECK_THROW(ParallelContext(comm, make_config(8, 1, 1, {}), std::make_shared<MockMpu>()), pcx::ConfigError);
+}
+
+BOOST_AUTO_TEST_CASE(a_failing_operation_names_the_group_kind_and_rank) {
+  const ParallelConfig config = make_config(16, 1, 1, {2, 4}, {}, 4, 8);
+  int operations = 0;
+  {
+    const auto world = std::make_shared<FakeWorld>(16);
+    const ParallelContext context(FakeCommunicator(world, 6), config);
+    operations = world->operation_count();
+  }
+  BOOST_TEST(operations == 1 + 1 + 7);  // agreement, world clone, one split per kind
+  for (int k = 0; k < operations; ++k) {
+    const auto world = std::make_shared<FakeWorld>(16);
+    world->fail_operation(k);
+    BOOST_CHECK_EXCEPTION(ParallelContext(FakeCommunicator(world, 6), config), pcx::CommError,
+                          [k](const pcx::CommError& e) {
+                            // The agreement and the world clone come before any group kind.
+                            return k < 2 || message_has(e, {"rank 6", "groups", "injected"});
+                          });
+  }
+}
+
+BOOST_AUTO_TEST_CASE(contexts_in_one_process_are_independent) {
+  const auto world = std::make_shared<FakeWorld>(8);
+  const FakeCommunicator comm(world, 2);
+  const ParallelContext training(comm, make_config(8, 1, 1, {4}));
+  const ParallelContext evaluation(comm, make_config(8, 1, 1, {2}, pcx::ExpertOrder::data_first));
+  BOOST_TEST(training.expert_parallel_group(4).ranks() == std::vector<int>({0, 1, 2, 3}));
+  BOOST_TEST(evaluation.expert_parallel_group(2).ranks() == std::vector<int>({2, 6}));
+  BOOST_CHECK_THROW((void)training.expert_parallel_group(2), pcx::GroupNotFound);
+  ParallelContext moved = ParallelContext(comm, make_config(8, 1, 1, {8}));
+  BOOST_TEST(moved.expert_parallel_group(8).size() == 8);
+  BOOST_TEST(&moved.data_parallel_group() == &moved.world_group());
+}
+
+BOOST_AUTO_TEST_CASE(fake_collectives_behave_as_if_every_member_passed_the_same_buffer) {
+  const auto world = std::make_shared<FakeWorld>(4);
+  const FakeCommunicator comm(world, 1);
+  std::vector<std::int32_t> values = {1, 2, 3, 4};
+  std::vector<std::int32_t> out(4);
+  comm.all_reduce(std::span<const std::int32_t>(values), std::span<std::int32_t>(out), pcx::ReduceOp::sum);
+  BOOST_TEST(out == std::vector<std::int32_t>({4, 8, 12, 16}));
+  comm.all_to_all(std::span<const std::int32_t>(values), std::span<std::int32_t>(out));
+  BOOST_TEST(out == std::vector<std::int32_t>({2, 2, 2, 2}));
+  std::vector<double> gathered(8);
+  comm.all_gather(std::span<const double>(std::vector<double>{0.5, 1.5}), std::span<double>(gathered));
+  BOOST_TEST(gathered == std::vector<double>({0.5, 1.5, 0.5, 1.5, 0.5, 1.5, 0.5, 1.5}));
+  std::vector<std::int32_t> block(1);
+  comm.reduce_scatter(std::span<const std::int32_t>(values), std::span<std::int32_t>(block), pcx::ReduceOp::max);
+  BOOST_TEST(block[0] == 2);
+  BOOST_CHECK_THROW(comm.all_gather(std::span<const double>(gathered), std::span<double>(gathered.data(), 3)),
+                    pcx::ConfigError);
+  BOOST_CHECK_THROW(comm.broadcast(std::span<std::int32_t>(values), 4), pcx::ConfigError);
+}
+
+BOOST_AUTO_TEST_CASE(fake_world_verify_catches_splits_no_real_job_could_make) {
+  const auto world = std::make_shared<FakeWorld>(4);
+  const std::vector<int> pair = {0, 1};
+  const std::vector<int> other = {0, 2};
+  (void)FakeCommunicator(world, 0).split(7, 0, pair);
+  (void)FakeCommunicator(world, 1).split(7, 1, pair);
+  BOOST_CHECK_NO_THROW(world->verify());
+  (void)FakeCommunicator(world, 0).split(3, 0, pair);
+  (void)FakeCommunicator(world, 2).split(3, 1, other);  // same colour, other members
+  BOOST_CHECK_THROW(world->verify(), pcx::Error);
+}
