@@ -1,0 +1,116 @@
+// MpiCommunicator under mpiexec: ownership, splits and every collective's numbers.
+#define BOOST_TEST_MODULE mpi_communicator
+#include <numeric>
+
+#include "mpi_fixture.hpp"
+#include "pcx/error.hpp"
+
+using pcx::MpiCommunicator;
+using pcx::ReduceOp;
+using pcx::test::everyone;
+
+BOOST_AUTO_TEST_CASE(world_is_borrowed_and_dup_is_owned) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  int size = 0;
+  int rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  BOOST_TEST(world.size() == size);
+  BOOST_TEST(world.rank() == rank);
+  BOOST_TEST(!world.owned());
+  const auto copy = world.dup();
+  BOOST_TEST(copy->size() == size);
+  BOOST_TEST(copy->rank() == rank);
+  BOOST_TEST(dynamic_cast<const MpiCommunicator&>(*copy).owned());
+  BOOST_TEST(dynamic_cast<const MpiCommunicator&>(*copy).native() != MPI_COMM_WORLD);
+}
+
+BOOST_AUTO_TEST_CASE(moving_transfers_ownership_and_frees_once) {
+  MPI_Comm raw = MPI_COMM_NULL;
+  MPI_Comm_dup(MPI_COMM_WORLD, &raw);
+  MpiCommunicator first = MpiCommunicator::adopt(raw);
+  MpiCommunicator second = std::move(first);
+  BOOST_TEST(second.native() == raw);
+  BOOST_TEST(second.owned());
+  MpiCommunicator third = MpiCommunicator::world();
+  third = std::move(second);  // frees nothing borrowed, takes the owned handle
+  BOOST_TEST(third.owned());
+  BOOST_CHECK_THROW(MpiCommunicator::borrow(MPI_COMM_NULL), pcx::ConfigError);
+}
+
+BOOST_AUTO_TEST_CASE(split_by_parity_and_no_colour) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int rank = world.rank();
+  std::vector<int> members;
+  for (int r = rank % 2; r < world.size(); r += 2) members.push_back(r);
+  const int key = rank / 2;
+  const auto half = world.split(rank % 2, key, members);
+  BOOST_REQUIRE(half != nullptr);
+  BOOST_TEST(half->size() == static_cast<int>(members.size()));
+  BOOST_TEST(half->rank() == key);
+  std::vector<std::int32_t> seen(members.size());
+  const std::int32_t me = rank;
+  half->all_gather(std::span<const std::int32_t>(&me, 1), std::span<std::int32_t>(seen));
+  BOOST_TEST(std::vector<int>(seen.begin(), seen.end()) == members);
+
+  const auto none = world.split(pcx::Communicator::kNoColour, 0, {});
+  BOOST_TEST(none == nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(collectives_give_the_right_numbers) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const int r = world.rank();
+
+  std::vector<std::int64_t> values = {r, 10 * r};
+  world.all_reduce(std::span<std::int64_t>(values), ReduceOp::sum);
+  const std::int64_t total = std::int64_t{n} * (n - 1) / 2;
+  BOOST_TEST(values == std::vector<std::int64_t>({total, 10 * total}));
+
+  const double mine = r + 0.5;
+  double largest = 0;
+  world.all_reduce(std::span<const double>(&mine, 1), std::span<double>(&largest, 1), ReduceOp::max);
+  BOOST_TEST(largest == n - 0.5);
+
+  // Block j of rank i's send is 100 * i + j; after the exchange block i is 100 * i + r.
+  std::vector<std::int32_t> send(static_cast<std::size_t>(n));
+  std::vector<std::int32_t> recv(static_cast<std::size_t>(n));
+  for (int j = 0; j < n; ++j) send[static_cast<std::size_t>(j)] = 100 * r + j;
+  world.all_to_all(std::span<const std::int32_t>(send), std::span<std::int32_t>(recv));
+  for (int i = 0; i < n; ++i) BOOST_TEST(recv[static_cast<std::size_t>(i)] == 100 * i + r);
+
+  std::vector<float> gathered(static_cast<std::size_t>(2 * n));
+  const std::vector<float> pair = {static_cast<float>(r), -static_cast<float>(r)};
+  world.all_gather(std::span<const float>(pair), std::span<float>(gathered));
+  for (int i = 0; i < n; ++i) {
+    BOOST_TEST(gathered[static_cast<std::size_t>(2 * i)] == static_cast<float>(i));
+    BOOST_TEST(gathered[static_cast<std::size_t>(2 * i + 1)] == -static_cast<float>(i));
+  }
+
+  // Every rank sends j + r in block j; rank r receives the sum over i of (r + i).
+  std::vector<std::uint64_t> blocks(static_cast<std::size_t>(n));
+  for (int j = 0; j < n; ++j) blocks[static_cast<std::size_t>(j)] = static_cast<std::uint64_t>(j + r);
+  std::uint64_t reduced = 0;
+  world.reduce_scatter(std::span<const std::uint64_t>(blocks), std::span<std::uint64_t>(&reduced, 1), ReduceOp::sum);
+  BOOST_TEST(reduced == static_cast<std::uint64_t>(n * r + total));
+
+  std::vector<std::int8_t> message(3, static_cast<std::int8_t>(r == n - 1 ? 7 : 0));
+  world.broadcast(std::span<std::int8_t>(message), n - 1);
+  BOOST_TEST(message == std::vector<std::int8_t>({7, 7, 7}));
+  world.barrier();
+}
+
+BOOST_AUTO_TEST_CASE(bad_arguments_throw_before_communicating_on_every_rank) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  std::vector<std::int32_t> small(1);
+  std::vector<std::int32_t> big(static_cast<std::size_t>(world.size()) + 1);
+  BOOST_CHECK_THROW(world.all_gather(std::span<const std::int32_t>(small), std::span<std::int32_t>(big)),
+                    pcx::ConfigError);
+  BOOST_CHECK_THROW(world.broadcast(std::span<std::int32_t>(small), world.size()), pcx::ConfigError);
+  BOOST_CHECK_THROW(world.all_reduce(nullptr, small.data(), 1, pcx::DataType::int32, ReduceOp::sum),
+                    pcx::ConfigError);
+  const std::vector<int> wrong = {world.size()};
+  BOOST_CHECK_THROW((void)world.split(0, 0, wrong), pcx::ConfigError);
+  BOOST_CHECK_THROW((void)world.split(-5, 0, wrong), pcx::ConfigError);
+  BOOST_TEST(everyone(true));
+}

@@ -1,0 +1,238 @@
+// ParallelContext under mpiexec: every group checked by real communication.
+#define BOOST_TEST_MODULE parallel_context_mpi
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <functional>
+#include <numeric>
+
+#include "mpi_fixture.hpp"
+#include "pcx/error.hpp"
+#include "pcx/parallel_context.hpp"
+#include "pcx/testing/mock_mpu.hpp"
+
+namespace {
+
+using pcx::GroupId;
+using pcx::GroupKind;
+using pcx::MpiCommunicator;
+using pcx::ParallelConfig;
+using pcx::ParallelContext;
+using pcx::ProcessGroup;
+using pcx::ReduceOp;
+using pcx::test::everyone;
+
+ParallelConfig make_config(std::vector<int> eps, pcx::ExpertOrder order = {}, std::optional<int> hpz = {},
+                           std::optional<int> per_node = {}) {
+  ParallelConfig config;
+  config.world_size = 0;  // the world communicator's size
+  config.expert_parallel_sizes = std::move(eps);
+  config.expert_order = order;
+  config.zero_hpz_size = hpz;
+  config.ranks_per_node = per_node;
+  return config;
+}
+
+std::vector<int> divisors(int n) {
+  std::vector<int> out;
+  for (int d = 1; d <= n; ++d)
+    if (n % d == 0) out.push_back(d);
+  return out;
+}
+
+// The members of a group as its own communicator reports them, and collectives over it.
+bool group_works(const ProcessGroup& group, const std::vector<int>& expected, int world_rank) {
+  const pcx::Communicator& comm = group.communicator();
+  std::vector<std::int32_t> members(static_cast<std::size_t>(comm.size()));
+  const std::int32_t me = world_rank;
+  comm.all_gather(std::span<const std::int32_t>(&me, 1), std::span<std::int32_t>(members));
+  bool ok = std::vector<int>(members.begin(), members.end()) == expected && group.ranks() == expected;
+
+  std::int64_t sum = world_rank;
+  comm.all_reduce(std::span<std::int64_t>(&sum, 1), ReduceOp::sum);
+  ok = ok && sum == std::accumulate(expected.begin(), expected.end(), std::int64_t{0});
+
+  std::int32_t source = world_rank;
+  comm.broadcast(std::span<std::int32_t>(&source, 1), 0);
+  ok = ok && source == expected.front();
+
+  // All-to-all: block j of group rank i carries 1000 * i + j.
+  const auto n = static_cast<std::size_t>(comm.size());
+  std::vector<std::int32_t> send(n);
+  std::vector<std::int32_t> recv(n);
+  for (std::size_t j = 0; j < n; ++j) send[j] = 1000 * comm.rank() + static_cast<std::int32_t>(j);
+  comm.all_to_all(std::span<const std::int32_t>(send), std::span<std::int32_t>(recv));
+  for (std::size_t i = 0; i < n; ++i) ok = ok && recv[i] == 1000 * static_cast<std::int32_t>(i) + comm.rank();
+
+  // Reduce-scatter of ones: every block sums to the group size.
+  const std::vector<double> ones(n, 1.0);
+  double block = 0;
+  comm.reduce_scatter(std::span<const double>(ones), std::span<double>(&block, 1), ReduceOp::sum);
+  ok = ok && block == static_cast<double>(n);
+  if (!ok) {
+    BOOST_ERROR(fmt::format("rank {}: group [{}] expected [{}], communicator saw [{}]", world_rank,
+                            fmt::join(group.ranks(), ","), fmt::join(expected, ","), fmt::join(members, ",")));
+  }
+  return ok;
+}
+
+// Checks every group of a context against its topology, on every rank.
+bool context_works(const ParallelContext& context) {
+  bool ok = true;
+  for (const pcx::GroupView& view : context.topology().views()) {
+    const GroupKind kind = view.id.kind;
+    if (kind == GroupKind::tensor_parallel || kind == GroupKind::pipeline_parallel) continue;
+    ok = group_works(context.group(view.id), view.layout.group_of(context.rank()), context.rank()) && ok;
+  }
+  return ok;
+}
+
+std::shared_ptr<const pcx::GridMpu> grid_mpu(const MpiCommunicator& world, int tp, int pp) {
+  return std::make_shared<const pcx::GridMpu>(world, tp, pp);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(every_group_of_every_configuration_communicates_as_laid_out) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  int configurations = 0;
+  bool ok = true;
+  for (const int tp : divisors(n)) {
+    for (const int pp : divisors(n / tp)) {
+      const int dp = n / tp / pp;
+      for (const auto order : {pcx::ExpertOrder::expert_first, pcx::ExpertOrder::data_first}) {
+        const auto mpu = tp * pp > 1 ? grid_mpu(world, tp, pp) : nullptr;
+        const ParallelContext context(world, make_config(divisors(dp), order, std::max(1, n / 2), std::max(1, n / 2)),
+                                      mpu);
+        BOOST_TEST(context.expert_tensor_parallel_size() == tp);
+        if (mpu) {
+          ok = group_works(mpu->tensor_parallel_group(),
+                           context.topology().layout({GroupKind::tensor_parallel}).group_of(world.rank()),
+                           world.rank()) && ok;
+          ok = group_works(mpu->pipeline_parallel_group(),
+                           context.topology().layout({GroupKind::pipeline_parallel}).group_of(world.rank()),
+                           world.rank()) && ok;
+        }
+        ok = context_works(context) && ok;
+        ++configurations;
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE(configurations << " configurations on " << n << " ranks");
+  BOOST_TEST(everyone(ok));
+}
+
+BOOST_AUTO_TEST_CASE(two_contexts_used_alternately) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const ParallelContext training(world, make_config({n}));
+  const ParallelContext evaluation(world, make_config({1}, pcx::ExpertOrder::data_first, 1));
+  bool ok = true;
+  for (int step = 0; step < 3; ++step) {
+    ok = context_works(training) && ok;
+    ok = context_works(evaluation) && ok;
+  }
+  BOOST_TEST(training.expert_parallel_group(n).size() == n);
+  BOOST_TEST(evaluation.expert_parallel_group(1).size() == 1);
+  BOOST_TEST(everyone(ok));
+}
+
+BOOST_AUTO_TEST_CASE(a_mock_mpu_is_injected) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const int tp = n % 2 == 0 ? 2 : 1;
+  ParallelConfig megatron;
+  megatron.world_size = n;
+  megatron.tensor_parallel_size = tp;
+  const pcx::Topology layout(megatron);
+
+  auto mpu = std::make_shared<pcx::testing::MockMpu>();
+  mpu->set_tensor_parallel_size(tp).set_model_parallel_size(tp);
+  mpu->set_data_parallel_group(pcx::make_group(world, layout.layout({GroupKind::data_parallel})));
+  mpu->set_sequence_parallel_group(pcx::make_group(world, layout.layout({GroupKind::tensor_parallel})));
+  const ParallelContext context(world, make_config({n / tp}), mpu);
+  BOOST_TEST(context.data_parallel_size() == n / tp);
+  BOOST_TEST(context.sequence_parallel_size() == tp);
+  BOOST_TEST(context.model_parallel_size() == tp);
+  BOOST_TEST(context.broadcast_source_rank() == world.rank() % tp);
+  BOOST_TEST(everyone(context_works(context)));
+}
+
+BOOST_AUTO_TEST_CASE(contexts_and_mpus_are_destroyed_in_any_order) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  for (int order = 0; order < 3; ++order) {
+    auto mpu = grid_mpu(world, 1, n % 2 == 0 ? 2 : 1);
+    auto first = std::make_unique<ParallelContext>(world, make_config({1}), mpu);
+    auto second = std::make_unique<ParallelContext>(world, make_config({mpu->data_parallel_size()}, {}, n), mpu);
+    const std::vector<std::function<void()>> releases = {[&] { first.reset(); }, [&] { second.reset(); },
+                                                         [&] { mpu.reset(); }};
+    for (std::size_t i = 0; i < releases.size(); ++i) releases[(i + static_cast<std::size_t>(order)) % 3]();
+    BOOST_TEST(everyone(true));
+  }
+}
+
+namespace {
+
+// Every rank throws; returns the message, and whether every rank threw the same type.
+template <class Expected>
+std::string expect_everywhere(const std::function<void()>& build) {
+  std::string message;
+  bool right_type = false;
+  try {
+    build();
+  } catch (const Expected& e) {
+    message = e.what();
+    right_type = true;
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  BOOST_TEST(everyone(right_type), message);
+  return message;
+}
+
+// Whether every rank holds the same text.
+bool same_everywhere(const std::string& text) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const auto hash = static_cast<std::int64_t>(std::hash<std::string>{}(text) >> 1);
+  std::vector<std::int64_t> extremes = {hash, -hash};
+  world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
+  return extremes[0] == -extremes[1];
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(ranks_that_disagree_all_throw_the_same_mismatch) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  if (n == 1) return;  // one rank cannot disagree with itself
+  const bool odd_one = world.rank() == n - 1;
+  const std::vector<ParallelConfig> disagreements = {
+      make_config({odd_one ? 1 : n}),
+      make_config({1}, odd_one ? pcx::ExpertOrder::data_first : pcx::ExpertOrder::expert_first),
+      make_config({1}, {}, odd_one ? 1 : n),
+      make_config({1}, {}, {}, odd_one ? std::optional<int>{} : std::optional<int>{n}),
+  };
+  for (const ParallelConfig& config : disagreements) {
+    const std::string message = expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, config); });
+    BOOST_TEST(same_everywhere(message), message);
+    BOOST_TEST(message.find("ranks disagree") != std::string::npos, message);
+  }
+  // An MPU that reports another model parallel size on one rank.
+  auto mpu = std::make_shared<pcx::testing::MockMpu>();
+  mpu->set_model_parallel_size(odd_one ? 2 : 1);
+  mpu->set_data_parallel_group(pcx::make_group(world, pcx::RankGrid({{"data", n}}).along({"data"})));
+  const std::string message =
+      expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, make_config({1}), mpu); });
+  BOOST_TEST(message.find("MPU model parallel size ranges from 1 to 2") != std::string::npos, message);
+}
+
+BOOST_AUTO_TEST_CASE(an_invalid_configuration_fails_on_every_rank) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const std::string message =
+      expect_everywhere<pcx::ConfigError>([&] { ParallelContext(world, make_config({n + 1})); });
+  BOOST_TEST(same_everywhere(message), message);
+  BOOST_TEST(message.find(fmt::format("expert parallel size {}", n + 1)) != std::string::npos, message);
+}
