@@ -43,8 +43,9 @@ std::string_view to_string(DataType type) noexcept {
   return "unknown";
 }
 
-std::unique_ptr<Communicator> Communicator::split(int colour, int key, std::span<const int> members) const {
-  if (colour == kNoColour) return do_split(colour, key, {});
+std::unique_ptr<Communicator> Communicator::split(int colour, int key, std::span<const int> members,
+                                                  const CommOptions& options) const {
+  if (colour == kNoColour) return do_split(colour, key, {}, options);
   if (colour < 0) {
     throw ConfigError(fmt::format("split colour {} is negative (use kNoColour, {}, to join no group)", colour,
                                   kNoColour));
@@ -58,7 +59,7 @@ std::unique_ptr<Communicator> Communicator::split(int colour, int key, std::span
       throw ConfigError(fmt::format("split member {} is outside [0, {})", member, size()));
     }
   }
-  return do_split(colour, key, members);
+  return do_split(colour, key, members, options);
 }
 
 void Communicator::all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {

@@ -137,6 +137,13 @@ Topology agree(const Communicator& world, const ParallelConfig& config, const Mp
   return std::move(*topology);
 }
 
+CommOptions options_for(const ContextOptions& options, const GroupId& id) {
+  const auto it = options.per_kind.find(id.kind);
+  CommOptions chosen = it == options.per_kind.end() ? options.communicators : it->second;
+  if (chosen.name.empty()) chosen.name = "pcx:" + id.name();
+  return chosen;
+}
+
 std::shared_ptr<spdlog::logger> logger_or_null(std::shared_ptr<spdlog::logger> logger) {
   if (logger) return logger;
   return std::make_shared<spdlog::logger>("pcx", std::make_shared<spdlog::sinks::null_sink_mt>());
@@ -147,7 +154,7 @@ std::shared_ptr<spdlog::logger> logger_or_null(std::shared_ptr<spdlog::logger> l
 ParallelContext::ParallelContext(const Communicator& world, ParallelConfig config, std::shared_ptr<const Mpu> mpu,
                                  ContextOptions options)
     : mpu_(std::move(mpu)), topology_(agree(world, config, mpu_.get())), rank_(world.rank()) {
-  const auto logger = logger_or_null(std::move(options.logger));
+  const auto logger = logger_or_null(options.logger);
   for (const std::string& note : topology_.clamp_notes()) logger->warn("pcx: {}", note);
 
   int splits = 0;
@@ -163,10 +170,10 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
       if (kind == GroupKind::world) {
         std::vector<int> all(static_cast<std::size_t>(world_size()));
         std::iota(all.begin(), all.end(), 0);
-        groups_.entries.push_back({view.id, ProcessGroup(std::move(all), world.dup())});
+        groups_.entries.push_back({view.id, ProcessGroup(std::move(all), world.dup(options_for(options, view.id)))});
       } else {
         splits += view.layout.group_size() > 1 ? 1 : 0;
-        groups_.entries.push_back({view.id, make_group(world_group().communicator(), view.layout)});
+        groups_.entries.push_back({view.id, make_group(world_group().communicator(), view.layout, options_for(options, view.id))});
       }
     } catch (const CommError& e) {
       throw CommError(fmt::format("building the {} groups on rank {}: {}", view.id.name(), rank_, e.what()), e.code());

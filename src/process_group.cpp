@@ -32,13 +32,13 @@ int ProcessGroup::global_rank(int group_rank) const {
 
 bool ProcessGroup::contains(int global) const noexcept { return std::ranges::find(ranks_, global) != ranks_.end(); }
 
-ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout) {
+ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout, const CommOptions& options) {
   const int rank = parent.rank();
   std::vector<int> members = layout.group_of(rank);
   // Group sizes are the same for every rank of a layout, so either every rank
   // splits or none does: skipping the collective here cannot leave a peer waiting.
   if (layout.group_size() == 1) return ProcessGroup(std::move(members), std::make_unique<SelfCommunicator>());
-  auto communicator = parent.split(layout.colour(rank), layout.group_rank(rank), members);
+  auto communicator = parent.split(layout.colour(rank), layout.group_rank(rank), members, options);
   return ProcessGroup(std::move(members), std::move(communicator));
 }
 

@@ -12,12 +12,13 @@ void copy(const void* send, void* recv, std::size_t count, DataType type) {
 
 }  // namespace
 
-std::unique_ptr<Communicator> SelfCommunicator::do_split(int colour, int, std::span<const int>) const {
+std::unique_ptr<Communicator> SelfCommunicator::do_split(int colour, int, std::span<const int>,
+                                                         const CommOptions&) const {
   if (colour == kNoColour) return nullptr;
   return std::make_unique<SelfCommunicator>();
 }
 
-std::unique_ptr<Communicator> SelfCommunicator::do_dup() const { return std::make_unique<SelfCommunicator>(); }
+std::unique_ptr<Communicator> SelfCommunicator::do_dup(const CommOptions&) const { return std::make_unique<SelfCommunicator>(); }
 
 void SelfCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
                                      ReduceOp) const {

@@ -2,10 +2,13 @@
 /// @file communicator.hpp
 /// @brief The abstract communicator every backend implements (MPI, NCCL, self, fake).
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -54,6 +57,30 @@ template <Element T>
   else return DataType::float64;
 }
 
+/// Settings of a communicator that a split or dup creates. Each backend uses the
+/// fields that apply to it and ignores the others; a field the backend's library is
+/// too old for is a ConfigError, never silently dropped.
+struct CommOptions {
+  /// Name shown by the backend's tools and logs (MPI_Comm_set_name, NCCL commName).
+  std::string name;
+  /// NCCL: deadline for a non-blocking initialization; past it the communicator is
+  /// aborted and Timeout is thrown. Zero: block until done.
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  /// NCCL splitShare: share the parent's resources (fewer resources, but parent and
+  /// child then serialize).
+  bool share_resources = false;
+  /// NCCL cgaClusterSize.
+  std::optional<int> cga_cluster_size;
+  /// NCCL minCTAs.
+  std::optional<int> min_ctas;
+  /// NCCL maxCTAs.
+  std::optional<int> max_ctas;
+  /// NCCL netName: the network plugin to use (empty: NCCL's choice).
+  std::string net_name;
+
+  friend bool operator==(const CommOptions&, const CommOptions&) = default;
+};
+
 /// A group of processes that can split into children and run collectives.
 ///
 /// Every collective and split is collective over the communicator: each member must
@@ -78,15 +105,17 @@ class Communicator {
   /// Splits into children: members with the same @p colour form one child, ranked by
   /// @p key. @p members lists the ranks (in this communicator) of the caller's child,
   /// in key order; backends that can build a group from its members use it, the
-  /// others ignore it.
+  /// others ignore it. @p options configure the child.
   /// @return the caller's child, or nullptr when @p colour is kNoColour.
-  /// @throws ConfigError if @p colour is negative but not kNoColour, or @p key is not
-  ///         the caller's position in @p members; CommError from the backend.
-  [[nodiscard]] std::unique_ptr<Communicator> split(int colour, int key, std::span<const int> members) const;
+  /// @throws ConfigError if @p colour is negative but not kNoColour, @p key is not the
+  ///         caller's position in @p members, or an option is invalid for the backend;
+  ///         CommError from the backend; Timeout past options.timeout.
+  [[nodiscard]] std::unique_ptr<Communicator> split(int colour, int key, std::span<const int> members,
+                                                    const CommOptions& options = {}) const;
 
   /// A new communicator with the same members and ranks.
-  /// @throws CommError from the backend.
-  [[nodiscard]] std::unique_ptr<Communicator> dup() const { return do_dup(); }
+  /// @throws ConfigError, CommError or Timeout as split().
+  [[nodiscard]] std::unique_ptr<Communicator> dup(const CommOptions& options = {}) const { return do_dup(options); }
 
   /// Reduces @p count elements of every member and gives the result to all.
   /// @p send may equal @p recv (in place).
@@ -149,9 +178,9 @@ class Communicator {
 
   /// @name Backend hooks, called after the arguments were checked.
   /// @{
-  [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key,
-                                                               std::span<const int> members) const = 0;
-  [[nodiscard]] virtual std::unique_ptr<Communicator> do_dup() const = 0;
+  [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key, std::span<const int> members,
+                                                               const CommOptions& options) const = 0;
+  [[nodiscard]] virtual std::unique_ptr<Communicator> do_dup(const CommOptions& options) const = 0;
   virtual void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const = 0;
   virtual void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const = 0;
   virtual void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const = 0;

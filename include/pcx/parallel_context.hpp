@@ -2,6 +2,7 @@
 /// @file parallel_context.hpp
 /// @brief ParallelContext: every process group of large-model training, with no globals.
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <spdlog/logger.h>
@@ -19,6 +20,11 @@ struct ContextOptions {
   /// Where group creation is logged: debug for each group, info for one summary on
   /// rank 0, warn for clamped sizes. Null: no logging. Never taken from spdlog's registry.
   std::shared_ptr<spdlog::logger> logger;
+  /// Settings of every communicator the context creates (the world clone included).
+  /// An empty name becomes "pcx:" and the kind's name, e.g. "pcx:expert_parallel/4".
+  CommOptions communicators;
+  /// Settings for the communicators of one kind, replacing `communicators` for it.
+  std::map<GroupKind, CommOptions> per_kind;
 };
 
 /// The process groups of one parallel layout, built once and immutable afterwards.

@@ -50,7 +50,9 @@ class ProcessGroup {
 /// Builds the caller's group of @p layout over @p parent, whose rank r must be
 /// global rank r of the layout: one split call (none for groups of one rank, which
 /// get a SelfCommunicator). Every member of @p parent must call it.
-/// @throws CommError from the backend.
-[[nodiscard]] ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout);
+/// @param options settings of the new communicator
+/// @throws ConfigError, CommError or Timeout from the backend's split.
+[[nodiscard]] ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout,
+                                      const CommOptions& options = {});
 
 }  // namespace pcx

@@ -36,6 +36,15 @@ int mpi_count(std::size_t count) {
 
 const void* send_or_in_place(const void* send, const void* recv) { return send == recv ? MPI_IN_PLACE : send; }
 
+// MPI's tools and error messages show a communicator's name.
+std::unique_ptr<Communicator> named(MpiCommunicator comm, const std::string& name) {
+  if (!name.empty()) {
+    const std::string clipped = name.substr(0, MPI_MAX_OBJECT_NAME - 1);
+    check_mpi(MPI_Comm_set_name(comm.native(), clipped.c_str()), "MPI_Comm_set_name");
+  }
+  return std::make_unique<MpiCommunicator>(std::move(comm));
+}
+
 }  // namespace
 
 void check_mpi(int code, const char* call) {
@@ -118,17 +127,18 @@ void MpiCommunicator::release() noexcept {
   owned_ = false;
 }
 
-std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, std::span<const int>) const {
+std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, std::span<const int>,
+                                                        const CommOptions& options) const {
   MPI_Comm child = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split(comm_, colour == kNoColour ? MPI_UNDEFINED : colour, key, &child), "MPI_Comm_split");
   if (child == MPI_COMM_NULL) return nullptr;
-  return std::make_unique<MpiCommunicator>(adopt(child));
+  return named(adopt(child), options.name);
 }
 
-std::unique_ptr<Communicator> MpiCommunicator::do_dup() const {
+std::unique_ptr<Communicator> MpiCommunicator::do_dup(const CommOptions& options) const {
   MPI_Comm copy = MPI_COMM_NULL;
   check_mpi(MPI_Comm_dup(comm_, &copy), "MPI_Comm_dup");
-  return std::make_unique<MpiCommunicator>(adopt(copy));
+  return named(adopt(copy), options.name);
 }
 
 void MpiCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,

@@ -129,13 +129,14 @@ FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, i
 FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank)
     : FakeCommunicator(world, world ? world->size() : 1, rank, rank) {}
 
-std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, std::span<const int> members) const {
+std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, std::span<const int> members,
+                                                         const CommOptions&) const {
   world_->record_split(caller_, colour, key, members);
   if (colour == kNoColour) return nullptr;
   return std::make_unique<FakeCommunicator>(world_, static_cast<int>(members.size()), key, caller_);
 }
 
-std::unique_ptr<Communicator> FakeCommunicator::do_dup() const {
+std::unique_ptr<Communicator> FakeCommunicator::do_dup(const CommOptions&) const {
   world_->record_dup(caller_);
   return std::make_unique<FakeCommunicator>(world_, size_, rank_, caller_);
 }
