@@ -66,8 +66,9 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
                                   config.world_size, world.size()));
   }
   if (mpu) {
-    const auto take = [](int& configured, int from_mpu, std::string_view what) {
-      if (configured != 1 && configured != from_mpu) {
+    // Sizes above the world are clamped to it, as in the MPU's own layout.
+    const auto take = [&config](int& configured, int from_mpu, std::string_view what) {
+      if (configured != 1 && std::min(configured, config.world_size) != from_mpu) {
         throw ConfigError(fmt::format("{} {} in the configuration disagrees with the MPU's {}", what, configured,
                                       from_mpu));
       }
@@ -155,7 +156,9 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
                                  ContextOptions options)
     : mpu_(std::move(mpu)), topology_(agree(world, config, mpu_.get())), rank_(world.rank()) {
   const auto logger = logger_or_null(options.logger);
-  for (const std::string& note : topology_.clamp_notes()) logger->warn("pcx: {}", note);
+  if (rank_ == 0) {
+    for (const std::string& note : topology_.clamp_notes()) logger->warn("pcx: {}", note);
+  }
 
   int splits = 0;
   groups_.entries.reserve(topology_.views().size());

@@ -5,7 +5,6 @@
 #include <algorithm>
 
 #include "pcx/error.hpp"
-#include "pcx/self_communicator.hpp"
 
 namespace pcx {
 
@@ -37,7 +36,7 @@ ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout, c
   std::vector<int> members = layout.group_of(rank);
   // Group sizes are the same for every rank of a layout, so either every rank
   // splits or none does: skipping the collective here cannot leave a peer waiting.
-  if (layout.group_size() == 1) return ProcessGroup(std::move(members), std::make_unique<SelfCommunicator>());
+  if (layout.group_size() == 1) return ProcessGroup(std::move(members), parent.self());
   auto communicator = parent.split(layout.colour(rank), layout.group_rank(rank), members, options);
   return ProcessGroup(std::move(members), std::move(communicator));
 }

@@ -3,22 +3,23 @@
 #include <cstring>
 
 namespace pcx {
-namespace {
+SelfCommunicator::SelfCommunicator()
+    : copy_([](void* target, const void* source, std::size_t bytes) { std::memmove(target, source, bytes); }) {}
 
 // With one member every collective's result is its own input.
-void copy(const void* send, void* recv, std::size_t count, DataType type) {
-  if (send != recv && count > 0) std::memmove(recv, send, count * size_of(type));
+void SelfCommunicator::copy(const void* send, void* recv, std::size_t count, DataType type) const {
+  if (send != recv && count > 0) copy_(recv, send, count * size_of(type));
 }
-
-}  // namespace
 
 std::unique_ptr<Communicator> SelfCommunicator::do_split(int colour, int, std::span<const int>,
                                                          const CommOptions&) const {
   if (colour == kNoColour) return nullptr;
-  return std::make_unique<SelfCommunicator>();
+  return std::make_unique<SelfCommunicator>(copy_);
 }
 
-std::unique_ptr<Communicator> SelfCommunicator::do_dup(const CommOptions&) const { return std::make_unique<SelfCommunicator>(); }
+std::unique_ptr<Communicator> SelfCommunicator::do_dup(const CommOptions&) const {
+  return std::make_unique<SelfCommunicator>(copy_);
+}
 
 void SelfCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
                                      ReduceOp) const {

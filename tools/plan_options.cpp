@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <charconv>
 #include <climits>
@@ -47,6 +48,14 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   CLI::App app;
   RawOptions raw;
   describe(app, raw, world_required);
+  // CLI11 would take a following flag as the missing value ("--tp --pp 2").
+  for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+    const CLI::Option* option = args[i].starts_with("--") ? app.get_option_no_throw(args[i]) : nullptr;
+    if (option != nullptr && args[i + 1].starts_with("--")) {
+      throw ConfigError(fmt::format("{} needs a value, but {} follows it", args[i], args[i + 1]));
+    }
+  }
+  app.allow_extras();
   // CLI11 parses a reversed vector of the arguments.
   std::vector<std::string> reversed(args.rbegin(), args.rend());
   PlanOptions options;
@@ -57,6 +66,9 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
     return options;
   } catch (const CLI::ParseError& e) {
     throw ConfigError(e.what());
+  }
+  if (const std::vector<std::string> extra = app.remaining(); !extra.empty()) {
+    throw ConfigError(fmt::format("unexpected argument{} '{}'", extra.size() == 1 ? "" : "s", fmt::join(extra, "' '")));
   }
 
   ParallelConfig& config = options.config;

@@ -78,6 +78,7 @@ struct CommOptions {
   /// NCCL netName: the network plugin to use (empty: NCCL's choice).
   std::string net_name;
 
+  /// Field-wise equality.
   friend bool operator==(const CommOptions&, const CommOptions&) = default;
 };
 
@@ -134,6 +135,11 @@ class Communicator {
   /// Returns once every member has called it.
   void barrier() const { do_barrier(); }
 
+  /// A communicator of this process alone, for buffers of the same kind as this
+  /// backend's (host memory, or device memory for NCCL). It holds no backend
+  /// resources and is not collective.
+  [[nodiscard]] virtual std::unique_ptr<Communicator> self() const;
+
   /// Typed all_reduce; @p send and @p recv have the same length.
   template <Element T>
   void all_reduce(std::span<const T> send, std::span<T> recv, ReduceOp op) const {
@@ -170,25 +176,37 @@ class Communicator {
   }
 
  protected:
+  /// Backends only.
   Communicator() = default;
+  /// Backends only.
   Communicator(const Communicator&) = default;
+  /// Backends only.
   Communicator(Communicator&&) = default;
+  /// Backends only.
   Communicator& operator=(const Communicator&) = default;
+  /// Backends only.
   Communicator& operator=(Communicator&&) = default;
 
-  /// @name Backend hooks, called after the arguments were checked.
-  /// @{
+  // Backend hooks, called after the public functions checked the arguments.
+
+  /// split() for the backend; @p members is empty for kNoColour.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key, std::span<const int> members,
                                                                const CommOptions& options) const = 0;
+  /// dup() for the backend.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_dup(const CommOptions& options) const = 0;
+  /// all_reduce() for the backend; @p send may equal @p recv.
   virtual void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const = 0;
+  /// all_to_all() for the backend.
   virtual void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const = 0;
+  /// all_gather() for the backend.
   virtual void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const = 0;
+  /// reduce_scatter() for the backend.
   virtual void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
                                  ReduceOp op) const = 0;
+  /// broadcast() for the backend; @p root is in range.
   virtual void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const = 0;
+  /// barrier() for the backend.
   virtual void do_barrier() const = 0;
-  /// @}
 
  private:
   [[nodiscard]] std::size_t member_count() const noexcept { return static_cast<std::size_t>(size()); }

@@ -18,6 +18,7 @@ struct Axis {
   std::string name;  ///< Unique, non-empty name, for example "tensor".
   int size = 1;      ///< Number of positions along the axis, at least 1.
 
+  /// Same name and size.
   friend bool operator==(const Axis&, const Axis&) = default;
 };
 
@@ -71,6 +72,7 @@ class RankGrid {
   /// @copydoc along(std::span<const std::string_view>) const
   [[nodiscard]] GroupLayout along(std::initializer_list<std::string_view> varying) const;
 
+  /// Same axes in the same order.
   friend bool operator==(const RankGrid&, const RankGrid&) = default;
 
  private:
@@ -117,6 +119,7 @@ class GroupLayout {
   /// Every group, in colour order. Costs O(world size).
   [[nodiscard]] std::vector<std::vector<int>> groups() const;
 
+  /// Same world and the same groups.
   friend bool operator==(const GroupLayout&, const GroupLayout&) = default;
 
  private:

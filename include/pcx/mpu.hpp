@@ -35,8 +35,11 @@ class Mpu {
   [[nodiscard]] virtual const ProcessGroup* sequence_data_parallel_group() const { return nullptr; }
 
  protected:
+  /// Implementations only.
   Mpu() = default;
+  /// Implementations only.
   Mpu(const Mpu&) = default;
+  /// Implementations only.
   Mpu& operator=(const Mpu&) = default;
 };
 

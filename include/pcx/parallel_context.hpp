@@ -57,8 +57,10 @@ class ParallelContext {
   ParallelContext(const Communicator& world, ParallelConfig config, std::shared_ptr<const Mpu> mpu = nullptr,
                   ContextOptions options = {});
 
-  ParallelContext(ParallelContext&&) noexcept = default;
-  ParallelContext& operator=(ParallelContext&&) noexcept = default;
+  /// Takes over @p other's groups; @p other may only be destroyed or assigned to.
+  ParallelContext(ParallelContext&& other) noexcept = default;
+  /// Releases this context's groups, then takes over @p other's.
+  ParallelContext& operator=(ParallelContext&& other) noexcept = default;
   ParallelContext(const ParallelContext&) = delete;
   ParallelContext& operator=(const ParallelContext&) = delete;
   ~ParallelContext() = default;

@@ -22,8 +22,10 @@ class ProcessGroup {
   ///         ranks, or a rank is listed twice.
   ProcessGroup(std::vector<int> ranks, std::unique_ptr<Communicator> communicator);
 
-  ProcessGroup(ProcessGroup&&) noexcept = default;
-  ProcessGroup& operator=(ProcessGroup&&) noexcept = default;
+  /// Takes over @p other's ranks and communicator.
+  ProcessGroup(ProcessGroup&& other) noexcept = default;
+  /// Releases this group's communicator, then takes over @p other's.
+  ProcessGroup& operator=(ProcessGroup&& other) noexcept = default;
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;
   ~ProcessGroup() = default;
@@ -50,6 +52,8 @@ class ProcessGroup {
 /// Builds the caller's group of @p layout over @p parent, whose rank r must be
 /// global rank r of the layout: one split call (none for groups of one rank, which
 /// get a SelfCommunicator). Every member of @p parent must call it.
+/// @param parent the communicator to split, ranked like the layout's world
+/// @param layout the groups, of which the caller builds its own
 /// @param options settings of the new communicator
 /// @throws ConfigError, CommError or Timeout from the backend's split.
 [[nodiscard]] ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout,

@@ -2,6 +2,8 @@
 /// @file self_communicator.hpp
 /// @brief The communicator of a group of one process: collectives are local copies.
 
+#include <functional>
+
 #include "pcx/communicator.hpp"
 
 namespace pcx {
@@ -10,6 +12,15 @@ namespace pcx {
 /// resources, so size-1 groups cost nothing on any backend.
 class SelfCommunicator final : public Communicator {
  public:
+  /// Copies @p bytes from @p source to @p target; the two may be the same.
+  using Copy = std::function<void(void* target, const void* source, std::size_t bytes)>;
+
+  /// A communicator for host buffers (collectives copy with memmove).
+  SelfCommunicator();
+  /// A communicator whose collectives copy with @p copy, for buffers that a plain
+  /// memmove cannot reach (device memory).
+  explicit SelfCommunicator(Copy copy) : copy_(std::move(copy)) {}
+
   /// Always 1.
   [[nodiscard]] int size() const noexcept override { return 1; }
   /// Always 0.
@@ -28,6 +39,9 @@ class SelfCommunicator final : public Communicator {
                          ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
   void do_barrier() const override {}
+  void copy(const void* send, void* recv, std::size_t count, DataType type) const;
+
+  Copy copy_;
 };
 
 }  // namespace pcx

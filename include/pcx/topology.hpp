@@ -41,6 +41,7 @@ struct ParallelConfig {
   /// Ranks per node for the all-to-all groups. Absent: no all-to-all groups.
   std::optional<int> ranks_per_node;
 
+  /// Field-wise equality.
   friend bool operator==(const ParallelConfig&, const ParallelConfig&) = default;
 };
 
@@ -67,12 +68,13 @@ enum class GroupKind {
 /// Names one group kind of a topology: the kind, and for the two expert kinds the
 /// expert parallel size.
 struct GroupId {
-  GroupKind kind = GroupKind::world;
-  int expert_parallel_size = 0;  ///< Set for the expert kinds only.
+  GroupKind kind = GroupKind::world;  ///< The kind.
+  int expert_parallel_size = 0;       ///< Set for the expert kinds only.
 
   /// "tensor_parallel", "expert_parallel/4", ... (the names pcx-plan prints).
   [[nodiscard]] std::string name() const;
 
+  /// Same kind and expert parallel size.
   friend bool operator==(const GroupId&, const GroupId&) = default;
 };
 

@@ -43,7 +43,9 @@ class MpiCommunicator final : public Communicator {
   /// Borrows MPI_COMM_WORLD.
   [[nodiscard]] static MpiCommunicator world() { return borrow(MPI_COMM_WORLD); }
 
+  /// Takes over @p other's handle; @p other is left empty.
   MpiCommunicator(MpiCommunicator&& other) noexcept;
+  /// Releases this handle, then takes over @p other's.
   MpiCommunicator& operator=(MpiCommunicator&& other) noexcept;
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;

@@ -1,0 +1,200 @@
+// print_groups: builds every process group of a parallel configuration over MPI, reads
+// each group's members back from its own communicator, and prints them from rank 0.
+//
+//   mpiexec -n 8 print_groups --tp 2 --ep 2,4 --zero-hpz 4 --ranks-per-node 4
+//
+// It takes pcx-plan's flags and prints, for every rank r, what
+// `pcx-plan --world W <flags> --rank r --format json` prints as "groups":
+//
+//   {"world_size": W, "ranks": {"0": {"world": [...], "tensor_parallel": [...], ...}, ...}}
+//
+// - --world is optional; when given it must equal the MPI world size.
+// - --rank is rejected: every rank's groups are printed.
+// - --format is ignored (after its value is checked): the output is always JSON.
+// - --tp or --pp above 1 builds a pcx::GridMpu (Megatron layout) that supplies the tensor,
+//   pipeline and data parallel groups; without it, tensor and pipeline groups are the
+//   rank alone and data parallel is the world clone, as in DeepSpeed.
+//
+// Exit status: 0 on success; 2 on every rank for a bad flag or an invalid configuration,
+// with one error line on stderr from rank 0. A failure that may have happened on some
+// ranks only (an MPI error) aborts the job instead of leaving the others waiting.
+
+#include <fmt/format.h>
+#include <spdlog/logger.h>
+#include <spdlog/sinks/stdout_sinks.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <exception>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "pcx/error.hpp"
+#include "pcx/mpi/mpi_communicator.hpp"
+#include "pcx/mpu.hpp"
+#include "pcx/parallel_context.hpp"
+#include "pcx/self_communicator.hpp"
+#include "plan_options.hpp"
+
+namespace {
+
+constexpr int kUsageError = 2;
+constexpr const char* kProgram = "print_groups";
+
+std::size_t to_size(int value) { return static_cast<std::size_t>(value); }
+
+// The members of the caller's group as its communicator knows them: every member
+// contributes its world rank, in group-rank order.
+std::vector<int> read_back(const pcx::Communicator& group, int world_rank) {
+  std::vector<int> members(to_size(group.size()));
+  const int mine[] = {world_rank};
+  group.all_gather(std::span<const int>(mine), std::span<int>(members));
+  return members;
+}
+
+// Every rank's members of one group kind, gathered over the world. The sizes are
+// gathered first, so that a rank whose group has an unexpected size shows up in the
+// output instead of making the gather disagree.
+std::vector<std::vector<int>> gather_over_world(const pcx::Communicator& world, const std::vector<int>& members) {
+  const std::size_t ranks = to_size(world.size());
+  std::vector<int> sizes(ranks);
+  const int size[] = {static_cast<int>(members.size())};
+  world.all_gather(std::span<const int>(size), std::span<int>(sizes));
+
+  const std::size_t widest = to_size(std::ranges::max(sizes));
+  std::vector<int> padded(widest, -1);
+  std::ranges::copy(members, padded.begin());
+  std::vector<int> all(ranks * widest);
+  world.all_gather(std::span<const int>(padded), std::span<int>(all));
+
+  std::vector<std::vector<int>> result(ranks);
+  for (std::size_t r = 0; r < ranks; ++r) {
+    const auto first = all.begin() + static_cast<std::ptrdiff_t>(r * widest);
+    result[r].assign(first, first + sizes[r]);
+  }
+  return result;
+}
+
+// The caller's group of kind @p id: tensor and pipeline from the MPU (or the rank
+// alone without one), every other kind from the context.
+const pcx::ProcessGroup& group_of(const pcx::ParallelContext& context, const pcx::GridMpu* mpu,
+                                  const pcx::GroupId& id, const pcx::ProcessGroup& alone) {
+  switch (id.kind) {
+    case pcx::GroupKind::tensor_parallel:
+      return mpu ? mpu->tensor_parallel_group() : alone;
+    case pcx::GroupKind::pipeline_parallel:
+      return mpu ? mpu->pipeline_parallel_group() : alone;
+    default:
+      return context.group(id);
+  }
+}
+
+std::string help() {
+  return pcx::cli::help_text(kProgram, /*world_required=*/false) +
+         "\nBuilds the groups over MPI (run it under mpiexec) and prints every rank's groups from rank 0,\n"
+         "as JSON, each read back from the group's communicator.\n"
+         "--world, if given, must equal the MPI world size. --rank is rejected (every rank is printed).\n"
+         "--format is ignored: the output is always JSON. --tp or --pp above 1 builds a pcx::GridMpu.\n"
+         "Exit status 2: a bad flag or an invalid configuration.\n";
+}
+
+int print_groups(const std::vector<std::string>& args, const pcx::MpiCommunicator& world) {
+  const int rank = world.rank();
+  const pcx::cli::PlanOptions options = pcx::cli::parse_plan_options(args, /*world_required=*/false);
+  if (options.help) {
+    if (rank == 0) std::cout << help();
+    return 0;
+  }
+  if (options.rank) {
+    throw pcx::ConfigError(fmt::format("--rank: {} prints every rank's groups; leave --rank out", kProgram));
+  }
+  pcx::ParallelConfig config = options.config;
+  if (config.world_size != 0 && config.world_size != world.size()) {
+    throw pcx::ConfigError(fmt::format("--world: {} is not the MPI world size {} (leave --world out to use it)",
+                                       config.world_size, world.size()));
+  }
+  config.world_size = world.size();
+
+  // Created here and handed to the context; never registered in spdlog's registry.
+  auto logger = std::make_shared<spdlog::logger>(kProgram, std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  logger->set_pattern(fmt::format("{}: rank {}: %l: %v", kProgram, rank));
+  logger->set_level(spdlog::level::warn);
+
+  std::shared_ptr<const pcx::GridMpu> mpu;
+  if (config.tensor_parallel_size > 1 || config.pipeline_parallel_size > 1) {
+    mpu = std::make_shared<const pcx::GridMpu>(world, config.tensor_parallel_size, config.pipeline_parallel_size);
+    // The MPU decides the tensor and pipeline sizes. GridMpu clamps a tensor size larger
+    // than the world, as pcx-plan does, so the context gets the sizes it reports.
+    if (mpu->tensor_parallel_size() != config.tensor_parallel_size) {
+      logger->warn("tensor parallel size {} is larger than the world; using {}", config.tensor_parallel_size,
+                   mpu->tensor_parallel_size());
+    }
+    config.tensor_parallel_size = mpu->tensor_parallel_size();
+    config.pipeline_parallel_size = mpu->pipeline_parallel_size();
+  }
+
+  pcx::ContextOptions context_options;
+  context_options.logger = logger;
+  const pcx::ParallelContext context(world, config, mpu, context_options);
+
+  const pcx::ProcessGroup alone({rank}, std::make_unique<pcx::SelfCommunicator>());
+  nlohmann::ordered_json out;
+  out["world_size"] = world.size();
+  nlohmann::ordered_json& ranks = out["ranks"] = nlohmann::ordered_json::object();
+  if (rank == 0) {
+    for (int r = 0; r < world.size(); ++r) ranks[std::to_string(r)] = nlohmann::ordered_json::object();
+  }
+  for (const pcx::GroupView& view : context.topology().views()) {
+    const pcx::ProcessGroup& group = group_of(context, mpu.get(), view.id, alone);
+    const std::vector<std::vector<int>> members = gather_over_world(world, read_back(group.communicator(), rank));
+    if (rank != 0) continue;
+    const std::string name = view.id.name();
+    for (std::size_t r = 0; r < members.size(); ++r) ranks[std::to_string(r)][name] = members[r];
+  }
+  if (rank == 0) std::cout << out.dump() << '\n' << std::flush;
+  return 0;
+}
+
+// Runs the sample inside an initialized MPI; returns the exit status.
+int run(const std::vector<std::string>& args) {
+  std::optional<pcx::MpiCommunicator> world;
+  int rank = 0;
+  try {
+    world.emplace(pcx::MpiCommunicator::world());
+    rank = world->rank();
+    return print_groups(args, *world);
+  } catch (const pcx::ConfigError& e) {
+    // Flags and configurations are checked identically on every rank (the context
+    // compares them over the world first), so every rank lands here: rank 0 speaks.
+    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
+    return kUsageError;
+  } catch (const pcx::ConfigMismatch& e) {
+    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
+    return kUsageError;
+  } catch (const std::exception& e) {
+    // An MPI error or a group the context lacks may concern this rank only; the
+    // others could be waiting in a collective, so end the whole job.
+    fmt::print(stderr, "{}: error on rank {}: {}\n", kProgram, rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::optional<pcx::MpiEnvironment> environment;
+  try {
+    environment.emplace(&argc, &argv);
+  } catch (const pcx::Error& e) {
+    fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
+    return 1;
+  }
+  // MPI is finalized when `environment` goes, after every communicator of run().
+  return run(std::vector<std::string>(argv + 1, argv + argc));
+}
