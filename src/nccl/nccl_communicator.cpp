@@ -160,12 +160,21 @@ NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap
   }
   bootstrap.broadcast(std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&id), sizeof(id)), 0);
 
-  ncclConfig_t config = make_config(options.communicator);
+  return init_rank(id, bootstrap.size(), bootstrap.rank(), device, options.communicator);
+}
+
+NcclCommunicator NcclCommunicator::init_rank(const ncclUniqueId& id, int size, int rank, int device,
+                                             const CommOptions& options) {
+  if (size < 1 || rank < 0 || rank >= size) {
+    throw ConfigError(fmt::format("NCCL rank {} of {}: the rank must be in [0, size)", rank, size));
+  }
+  ncclConfig_t config = make_config(options);
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
   PendingComm comm;
-  const ncclResult_t started =
-      ncclCommInitRankConfig(comm.out(), bootstrap.size(), id, bootstrap.rank(), &config);
+  ncclUniqueId unique = id;
+  const ncclResult_t started = ncclCommInitRankConfig(comm.out(), size, unique, rank, &config);
   if (started != ncclInProgress) check_nccl(started, "ncclCommInitRankConfig", comm.get());
-  wait_ready(comm.get(), "ncclCommInitRankConfig", deadline_of(options.communicator));
+  wait_ready(comm.get(), "ncclCommInitRankConfig", deadline_of(options));
   return NcclCommunicator(comm.release(), device, true, nullptr);
 }
 
@@ -238,6 +247,15 @@ void NcclCommunicator::release() noexcept {
   owns_stream_ = false;
 }
 
+void NcclCommunicator::abort() noexcept {
+  failed_->store(true);
+  if (owned_ && comm_ != nullptr) {
+    cudaSetDevice(device_);
+    ncclCommAbort(comm_);
+  }
+  comm_ = nullptr;
+}
+
 void NcclCommunicator::check(ncclResult_t code, const char* call) const {
   if (code == ncclSuccess || code == ncclInProgress) return;
   failed_->store(true);
@@ -246,6 +264,7 @@ void NcclCommunicator::check(ncclResult_t code, const char* call) const {
 
 template <class Call>
 void NcclCommunicator::enqueue(const char* what, cudaStream_t stream, Call&& call) const {
+  if (comm_ == nullptr) throw CommError(fmt::format("{} on an aborted NCCL communicator", what), ncclInvalidUsage);
   try {
     check_cuda(cudaSetDevice(device_), "cudaSetDevice");
     const ncclResult_t code = call(stream);
@@ -258,6 +277,7 @@ void NcclCommunicator::enqueue(const char* what, cudaStream_t stream, Call&& cal
 }
 
 void NcclCommunicator::synchronize(const char* what) const {
+  if (comm_ == nullptr) throw CommError(fmt::format("{} on an aborted NCCL communicator", what), ncclInvalidUsage);
   const cudaError_t code = cudaStreamSynchronize(stream_);
   if (code != cudaSuccess) {
     failed_->store(true);
@@ -280,6 +300,7 @@ std::unique_ptr<Communicator> NcclCommunicator::self() const {
 
 std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, std::span<const int>,
                                                          const CommOptions& options) const {
+  if (comm_ == nullptr) throw CommError("ncclCommSplit on an aborted NCCL communicator", ncclInvalidUsage);
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   ncclConfig_t config = make_config(options);
   PendingComm child;

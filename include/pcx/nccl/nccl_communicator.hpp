@@ -48,6 +48,18 @@ class NcclCommunicator final : public Communicator {
   ///         deadline, ConfigError for an option this NCCL does not support.
   [[nodiscard]] static NcclCommunicator create_world(const MpiCommunicator& bootstrap,
                                                      const NcclWorldOptions& options = {});
+  /// Initializes one rank of a communicator whose unique id the caller distributed by
+  /// other means (create_world() does it over MPI): `ncclCommInitRankConfig` on
+  /// @p device, non-blocking with options.timeout as deadline.
+  /// @param id the unique id rank 0 made with ncclGetUniqueId
+  /// @param size number of ranks
+  /// @param rank this process's rank in [0, size)
+  /// @param device CUDA device of this rank
+  /// @param options settings of the communicator
+  /// @throws ConfigError for a bad rank or option, CommError from CUDA or NCCL, Timeout
+  ///         past the deadline (the half-built communicator is aborted).
+  [[nodiscard]] static NcclCommunicator init_rank(const ncclUniqueId& id, int size, int rank, int device,
+                                                  const CommOptions& options = {});
   /// Uses @p comm, which the application owns and destroys, on @p device.
   /// @param comm the application's communicator
   /// @param device its CUDA device
@@ -79,6 +91,11 @@ class NcclCommunicator final : public Communicator {
   [[nodiscard]] bool owned() const noexcept { return owned_; }
   /// Whether an operation failed, so that the destructor aborts instead of destroying.
   [[nodiscard]] bool failed() const noexcept { return failed_->load(); }
+
+  /// Aborts the communicator now (`ncclCommAbort` if owned): pending operations are
+  /// cancelled, and every later operation throws CommError. Use it when a peer is
+  /// known to be gone; the destructor then has nothing left to release but memory.
+  void abort() noexcept;
 
   /// A self communicator whose collectives copy device memory on stream().
   [[nodiscard]] std::unique_ptr<Communicator> self() const override;
