@@ -13,7 +13,7 @@ namespace pcx::cli {
 namespace {
 
 struct RawOptions {
-  std::string world, tp, pp, ep, order, hpz, per_node, rank, format;
+  std::string world, tp, pp, ep, order, hpz, per_node, rank, format, colour_by;
 };
 
 void describe(CLI::App& app, RawOptions& raw, bool world_required) {
@@ -26,7 +26,12 @@ void describe(CLI::App& app, RawOptions& raw, bool world_required) {
   app.add_option("--ranks-per-node", raw.per_node, "ranks per node, for the all-to-all groups")
       ->type_name("N");
   app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
-  app.add_option("--format", raw.format, "table (default) or json")->type_name("FORMAT");
+  app.add_option("--format", raw.format, "table (default), json, or svg (a picture of the ranks by node)")
+      ->type_name("FORMAT");
+  app.add_option("--colour-by", raw.colour_by,
+                 "svg: the kind whose groups colour the ranks, e.g. expert_parallel/4 (default: the first expert "
+                 "kind, else data_parallel)")
+      ->type_name("KIND");
 }
 
 int parse_int(std::string_view flag, std::string_view text) {
@@ -87,8 +92,17 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   if (app.count("--ranks-per-node") > 0) config.ranks_per_node = parse_int("--ranks-per-node", raw.per_node);
   if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
   if (app.count("--format") > 0) {
-    if (raw.format == "json") options.format = Format::json;
-    else if (raw.format != "table") throw ConfigError(fmt::format("--format: '{}' is neither 'table' nor 'json'", raw.format));
+    if (raw.format == "json") {
+      options.format = Format::json;
+    } else if (raw.format == "svg") {
+      options.format = Format::svg;
+    } else if (raw.format != "table") {
+      throw ConfigError(fmt::format("--format: '{}' is not 'table', 'json' or 'svg'", raw.format));
+    }
+  }
+  if (app.count("--colour-by") > 0) {
+    if (options.format != Format::svg) throw ConfigError("--colour-by applies to --format svg only");
+    options.colour_by = raw.colour_by;
   }
   return options;
 }

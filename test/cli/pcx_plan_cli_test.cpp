@@ -632,6 +632,37 @@ BOOST_AUTO_TEST_CASE(table_mentions_every_kind) {
   BOOST_TEST(run_ok(with(to_args(c), {"--format", "table"})).out == run_ok(to_args(c)).out);
 }
 
+// The picture: one cell per rank, filled by the colour of its group in the chosen kind.
+BOOST_AUTO_TEST_CASE(svg_draws_every_rank_in_its_group_colour) {
+  const pcx::ParallelConfig c = config(16, 2, 1, {4}, pcx::ExpertOrder::expert_first, {}, 8);
+  const pcx::Topology topology(c);
+  const pcx::GroupLayout& layout = topology.layout({pcx::GroupKind::expert_parallel, 4});
+  const Outcome o = run_ok(with(to_args(c), {"--format", "svg", "--colour-by", "expert_parallel/4", "--rank", "5"}));
+  BOOST_TEST_CONTEXT(o.describe()) {
+    BOOST_TEST(o.err.empty());
+    BOOST_TEST(o.out.starts_with("<svg "));
+    BOOST_TEST(o.out.ends_with("</svg>\n"));
+    for (int r = 0; r < 16; ++r) {
+      // Each rank's cell names its rank and its group.
+      const std::string cell = fmt::format(">{}</text>\n<text x=", r);
+      BOOST_CHECK_MESSAGE(o.out.find(cell) != std::string::npos, "no cell for rank " << r);
+      const std::size_t label = o.out.find(">g", o.out.find(cell));
+      BOOST_TEST(o.out.substr(label, fmt::format(">g{}<", layout.colour(r)).size()) ==
+                 fmt::format(">g{}<", layout.colour(r)));
+    }
+    // Rank 5's group is outlined: four thick borders.
+    std::size_t thick = 0;
+    for (std::size_t at = o.out.find("stroke-width=\"3\""); at != std::string::npos;
+         at = o.out.find("stroke-width=\"3\"", at + 1)) {
+      ++thick;
+    }
+    BOOST_TEST(thick == 4U);
+  }
+  // Without --colour-by the first expert kind colours the picture.
+  BOOST_TEST(run_ok(with(to_args(c), {"--format", "svg"})).out.find("coloured by expert_parallel/4") !=
+             std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(help) {
   const std::vector<std::vector<std::string>> cases{{"--help"}, {"-h"}, {"--world", "8", "--help"}};
   for (const std::vector<std::string>& args : cases) {
@@ -715,6 +746,10 @@ BOOST_AUTO_TEST_CASE(choices_and_ranges) {
   check_usage_error({"--world", "8", "--expert-order", "sideways"}, {"sideways"});
   check_usage_error({"--world", "8", "--expert-order", ""}, {"expert order"});
   check_usage_error({"--world", "8", "--format", "yaml"}, {"--format", "yaml"});
+  check_usage_error({"--world", "8", "--format", "svg", "--colour-by", "expert_parallel/3"},
+                    {"--colour-by", "expert_parallel/3"});
+  check_usage_error({"--world", "8", "--colour-by", "world"}, {"--colour-by", "svg"});
+  check_usage_error({"--world", "8192", "--format", "svg"}, {"svg", "8192"});
   check_usage_error({"--world", "33554432"}, {"--world", "33554432"});
   check_usage_error({"--world", "16777218"}, {"--world", "16777218"});
   check_usage_error({"--world", "2147483647", "--rank", "0"}, {"--world", "2147483647"});
