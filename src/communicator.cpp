@@ -44,23 +44,27 @@ std::string_view to_string(DataType type) noexcept {
   return "unknown";
 }
 
-std::unique_ptr<Communicator> Communicator::split(int colour, int key, std::span<const int> members,
+std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size,
                                                   const CommOptions& options) const {
-  if (colour == kNoColour) return do_split(colour, key, {}, options);
+  if (colour == kNoColour) return do_split(colour, 0, 0, options);
   if (colour < 0) {
     throw ConfigError(fmt::format("split colour {} is negative (use kNoColour, {}, to join no group)", colour,
                                   kNoColour));
   }
-  if (key < 0 || static_cast<std::size_t>(key) >= members.size() || members[static_cast<std::size_t>(key)] != rank()) {
-    throw ConfigError(fmt::format("split key {} does not point at rank {} in a group of {} members", key, rank(),
-                                  members.size()));
+  if (size < 1 || size > this->size()) {
+    throw ConfigError(fmt::format("split size {} is outside [1, {}]", size, this->size()));
   }
-  for (const int member : members) {
-    if (member < 0 || member >= size()) {
-      throw ConfigError(fmt::format("split member {} is outside [0, {})", member, size()));
-    }
+  if (key < 0 || key >= size) {
+    throw ConfigError(fmt::format("split key {} is outside [0, {}), the ranks of a child of {}", key, size, size));
   }
-  return do_split(colour, key, members, options);
+  auto child = do_split(colour, key, size, options);
+  if (child && (child->size() != size || child->rank() != key)) {
+    throw CommError(fmt::format("split colour {} gave a child of {} members in which this process is rank {}, "
+                                "not {} and {}: ranks disagree on the colours",
+                                colour, child->size(), child->rank(), size, key),
+                    -1);
+  }
+  return child;
 }
 
 void Communicator::all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <numeric>
 #include <ranges>
 
 #include "pcx/error.hpp"
@@ -86,7 +85,7 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
   if (mpu) {
     const int rank = world.rank();
     const std::vector<int> expected = topology.layout({GroupKind::data_parallel}).group_of(rank);
-    const std::vector<int>& actual = mpu->data_parallel_group().ranks();
+    const std::vector<int> actual = mpu->data_parallel_group().ranks();
     if (actual != expected) {
       throw ConfigError(fmt::format(
           "on rank {} the MPU's data parallel group [{}] is not [{}], the group the expert groups assume "
@@ -171,9 +170,7 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
     }
     try {
       if (kind == GroupKind::world) {
-        std::vector<int> all(static_cast<std::size_t>(world_size()));
-        std::iota(all.begin(), all.end(), 0);
-        groups_.entries.push_back({view.id, ProcessGroup(std::move(all), world.dup(options_for(options, view.id)))});
+        groups_.entries.push_back({view.id, ProcessGroup(view.layout, 0, world.dup(options_for(options, view.id)))});
       } else {
         splits += view.layout.group_size() > 1 ? 1 : 0;
         groups_.entries.push_back({view.id, make_group(world_group().communicator(), view.layout, options_for(options, view.id))});
@@ -183,9 +180,14 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
     } catch (const Timeout& e) {
       throw Timeout(fmt::format("building the {} groups on rank {}: {}", view.id.name(), rank_, e.what()));
     }
-    const ProcessGroup& built = groups_.entries.back().group;
-    logger->debug("pcx: rank {} {} group [{}] (group rank {})", rank_, view.id.name(), fmt::join(built.ranks(), ","),
-                  built.rank());
+    if (logger->should_log(spdlog::level::debug)) {
+      // Listing a group costs O(its size); long ones are summarized.
+      const ProcessGroup& built = groups_.entries.back().group;
+      constexpr int kListed = 64;
+      logger->debug("pcx: rank {} {} group of {} ranks, group rank {}: [{}{}]", rank_, view.id.name(), built.size(),
+                    built.rank(), fmt::join(view.layout.group(view.layout.colour(rank_)) | std::views::take(kListed), ","),
+                    built.size() > kListed ? ",..." : "");
+    }
   }
 
   data_ = mpu_ ? &mpu_->data_parallel_group() : &world_group();

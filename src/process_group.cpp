@@ -8,37 +8,57 @@
 
 namespace pcx {
 
-ProcessGroup::ProcessGroup(std::vector<int> ranks, std::unique_ptr<Communicator> communicator)
-    : ranks_(std::move(ranks)), communicator_(std::move(communicator)) {
-  if (!communicator_) throw ConfigError("a process group needs a communicator");
-  if (communicator_->size() != size()) {
-    throw ConfigError(fmt::format("a process group of {} ranks was given a communicator of {} members", size(),
-                                  communicator_->size()));
+namespace {
+
+void check_communicator(const std::unique_ptr<Communicator>& communicator, std::size_t members) {
+  if (!communicator) throw ConfigError("a process group needs a communicator");
+  if (static_cast<std::size_t>(communicator->size()) != members) {
+    throw ConfigError(fmt::format("a process group of {} ranks was given a communicator of {} members", members,
+                                  communicator->size()));
   }
-  std::vector<int> sorted = ranks_;
+}
+
+}  // namespace
+
+ProcessGroup::ProcessGroup(std::vector<int> ranks, std::unique_ptr<Communicator> communicator)
+    : listed_(std::move(ranks)), communicator_(std::move(communicator)) {
+  check_communicator(communicator_, listed_.size());
+  std::vector<int> sorted = listed_;
   std::ranges::sort(sorted);
   if (const auto twice = std::ranges::adjacent_find(sorted); twice != sorted.end()) {
     throw ConfigError(fmt::format("rank {} is listed twice in a process group", *twice));
   }
 }
 
+ProcessGroup::ProcessGroup(const GroupLayout& layout, int colour, std::unique_ptr<Communicator> communicator)
+    : layout_(layout), colour_(colour), communicator_(std::move(communicator)) {
+  check_communicator(communicator_, static_cast<std::size_t>(layout.group_size()));
+  if (colour < 0 || colour >= layout.group_count()) {
+    throw ConfigError(fmt::format("group {} is outside [0, {})", colour, layout.group_count()));
+  }
+}
+
+std::vector<int> ProcessGroup::ranks() const { return layout_ ? layout_->group(colour_) : listed_; }
+
 int ProcessGroup::global_rank(int group_rank) const {
   if (group_rank < 0 || group_rank >= size()) {
     throw ConfigError(fmt::format("group rank {} is outside [0, {})", group_rank, size()));
   }
-  return ranks_[static_cast<std::size_t>(group_rank)];
+  return layout_ ? layout_->global_rank(colour_, group_rank) : listed_[static_cast<std::size_t>(group_rank)];
 }
 
-bool ProcessGroup::contains(int global) const noexcept { return std::ranges::find(ranks_, global) != ranks_.end(); }
+bool ProcessGroup::contains(int global) const noexcept {
+  if (layout_) return global >= 0 && global < layout_->world_size() && layout_->colour(global) == colour_;
+  return std::ranges::find(listed_, global) != listed_.end();
+}
 
 ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout, const CommOptions& options) {
   const int rank = parent.rank();
-  std::vector<int> members = layout.group_of(rank);
+  const int colour = layout.colour(rank);
   // Group sizes are the same for every rank of a layout, so either every rank
   // splits or none does: skipping the collective here cannot leave a peer waiting.
-  if (layout.group_size() == 1) return ProcessGroup(std::move(members), parent.self());
-  auto communicator = parent.split(layout.colour(rank), layout.group_rank(rank), members, options);
-  return ProcessGroup(std::move(members), std::move(communicator));
+  if (layout.group_size() == 1) return ProcessGroup(layout, colour, parent.self());
+  return ProcessGroup(layout, colour, parent.split(colour, layout.group_rank(rank), layout.group_size(), options));
 }
 
 }  // namespace pcx

@@ -11,8 +11,7 @@ void SelfCommunicator::copy(const void* send, void* recv, std::size_t count, Dat
   if (send != recv && count > 0) copy_(recv, send, count * size_of(type));
 }
 
-std::unique_ptr<Communicator> SelfCommunicator::do_split(int colour, int, std::span<const int>,
-                                                         const CommOptions&) const {
+std::unique_ptr<Communicator> SelfCommunicator::do_split(int colour, int, int, const CommOptions&) const {
   if (colour == kNoColour) return nullptr;
   return std::make_unique<SelfCommunicator>(copy_);
 }

@@ -104,14 +104,16 @@ class Communicator {
   [[nodiscard]] virtual std::string_view backend() const noexcept = 0;
 
   /// Splits into children: members with the same @p colour form one child, ranked by
-  /// @p key. @p members lists the ranks (in this communicator) of the caller's child,
-  /// in key order; backends that can build a group from its members use it, the
-  /// others ignore it. @p options configure the child.
-  /// @return the caller's child, or nullptr when @p colour is kNoColour.
-  /// @throws ConfigError if @p colour is negative but not kNoColour, @p key is not the
-  ///         caller's position in @p members, or an option is invalid for the backend;
-  ///         CommError from the backend; Timeout past options.timeout.
-  [[nodiscard]] std::unique_ptr<Communicator> split(int colour, int key, std::span<const int> members,
+  /// @p key. The caller states the @p size it expects its child to have, and @p key
+  /// must be its rank there; a backend whose child has another size (because ranks
+  /// disagreed on the colours) throws. @p options configure the child.
+  /// @return the caller's child, or nullptr when @p colour is kNoColour (then @p key
+  ///         and @p size are ignored).
+  /// @throws ConfigError if @p colour is negative but not kNoColour, @p size is not in
+  ///         [1, size()], @p key is not in [0, @p size), or an option is invalid for the
+  ///         backend; CommError from the backend or for a child of another size;
+  ///         Timeout past options.timeout.
+  [[nodiscard]] std::unique_ptr<Communicator> split(int colour, int key, int size,
                                                     const CommOptions& options = {}) const;
 
   /// A new communicator with the same members and ranks.
@@ -189,8 +191,8 @@ class Communicator {
 
   // Backend hooks, called after the public functions checked the arguments.
 
-  /// split() for the backend; @p members is empty for kNoColour.
-  [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key, std::span<const int> members,
+  /// split() for the backend, whose child must have @p size members (unchecked for kNoColour).
+  [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                                const CommOptions& options) const = 0;
   /// dup() for the backend.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_dup(const CommOptions& options) const = 0;

@@ -88,11 +88,11 @@ class ParallelContext {
   [[nodiscard]] const ProcessGroup& max_expert_parallel_group() const;
   /// Global rank of group rank 0 of the caller's expert parallel group of size @p ep.
   /// @throws GroupNotFound as expert_parallel_group().
-  [[nodiscard]] int expert_parallel_source_rank(int ep) const { return expert_parallel_group(ep).global_rank(0); }
+  [[nodiscard]] int expert_parallel_source_rank(int ep) const { return expert_parallel_group(ep).front(); }
   /// Global rank of group rank 0 of the caller's expert data parallel group for @p ep.
   /// @throws GroupNotFound as expert_data_parallel_group().
   [[nodiscard]] int expert_broadcast_source_rank(int ep) const {
-    return expert_data_parallel_group(ep).global_rank(0);
+    return expert_data_parallel_group(ep).front();
   }
   /// Tensor parallel size the expert groups were built with (1 without an MPU).
   [[nodiscard]] int expert_tensor_parallel_size() const noexcept { return topology_.tensor_parallel_size(); }
@@ -112,7 +112,7 @@ class ParallelContext {
   /// The MPU's sequence data parallel group, else data_parallel_group().
   [[nodiscard]] const ProcessGroup& sequence_data_parallel_group() const noexcept { return *sequence_data_; }
   /// Global rank of group rank 0 of sequence_data_parallel_group().
-  [[nodiscard]] int broadcast_source_rank() const noexcept { return sequence_data_->ranks().front(); }
+  [[nodiscard]] int broadcast_source_rank() const { return sequence_data_->front(); }
 
   /// Whether ZeRO hpZ parameter partition groups were configured.
   [[nodiscard]] bool has_zero_param_intra_group() const noexcept { return find({GroupKind::zero_param_intra}) != nullptr; }

@@ -3,6 +3,7 @@
 /// @brief A group of ranks with the communicator it owns.
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "pcx/communicator.hpp"
@@ -12,15 +13,25 @@ namespace pcx {
 
 /// An ordered list of global ranks and the communicator that connects them.
 ///
-/// Member i of the list is group rank i of the communicator. Move-only: the group
-/// owns its communicator, which is released when the group is destroyed.
+/// Member i of the list is group rank i of the communicator. The members are either
+/// listed (as an MPU hands them in) or implied by one group of a GroupLayout, which
+/// costs O(1) memory whatever the group's size. Move-only: the group owns its
+/// communicator, which is released when the group is destroyed.
 class ProcessGroup {
  public:
+  /// A group of listed members.
   /// @param ranks global ranks of the members, in group-rank order
   /// @param communicator the members' communicator, of the same size
   /// @throws ConfigError if @p communicator is null, its size differs from the number of
   ///         ranks, or a rank is listed twice.
   ProcessGroup(std::vector<int> ranks, std::unique_ptr<Communicator> communicator);
+  /// Group @p colour of @p layout.
+  /// @param layout the groups of a grid
+  /// @param colour which of them
+  /// @param communicator the members' communicator, of the layout's group size
+  /// @throws ConfigError if @p communicator is null or of another size, or @p colour is
+  ///         out of range.
+  ProcessGroup(const GroupLayout& layout, int colour, std::unique_ptr<Communicator> communicator);
 
   /// Takes over @p other's ranks and communicator.
   ProcessGroup(ProcessGroup&& other) noexcept = default;
@@ -30,10 +41,10 @@ class ProcessGroup {
   ProcessGroup& operator=(const ProcessGroup&) = delete;
   ~ProcessGroup() = default;
 
-  /// Global ranks of the members, in group-rank order.
-  [[nodiscard]] const std::vector<int>& ranks() const noexcept { return ranks_; }
+  /// Global ranks of the members, in group-rank order. Costs O(size()).
+  [[nodiscard]] std::vector<int> ranks() const;
   /// Number of members.
-  [[nodiscard]] int size() const noexcept { return static_cast<int>(ranks_.size()); }
+  [[nodiscard]] int size() const noexcept { return communicator_->size(); }
   /// This process's group rank.
   [[nodiscard]] int rank() const noexcept { return communicator_->rank(); }
   /// Global rank of group rank @p group_rank.
@@ -41,17 +52,22 @@ class ProcessGroup {
   [[nodiscard]] int global_rank(int group_rank) const;
   /// Whether global rank @p global is a member.
   [[nodiscard]] bool contains(int global) const noexcept;
+  /// The first member's global rank: the source of a broadcast from group rank 0.
+  [[nodiscard]] int front() const { return global_rank(0); }
   /// The members' communicator.
   [[nodiscard]] const Communicator& communicator() const noexcept { return *communicator_; }
 
  private:
-  std::vector<int> ranks_;
+  std::vector<int> listed_;           // the members, unless implied by layout_
+  std::optional<GroupLayout> layout_;  // with colour_: the members of a layout's group
+  int colour_ = 0;
   std::unique_ptr<Communicator> communicator_;
 };
 
 /// Builds the caller's group of @p layout over @p parent, whose rank r must be
 /// global rank r of the layout: one split call (none for groups of one rank, which
-/// get a SelfCommunicator). Every member of @p parent must call it.
+/// get parent.self()), in O(number of axes) whatever the group's size. Every member of
+/// @p parent must call it.
 /// @param parent the communicator to split, ranked like the layout's world
 /// @param layout the groups, of which the caller builds its own
 /// @param options settings of the new communicator

@@ -29,7 +29,7 @@ class SelfCommunicator final : public Communicator {
   [[nodiscard]] std::string_view backend() const noexcept override { return "self"; }
 
  private:
-  [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, std::span<const int> members,
+  [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                        const CommOptions& options) const override;
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;

@@ -127,7 +127,7 @@ void MpiCommunicator::release() noexcept {
   owned_ = false;
 }
 
-std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, std::span<const int>,
+std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, int,
                                                         const CommOptions& options) const {
   MPI_Comm child = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split(comm_, colour == kNoColour ? MPI_UNDEFINED : colour, key, &child), "MPI_Comm_split");

@@ -298,7 +298,7 @@ std::unique_ptr<Communicator> NcclCommunicator::self() const {
   });
 }
 
-std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, std::span<const int>,
+std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, int,
                                                          const CommOptions& options) const {
   if (comm_ == nullptr) throw CommError("ncclCommSplit on an aborted NCCL communicator", ncclInvalidUsage);
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
@@ -323,7 +323,7 @@ std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, st
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::do_dup(const CommOptions& options) const {
-  return do_split(0, rank_, {}, options);
+  return do_split(0, rank_, size_, options);
 }
 
 void NcclCommunicator::enqueue_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op,

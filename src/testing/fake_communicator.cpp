@@ -77,11 +77,11 @@ void FakeWorld::record_operation(const char* what) {
   }
 }
 
-void FakeWorld::record_split(int caller, int colour, int key, std::span<const int> members) {
+void FakeWorld::record_split(int caller, int colour, int key, int size) {
   record_operation("split");
   const std::lock_guard lock(mutex_);
   const auto index = static_cast<std::size_t>(caller);
-  splits_.push_back({caller, split_counts_[index]++, colour, key, {members.begin(), members.end()}});
+  splits_.push_back({caller, split_counts_[index]++, colour, key, size});
 }
 
 void FakeWorld::record_dup(int caller) {
@@ -98,15 +98,10 @@ void FakeWorld::verify() const {
     if (split.colour != Communicator::kNoColour) children[{split.sequence, split.colour}].push_back(&split);
   }
   for (const auto& [id, calls] : children) {
-    const std::vector<int>& members = calls.front()->members;
-    if (calls.size() != members.size()) {
-      throw Error(fmt::format("split {} colour {}: {} callers but members [{}]", id.first, id.second, calls.size(),
-                              fmt::join(members, ",")));
-    }
     for (const Split* call : calls) {
-      if (call->members != members) {
-        throw Error(fmt::format("split {} colour {}: caller {} passed members [{}], another [{}]", id.first,
-                                id.second, call->caller, fmt::join(call->members, ","), fmt::join(members, ",")));
+      if (static_cast<std::size_t>(call->size) != calls.size()) {
+        throw Error(fmt::format("split {} colour {}: caller {} expected {} members but {} callers chose the colour",
+                                id.first, id.second, call->caller, call->size, calls.size()));
       }
       if (std::ranges::count(calls, call->key, &Split::key) != 1) {
         throw Error(fmt::format("split {} colour {}: key {} passed twice", id.first, id.second, call->key));
@@ -129,11 +124,10 @@ FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, i
 FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank)
     : FakeCommunicator(world, world ? world->size() : 1, rank, rank) {}
 
-std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, std::span<const int> members,
-                                                         const CommOptions&) const {
-  world_->record_split(caller_, colour, key, members);
+std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, int size, const CommOptions&) const {
+  world_->record_split(caller_, colour, key, size);
   if (colour == kNoColour) return nullptr;
-  return std::make_unique<FakeCommunicator>(world_, static_cast<int>(members.size()), key, caller_);
+  return std::make_unique<FakeCommunicator>(world_, size, key, caller_);
 }
 
 std::unique_ptr<Communicator> FakeCommunicator::do_dup(const CommOptions&) const {

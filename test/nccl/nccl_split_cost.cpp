@@ -62,15 +62,10 @@ int main(int argc, char* argv[]) {
   try {
     const pcx::NcclCommunicator world = pcx::NcclCommunicator::create_world(mpi);
     constexpr int kRepeats = 5;
-    const std::vector<int> everyone = [&] {
-      std::vector<int> all(static_cast<std::size_t>(world.size()));
-      for (int i = 0; i < world.size(); ++i) all[static_cast<std::size_t>(i)] = i;
-      return all;
-    }();
     const auto split_with = [&](bool share) {
       pcx::CommOptions options;
       options.share_resources = share;
-      return measure(mpi, kRepeats, [&] { return world.split(0, world.rank(), everyone, options); });
+      return measure(mpi, kRepeats, [&] { return world.split(0, world.rank(), world.size(), options); });
     };
     const Cost plain = split_with(false);
     const Cost shared = split_with(true);

@@ -137,7 +137,7 @@ BOOST_AUTO_TEST_CASE(random_configurations_up_to_512_ranks_match_the_layout) {
 }
 
 BOOST_AUTO_TEST_CASE(splits_per_rank_do_not_grow_with_the_world) {
-  for (int world = 8; world <= (1 << 16); world *= 8) {
+  for (int world = 8; world <= (1 << 20); world *= 16) {
     const auto fake = std::make_shared<FakeWorld>(world);
     const FakeCommunicator comm(fake, world - 1);
     const ParallelContext context(comm, make_config(world, 1, 1, {2, 4}, {}, 2, 4));
@@ -297,12 +297,13 @@ BOOST_AUTO_TEST_CASE(fake_collectives_behave_as_if_every_member_passed_the_same_
 
 BOOST_AUTO_TEST_CASE(fake_world_verify_catches_splits_no_real_job_could_make) {
   const auto world = std::make_shared<FakeWorld>(4);
-  const std::vector<int> pair = {0, 1};
-  const std::vector<int> other = {0, 2};
-  (void)FakeCommunicator(world, 0).split(7, 0, pair);
-  (void)FakeCommunicator(world, 1).split(7, 1, pair);
+  (void)FakeCommunicator(world, 0).split(7, 0, 2);
+  (void)FakeCommunicator(world, 1).split(7, 1, 2);
   BOOST_CHECK_NO_THROW(world->verify());
-  (void)FakeCommunicator(world, 0).split(3, 0, pair);
-  (void)FakeCommunicator(world, 2).split(3, 1, other);  // same colour, other members
+  (void)FakeCommunicator(world, 0).split(3, 0, 2);
+  (void)FakeCommunicator(world, 2).split(3, 0, 2);  // the same key twice
+  BOOST_CHECK_THROW(world->verify(), pcx::Error);
+  (void)FakeCommunicator(world, 0).split(5, 0, 2);
+  (void)FakeCommunicator(world, 1).split(5, 1, 3);  // another size
   BOOST_CHECK_THROW(world->verify(), pcx::Error);
 }

@@ -23,7 +23,7 @@ class FakeWorld {
     int sequence;              ///< How many splits that caller had made before this one.
     int colour;                ///< Colour passed.
     int key;                   ///< Key passed.
-    std::vector<int> members;  ///< Members passed (parent ranks, in key order).
+    int size;                  ///< Child size the caller expected.
   };
 
   /// A world of @p size ranks.
@@ -39,8 +39,9 @@ class FakeWorld {
   /// Number of dups world rank @p caller made.
   [[nodiscard]] int dup_count(int caller) const;
   /// Checks that the splits recorded so far could have come from one real job: for
-  /// each call (the n-th split of every caller), callers with the same colour passed
-  /// the same members, each at its own key, and the members are exactly those callers.
+  /// each call (the n-th split of every caller), the callers with the same colour all
+  /// expected a child of as many members as there are of them, and their keys are
+  /// 0, 1, ... in some order.
   /// @throws Error describing the first inconsistency.
   void verify() const;
 
@@ -53,7 +54,7 @@ class FakeWorld {
  private:
   friend class FakeCommunicator;
   void record_operation(const char* what);
-  void record_split(int caller, int colour, int key, std::span<const int> members);
+  void record_split(int caller, int colour, int key, int size);
   void record_dup(int caller);
 
   int size_;
@@ -84,7 +85,7 @@ class FakeCommunicator final : public Communicator {
   [[nodiscard]] std::string_view backend() const noexcept override { return "fake"; }
 
  private:
-  [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, std::span<const int> members,
+  [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                        const CommOptions& options) const override;
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
