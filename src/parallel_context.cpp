@@ -116,7 +116,12 @@ Topology agree(const Communicator& world, const ParallelConfig& config, const Mp
     extremes[i] = fields[i].value;
     extremes[n + i] = -fields[i].value;
   }
-  world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
+  try {
+    world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
+  } catch (const CommError& e) {
+    throw CommError(fmt::format("comparing the configuration across ranks on rank {}: {}", world.rank(), e.what()),
+                    e.code());
+  }
 
   std::vector<std::string> disagreements;
   for (std::size_t i = 0; i + 1 < n; ++i) {

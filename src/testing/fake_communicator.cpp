@@ -69,6 +69,11 @@ int FakeWorld::operation_count() const {
   return operations_;
 }
 
+int FakeWorld::live_communicators() const {
+  const std::lock_guard lock(mutex_);
+  return live_;
+}
+
 void FakeWorld::record_operation(const char* what) {
   const std::lock_guard lock(mutex_);
   const int operation = operations_++;
@@ -119,6 +124,13 @@ FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, i
   if (caller < 0 || caller >= world_->size()) {
     throw ConfigError(fmt::format("fake caller {} is outside the world [0, {})", caller, world_->size()));
   }
+  const std::lock_guard lock(world_->mutex_);
+  ++world_->live_;
+}
+
+FakeCommunicator::~FakeCommunicator() {
+  const std::lock_guard lock(world_->mutex_);
+  --world_->live_;
 }
 
 FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank)

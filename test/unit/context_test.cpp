@@ -254,11 +254,16 @@ BOOST_AUTO_TEST_CASE(a_failing_operation_names_the_group_kind_and_rank) {
   for (int k = 0; k < operations; ++k) {
     const auto world = std::make_shared<FakeWorld>(16);
     world->fail_operation(k);
-    BOOST_CHECK_EXCEPTION(ParallelContext(FakeCommunicator(world, 6), config), pcx::CommError,
-                          [k](const pcx::CommError& e) {
-                            // The agreement and the world clone come before any group kind.
-                            return k < 2 || message_has(e, {"rank 6", "groups", "injected"});
-                          });
+    {
+      const FakeCommunicator comm(world, 6);
+      BOOST_CHECK_EXCEPTION(ParallelContext(comm, config), pcx::CommError, [k](const pcx::CommError& e) {
+        // The first operation compares configurations; every later one builds a kind.
+        return message_has(e, {"rank 6", "injected", k == 0 ? "comparing the configuration" : "groups"});
+      });
+      // Everything the failed constructor made is released: only `comm` is left.
+      BOOST_TEST(world->live_communicators() == 1);
+    }
+    BOOST_TEST(world->live_communicators() == 0);
   }
 }
 

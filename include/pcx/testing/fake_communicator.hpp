@@ -50,6 +50,9 @@ class FakeWorld {
   void fail_operation(std::optional<int> n);
   /// Number of operations so far (splits, dups and collectives).
   [[nodiscard]] int operation_count() const;
+  /// Number of FakeCommunicators of this world alive now: what a test compares before
+  /// and after to see that nothing leaked.
+  [[nodiscard]] int live_communicators() const;
 
  private:
   friend class FakeCommunicator;
@@ -63,6 +66,7 @@ class FakeWorld {
   std::vector<int> split_counts_;
   std::vector<int> dup_counts_;
   int operations_ = 0;
+  int live_ = 0;
   std::optional<int> fail_at_;
 };
 
@@ -78,6 +82,10 @@ class FakeCommunicator final : public Communicator {
   FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, int rank, int caller);
   /// World rank @p rank of @p world.
   FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank);
+  FakeCommunicator(const FakeCommunicator&) = delete;
+  FakeCommunicator& operator=(const FakeCommunicator&) = delete;
+  /// Counts itself out of FakeWorld::live_communicators().
+  ~FakeCommunicator() override;
 
   [[nodiscard]] int size() const noexcept override { return size_; }
   [[nodiscard]] int rank() const noexcept override { return rank_; }
