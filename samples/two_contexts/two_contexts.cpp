@@ -1,0 +1,381 @@
+// two_contexts: two independent pcx::ParallelContexts in one process, used alternately,
+// as a job that trains with one layout and evaluates with another does. DeepSpeed keeps
+// its groups in module globals, so it can hold one layout per process; pcx keeps them in
+// context objects that share nothing.
+//
+//   mpiexec -n 8 two_contexts [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6]
+//
+// - training context: expert parallel size 4, expert-first, with ZeRO hpZ groups of 2;
+//   a training step all-gathers over the expert parallel group, all-reduces (sum) over
+//   the expert data parallel group and reduce-scatters (sum) over the hpZ group;
+// - evaluation context: expert parallel size 2, data-first; an evaluation step exchanges
+//   blocks by all-to-all over the expert parallel group, all-reduces (max) over the expert
+//   data parallel group and broadcasts from the expert broadcast source rank.
+// Steps alternate between the two contexts; then the evaluation context is destroyed and
+// one more training step shows the training context unaffected. Every value received is
+// checked against the layout rules of SPEC.md, computed here without communication.
+//
+// Exit status: 0 when every check passed; 1 on any mismatch (every rank agrees); 2 on every
+// rank for a bad flag or configuration, with one error line from rank 0.
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdint>
+#include <exception>
+#include <iostream>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pcx/error.hpp"
+#include "pcx/mpi/mpi_communicator.hpp"
+#include "pcx/parallel_context.hpp"
+
+namespace {
+
+constexpr int kMismatch = 1;
+constexpr int kUsageError = 2;
+constexpr const char* kProgram = "two_contexts";
+constexpr std::size_t kValues = 4;  // values per rank and block in every collective
+constexpr int kMaxReportedMismatches = 10;
+
+std::size_t to_size(int value) { return static_cast<std::size_t>(value); }
+
+struct Options {
+  int train_ep = 4;
+  int hpz = 2;
+  int eval_ep = 2;
+  int steps = 6;
+  bool help = false;
+};
+
+int parse_int(std::string_view flag, std::string_view text) {
+  int value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc{} || end != text.data() + text.size() || value < 1 || value > (1 << 20)) {
+    throw pcx::ConfigError(fmt::format("{}: '{}' is not a whole number in [1, {}]", flag, text, 1 << 20));
+  }
+  return value;
+}
+
+Options parse_options(const std::vector<std::string>& args) {
+  Options options;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string_view flag = args[i];
+    if (flag == "--help" || flag == "-h") {
+      options.help = true;
+      continue;
+    }
+    int* target = flag == "--train-ep"  ? &options.train_ep
+                  : flag == "--hpz"     ? &options.hpz
+                  : flag == "--eval-ep" ? &options.eval_ep
+                  : flag == "--steps"   ? &options.steps
+                                        : nullptr;
+    if (!target) throw pcx::ConfigError(fmt::format("unknown flag '{}' (see --help)", flag));
+    if (i + 1 >= args.size()) throw pcx::ConfigError(fmt::format("{} needs a value", flag));
+    *target = parse_int(flag, args[++i]);
+  }
+  return options;
+}
+
+// ---------------------------------------------------------------------------------------
+// The layouts, from SPEC.md with tensor and pipeline size 1 (no communication).
+
+struct ExpertLayout {
+  int world;
+  int ep;
+  pcx::ExpertOrder order;
+
+  [[nodiscard]] int edp() const { return world / ep; }
+  // expert-first r = j*ep + e, data-first r = e*edp + j.
+  [[nodiscard]] int rank_of(int e, int j) const {
+    return order == pcx::ExpertOrder::expert_first ? j * ep + e : e * edp() + j;
+  }
+  [[nodiscard]] int expert_of(int r) const { return order == pcx::ExpertOrder::expert_first ? r % ep : r / edp(); }
+  [[nodiscard]] int replica_of(int r) const { return order == pcx::ExpertOrder::expert_first ? r / ep : r % edp(); }
+  [[nodiscard]] std::vector<int> expert_group(int r) const {
+    std::vector<int> group;
+    for (int e = 0; e < ep; ++e) group.push_back(rank_of(e, replica_of(r)));
+    return group;
+  }
+  [[nodiscard]] std::vector<int> expert_data_group(int r) const {
+    std::vector<int> group;
+    for (int j = 0; j < edp(); ++j) group.push_back(rank_of(expert_of(r), j));
+    return group;
+  }
+};
+
+// hpZ: consecutive blocks of z ranks.
+std::vector<int> hpz_group(int r, int z) {
+  std::vector<int> group;
+  for (int i = 0; i < z; ++i) group.push_back(r / z * z + i);
+  return group;
+}
+
+// Values sent in step `step`: exact in double.
+double value(int step, int rank, int slot, std::size_t k) {
+  return step * 1000.0 + rank * 10.0 + slot + static_cast<double>(k) * 0.25;
+}
+
+class Checker {
+ public:
+  explicit Checker(int rank) : rank_(rank) {}
+  void expect_equal(double got, double want, std::string_view what) {
+    ++checks_;
+    if (got == want) return;
+    if (++failures_ <= kMaxReportedMismatches) {
+      fmt::print(stderr, "{}: rank {}: mismatch: {}: got {}, expected {}\n", kProgram, rank_, what, got, want);
+    }
+  }
+  void expect_group(const pcx::ProcessGroup& group, const std::vector<int>& want, std::string_view what) {
+    const std::vector<int> got = group.ranks();
+    ++checks_;
+    if (got == want && group.communicator().size() == static_cast<int>(want.size())) return;
+    if (++failures_ <= kMaxReportedMismatches) {
+      fmt::print(stderr, "{}: rank {}: mismatch: {} group [{}], expected [{}]\n", kProgram, rank_, what,
+                 fmt::join(got, ","), fmt::join(want, ","));
+    }
+  }
+  [[nodiscard]] std::int64_t checks() const noexcept { return checks_; }
+  [[nodiscard]] std::int64_t failures() const noexcept { return failures_; }
+
+ private:
+  int rank_;
+  std::int64_t checks_ = 0;
+  std::int64_t failures_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------
+
+// A training step on `context`: all-gather (expert parallel), all-reduce sum (expert data
+// parallel), reduce-scatter sum (hpZ).
+void training_step(const pcx::ParallelContext& context, const ExpertLayout& layout, int z, int step, Checker& checker) {
+  const int rank = context.rank();
+  const std::string where = fmt::format("training step {}", step);
+
+  // All-gather over the expert parallel group: every member's values, in group order.
+  const pcx::ProcessGroup& experts = context.expert_parallel_group(layout.ep);
+  std::vector<double> mine(kValues);
+  for (std::size_t k = 0; k < kValues; ++k) mine[k] = value(step, rank, 0, k);
+  std::vector<double> gathered(kValues * to_size(experts.size()));
+  experts.communicator().all_gather(std::span<const double>(mine), std::span<double>(gathered));
+  const std::vector<int> expert_group = layout.expert_group(rank);
+  for (std::size_t m = 0; m < expert_group.size(); ++m) {
+    for (std::size_t k = 0; k < kValues; ++k) {
+      checker.expect_equal(gathered[m * kValues + k], value(step, expert_group[m], 0, k),
+                           fmt::format("{}: all-gather from expert group member {}", where, m));
+    }
+  }
+
+  // All-reduce (sum) over the expert data parallel group.
+  const pcx::ProcessGroup& replicas = context.expert_data_parallel_group(layout.ep);
+  std::vector<double> summed(kValues);
+  for (std::size_t k = 0; k < kValues; ++k) summed[k] = value(step, rank, 1, k);
+  replicas.communicator().all_reduce(std::span<double>(summed), pcx::ReduceOp::sum);
+  for (std::size_t k = 0; k < kValues; ++k) {
+    double want = 0;
+    for (const int member : layout.expert_data_group(rank)) want += value(step, member, 1, k);
+    checker.expect_equal(summed[k], want, fmt::format("{}: expert data parallel all-reduce", where));
+  }
+
+  // Reduce-scatter (sum) over the hpZ group: block i of the sum goes to member i.
+  const pcx::ProcessGroup& partition = context.zero_param_intra_group();
+  std::vector<double> blocks(kValues * to_size(partition.size()));
+  for (std::size_t i = 0; i < blocks.size(); ++i)
+    blocks[i] = value(step, rank, 2 + static_cast<int>(i / kValues), i % kValues);
+  std::vector<double> scattered(kValues);
+  partition.communicator().reduce_scatter(std::span<const double>(blocks), std::span<double>(scattered),
+                                          pcx::ReduceOp::sum);
+  const std::vector<int> hpz = hpz_group(rank, z);
+  const int position = rank % z;
+  for (std::size_t k = 0; k < kValues; ++k) {
+    double want = 0;
+    for (const int member : hpz) want += value(step, member, 2 + position, k);
+    checker.expect_equal(scattered[k], want, fmt::format("{}: hpZ reduce-scatter", where));
+  }
+}
+
+// An evaluation step on `context`: all-to-all (expert parallel), all-reduce max (expert
+// data parallel), broadcast from the expert broadcast source rank.
+void evaluation_step(const pcx::ParallelContext& context, const ExpertLayout& layout, int step, Checker& checker) {
+  const int rank = context.rank();
+  const std::string where = fmt::format("evaluation step {}", step);
+
+  // All-to-all: block d goes to expert group member d, tagged with d.
+  const pcx::ProcessGroup& experts = context.expert_parallel_group(layout.ep);
+  const std::size_t members = to_size(experts.size());
+  std::vector<double> send(kValues * members);
+  std::vector<double> received(send.size());
+  for (std::size_t i = 0; i < send.size(); ++i) send[i] = value(step, rank, static_cast<int>(i / kValues), i % kValues);
+  experts.communicator().all_to_all(std::span<const double>(send), std::span<double>(received));
+  const std::vector<int> expert_group = layout.expert_group(rank);
+  const int me = layout.expert_of(rank);
+  for (std::size_t s = 0; s < expert_group.size(); ++s) {
+    for (std::size_t k = 0; k < kValues; ++k) {
+      checker.expect_equal(received[s * kValues + k], value(step, expert_group[s], me, k),
+                           fmt::format("{}: all-to-all block from expert group member {}", where, s));
+    }
+  }
+
+  // All-reduce (max) over the expert data parallel group.
+  const pcx::ProcessGroup& replicas = context.expert_data_parallel_group(layout.ep);
+  std::vector<double> highest(kValues);
+  for (std::size_t k = 0; k < kValues; ++k) highest[k] = value(step, rank, 3, k);
+  replicas.communicator().all_reduce(std::span<double>(highest), pcx::ReduceOp::max);
+  const std::vector<int> replica_group = layout.expert_data_group(rank);
+  for (std::size_t k = 0; k < kValues; ++k) {
+    checker.expect_equal(highest[k], value(step, replica_group.back(), 3, k),  // the largest rank sends the most
+                         fmt::format("{}: expert data parallel all-reduce max", where));
+  }
+
+  // Broadcast from the expert broadcast source rank (group rank 0 of the replicas).
+  const int source = context.expert_broadcast_source_rank(layout.ep);
+  checker.expect_equal(source, replica_group.front(), fmt::format("{}: expert broadcast source rank", where));
+  std::vector<double> weights(kValues, -1.0);
+  if (rank == source) {
+    for (std::size_t k = 0; k < kValues; ++k) weights[k] = value(step, rank, 4, k);
+  }
+  replicas.communicator().broadcast(std::span<double>(weights), 0);
+  for (std::size_t k = 0; k < kValues; ++k) {
+    checker.expect_equal(weights[k], value(step, replica_group.front(), 4, k),
+                         fmt::format("{}: broadcast from the expert broadcast source rank", where));
+  }
+}
+
+std::string describe(const pcx::ParallelContext& context, int ep) {
+  std::string text = fmt::format("expert group [{}], expert data group [{}]",
+                                 fmt::join(context.expert_parallel_group(ep).ranks(), ","),
+                                 fmt::join(context.expert_data_parallel_group(ep).ranks(), ","));
+  if (context.has_zero_param_intra_group()) {
+    text += fmt::format(", hpZ group [{}]", fmt::join(context.zero_param_intra_group().ranks(), ","));
+  }
+  return text;
+}
+
+int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicator& world) {
+  const Options options = parse_options(args);
+  const int rank = world.rank();
+  if (options.help) {
+    if (rank == 0) {
+      std::cout << fmt::format(
+          "usage: mpiexec -n W {} [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6]\n"
+          "Alternates steps between a training context (expert-first, hpZ) and an evaluation context\n"
+          "(data-first), checking every collective. Exit status: 0 ok, 1 a mismatch, 2 a bad flag or layout.\n",
+          kProgram);
+    }
+    return 0;
+  }
+  const int world_size = world.size();
+
+  pcx::ParallelConfig training_config;
+  training_config.world_size = world_size;
+  training_config.expert_parallel_sizes = {options.train_ep};
+  training_config.expert_order = pcx::ExpertOrder::expert_first;
+  training_config.zero_hpz_size = options.hpz;
+  pcx::ParallelConfig evaluation_config;
+  evaluation_config.world_size = world_size;
+  evaluation_config.expert_parallel_sizes = {options.eval_ep};
+  evaluation_config.expert_order = pcx::ExpertOrder::data_first;
+
+  // Both built over the same world; each clones it and splits its own groups.
+  const pcx::ParallelContext training(world, training_config);
+  std::optional<pcx::ParallelContext> evaluation;
+  evaluation.emplace(world, evaluation_config);
+
+  const ExpertLayout training_layout{world_size, options.train_ep, pcx::ExpertOrder::expert_first};
+  const ExpertLayout evaluation_layout{world_size, options.eval_ep, pcx::ExpertOrder::data_first};
+  const int z = std::min(options.hpz, world_size);  // SPEC.md: hpZ is clamped to the world
+
+  Checker checker(rank);
+  checker.expect_group(training.expert_parallel_group(options.train_ep), training_layout.expert_group(rank),
+                       "training expert parallel");
+  checker.expect_group(training.expert_data_parallel_group(options.train_ep), training_layout.expert_data_group(rank),
+                       "training expert data parallel");
+  checker.expect_group(training.zero_param_intra_group(), hpz_group(rank, z), "training hpZ");
+  checker.expect_group(evaluation->expert_parallel_group(options.eval_ep), evaluation_layout.expert_group(rank),
+                       "evaluation expert parallel");
+  checker.expect_group(evaluation->expert_data_parallel_group(options.eval_ep),
+                       evaluation_layout.expert_data_group(rank), "evaluation expert data parallel");
+
+  int training_steps = 0;
+  int evaluation_steps = 0;
+  for (int step = 0; step < options.steps; ++step) {
+    if (step % 2 == 0) {
+      training_step(training, training_layout, z, step, checker);
+      ++training_steps;
+    } else {
+      evaluation_step(*evaluation, evaluation_layout, step, checker);
+      ++evaluation_steps;
+    }
+  }
+  const std::string training_text = describe(training, options.train_ep);
+  const std::string evaluation_text = describe(*evaluation, options.eval_ep);
+  // Releasing one context leaves the other whole.
+  evaluation.reset();
+  training_step(training, training_layout, z, options.steps, checker);
+  ++training_steps;
+
+  std::int64_t totals[] = {checker.checks(), checker.failures()};
+  world.all_reduce(std::span<std::int64_t>(totals), pcx::ReduceOp::sum);
+  if (rank == 0) {
+    fmt::print("{}: {} ranks, {} steps alternating between two contexts, then one after the second is destroyed\n",
+               kProgram, world_size, options.steps);
+    fmt::print("  training   (ep {} expert-first, hpZ {}): {} steps of all-gather, all-reduce sum, reduce-scatter\n",
+               options.train_ep, z, training_steps);
+    fmt::print("             rank 0: {}\n", training_text);
+    fmt::print("  evaluation (ep {} data-first): {} steps of all-to-all, all-reduce max, broadcast\n", options.eval_ep,
+               evaluation_steps);
+    fmt::print("             rank 0: {}\n", evaluation_text);
+  }
+  if (totals[1] != 0) {
+    if (rank == 0) {
+      fmt::print(stderr, "{}: error: {} of {} checks failed (see the mismatches above)\n", kProgram, totals[1],
+                 totals[0]);
+    }
+    return kMismatch;
+  }
+  if (rank == 0) fmt::print("{}: all {} checks passed\n", kProgram, totals[0]);
+  return 0;
+}
+
+// Runs the sample inside an initialized MPI; returns the exit status.
+int run(const std::vector<std::string>& args) {
+  std::optional<pcx::MpiCommunicator> world;
+  int rank = 0;
+  try {
+    world.emplace(pcx::MpiCommunicator::world());
+    rank = world->rank();
+    return two_contexts(args, *world);
+  } catch (const pcx::ConfigError& e) {
+    // Flags and configurations are checked identically on every rank (each context
+    // compares them over the world first), so every rank lands here: rank 0 speaks.
+    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
+    return kUsageError;
+  } catch (const pcx::ConfigMismatch& e) {
+    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
+    return kUsageError;
+  } catch (const std::exception& e) {
+    // A communication error may concern this rank only: end the whole job.
+    fmt::print(stderr, "{}: error on rank {}: {}\n", kProgram, rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::optional<pcx::MpiEnvironment> environment;
+  try {
+    environment.emplace(&argc, &argv);
+  } catch (const pcx::Error& e) {
+    fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
+    return 1;
+  }
+  return run(std::vector<std::string>(argv + 1, argv + argc));
+}
