@@ -84,13 +84,13 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
   Topology topology(std::move(config));
   if (mpu) {
     const int rank = world.rank();
-    const std::vector<int> expected = topology.layout({GroupKind::data_parallel}).group_of(rank);
-    const std::vector<int> actual = mpu->data_parallel_group().ranks();
-    if (actual != expected) {
+    const GroupLayout& data = topology.layout({GroupKind::data_parallel});
+    const ProcessGroup& actual = mpu->data_parallel_group();
+    if (!actual.same_members(data, data.colour(rank))) {
       throw ConfigError(fmt::format(
           "on rank {} the MPU's data parallel group [{}] is not [{}], the group the expert groups assume "
           "(Megatron layout of world {}, tensor {}, pipeline {})",
-          rank, fmt::join(actual, ","), fmt::join(expected, ","), topology.world_size(),
+          rank, fmt::join(actual.ranks(), ","), fmt::join(data.group_of(rank), ","), topology.world_size(),
           topology.tensor_parallel_size(), topology.pipeline_parallel_size()));
     }
   }

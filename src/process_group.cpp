@@ -47,6 +47,15 @@ int ProcessGroup::global_rank(int group_rank) const {
   return layout_ ? layout_->global_rank(colour_, group_rank) : listed_[static_cast<std::size_t>(group_rank)];
 }
 
+bool ProcessGroup::same_members(const GroupLayout& layout, int colour) const {
+  if (layout_ && *layout_ == layout) return colour_ == colour;
+  if (size() != layout.group_size()) return false;
+  for (int i = 0; i < size(); ++i) {
+    if (global_rank(i) != layout.global_rank(colour, i)) return false;
+  }
+  return true;
+}
+
 bool ProcessGroup::contains(int global) const noexcept {
   if (layout_) return global >= 0 && global < layout_->world_size() && layout_->colour(global) == colour_;
   return std::ranges::find(listed_, global) != listed_.end();

@@ -54,6 +54,10 @@ class ProcessGroup {
   [[nodiscard]] bool contains(int global) const noexcept;
   /// The first member's global rank: the source of a broadcast from group rank 0.
   [[nodiscard]] int front() const { return global_rank(0); }
+  /// Whether the members are those of group @p colour of @p layout, in the same order.
+  /// O(number of axes) for a group made from an equal layout, else O(size()).
+  /// @throws ConfigError if @p colour is out of range.
+  [[nodiscard]] bool same_members(const GroupLayout& layout, int colour) const;
   /// The members' communicator.
   [[nodiscard]] const Communicator& communicator() const noexcept { return *communicator_; }
 

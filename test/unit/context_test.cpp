@@ -312,3 +312,23 @@ BOOST_AUTO_TEST_CASE(fake_world_verify_catches_splits_no_real_job_could_make) {
   (void)FakeCommunicator(world, 1).split(5, 1, 3);  // another size
   BOOST_CHECK_THROW(world->verify(), pcx::Error);
 }
+
+BOOST_AUTO_TEST_CASE(process_groups_compare_members_with_a_layout) {
+  const auto world = std::make_shared<FakeWorld>(8);
+  const pcx::GroupLayout layout = pcx::RankGrid({{"data", 4}, {"tensor", 2}}).along({"data"});
+  const ProcessGroup implied(layout, 1, std::make_unique<FakeCommunicator>(world, 4, 2, 5));
+  const ProcessGroup listed = fake_group(world, {1, 3, 5, 7}, 5);
+  const ProcessGroup reordered = fake_group(world, {3, 1, 5, 7}, 5);
+  BOOST_TEST(implied.ranks() == std::vector<int>({1, 3, 5, 7}));
+  BOOST_TEST(implied.same_members(layout, 1));
+  BOOST_TEST(!implied.same_members(layout, 0));
+  BOOST_TEST(listed.same_members(layout, 1));
+  BOOST_TEST(!reordered.same_members(layout, 1));
+  BOOST_TEST(implied.contains(7));
+  BOOST_TEST(!implied.contains(6));
+  BOOST_TEST(!implied.contains(-1));
+  BOOST_TEST(implied.global_rank(3) == 7);
+  BOOST_CHECK_THROW((void)implied.global_rank(4), pcx::ConfigError);
+  BOOST_CHECK_THROW(ProcessGroup(layout, 2, std::make_unique<FakeCommunicator>(world, 3, 0, 0)), pcx::ConfigError);
+  BOOST_CHECK_THROW(fake_group(world, {1, 1}, 1), pcx::ConfigError);
+}
