@@ -5,12 +5,24 @@
 
 #include <algorithm>
 #include <climits>
-#include <ranges>
+#include <functional>
 
 #include "checked.hpp"
 #include "pcx/error.hpp"
 
 namespace pcx {
+namespace {
+
+// "a, b, c" from one field of every axis. (A loop rather than a ranges pipeline, which
+// clang 14 cannot compile against GCC 12's standard library.)
+template <class Field>
+std::string list_axes(const std::vector<Axis>& axes, Field field) {
+  std::vector<std::string> parts;
+  for (const Axis& axis : axes) parts.push_back(fmt::format("{}", std::invoke(field, axis)));
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
+}  // namespace
 
 RankGrid::RankGrid(std::vector<Axis> axes) : axes_(std::move(axes)) {
   if (axes_.empty()) throw ConfigError("a rank grid needs at least one axis");
@@ -28,7 +40,7 @@ RankGrid::RankGrid(std::vector<Axis> axes) : axes_(std::move(axes)) {
     const auto product = detail::checked_mul(world_size_, axis.size);
     if (!product) {
       throw ConfigError(fmt::format("the product of the axis sizes [{}] exceeds {} ranks",
-                                    fmt::join(axes_ | std::views::transform(&Axis::size), ", "), INT_MAX));
+                                    list_axes(axes_, &Axis::size), INT_MAX));
     }
     world_size_ = *product;
   }
@@ -78,7 +90,7 @@ std::size_t RankGrid::axis_index(std::string_view name) const {
   const auto it = std::ranges::find(axes_, name, &Axis::name);
   if (it == axes_.end()) {
     throw ConfigError(fmt::format("the grid has no axis '{}' (axes: {})", name,
-                                  fmt::join(axes_ | std::views::transform(&Axis::name), ", ")));
+                                  list_axes(axes_, &Axis::name)));
   }
   return static_cast<std::size_t>(it - axes_.begin());
 }

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <ranges>
 
 #include "pcx/error.hpp"
 
@@ -23,8 +22,8 @@ struct Field {
 // disagreement the same way. An MPU that throws gives -1s; local_topology() then
 // rejects the configuration on this rank.
 std::vector<Field> fingerprint(const ParallelConfig& c, const Mpu* mpu) noexcept {
-  std::int64_t ep_hash = 1469598103934665603LL;  // FNV-1a over the ordered sizes
-  for (const int ep : c.expert_parallel_sizes) ep_hash = (ep_hash ^ ep) * 1099511628211LL;
+  std::uint64_t ep_hash = 1469598103934665603ULL;  // FNV-1a over the ordered sizes; wraps by design
+  for (const int ep : c.expert_parallel_sizes) ep_hash = (ep_hash ^ static_cast<std::uint32_t>(ep)) * 1099511628211ULL;
   const auto ask = [mpu](auto question) -> std::int64_t {
     if (!mpu) return 0;
     try {
@@ -41,7 +40,7 @@ std::vector<Field> fingerprint(const ParallelConfig& c, const Mpu* mpu) noexcept
       {"number of expert parallel sizes", static_cast<std::int64_t>(c.expert_parallel_sizes.size())},
       {"largest expert parallel size",
        c.expert_parallel_sizes.empty() ? 0 : std::ranges::max(c.expert_parallel_sizes)},
-      {"expert parallel sizes", ep_hash},
+      {"expert parallel sizes", static_cast<std::int64_t>(ep_hash >> 1)},
       {"expert order (0 expert-first, 1 data-first)", c.expert_order == ExpertOrder::expert_first ? 0 : 1},
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
       {"ranks per node (0 none)", c.ranks_per_node.value_or(0)},
@@ -189,9 +188,10 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
       // Listing a group costs O(its size); long ones are summarized.
       const ProcessGroup& built = groups_.entries.back().group;
       constexpr int kListed = 64;
+      std::vector<int> members;
+      for (int i = 0; i < std::min(built.size(), kListed); ++i) members.push_back(built.global_rank(i));
       logger->debug("pcx: rank {} {} group of {} ranks, group rank {}: [{}{}]", rank_, view.id.name(), built.size(),
-                    built.rank(), fmt::join(view.layout.group(view.layout.colour(rank_)) | std::views::take(kListed), ","),
-                    built.size() > kListed ? ",..." : "");
+                    built.rank(), fmt::join(members, ","), built.size() > kListed ? ",..." : "");
     }
   }
 
@@ -216,8 +216,9 @@ const ProcessGroup* ParallelContext::find(const GroupId& id) const noexcept {
 
 const ProcessGroup& ParallelContext::group(const GroupId& id) const {
   if (const ProcessGroup* found = find(id)) return *found;
-  throw GroupNotFound(fmt::format("this context has no {} group (it has: {})", id.name(),
-                                  fmt::join(group_ids() | std::views::transform(&GroupId::name), ", ")));
+  std::vector<std::string> names;
+  for (const GroupId& held : group_ids()) names.push_back(held.name());
+  throw GroupNotFound(fmt::format("this context has no {} group (it has: {})", id.name(), fmt::join(names, ", ")));
 }
 
 std::vector<GroupId> ParallelContext::group_ids() const {
