@@ -56,6 +56,28 @@ std::vector<Field> fingerprint(const ParallelConfig& c, const Mpu* mpu) noexcept
   };
 }
 
+// The configuration with its defaults resolved, so that ranks that say the same thing
+// in different words (world size 0 or the world's size, tensor size 1 or the MPU's,
+// a ZeRO hpZ size above the world or the world's) compare equal. Cannot throw.
+ParallelConfig as_built(ParallelConfig config, int world_size, const Mpu* mpu) noexcept {
+  if (config.world_size == 0) config.world_size = world_size;
+  if (mpu) {
+    try {
+      if (config.tensor_parallel_size == 1) config.tensor_parallel_size = mpu->tensor_parallel_size();
+      if (config.pipeline_parallel_size == 1) config.pipeline_parallel_size = mpu->pipeline_parallel_size();
+    } catch (...) {
+      // The MPU's answers enter the fingerprint on their own; local_topology() reports the throw.
+    }
+  }
+  const auto clamp = [&](std::optional<int>& size) {
+    if (size && config.world_size > 0) size = std::min(*size, config.world_size);
+  };
+  clamp(config.zero_hpz_size);
+  clamp(config.ranks_per_node);
+  if (config.world_size > 0) config.tensor_parallel_size = std::min(config.tensor_parallel_size, config.world_size);
+  return config;
+}
+
 // The configuration this rank will build, checked locally; throws ConfigError.
 Topology local_topology(const Communicator& world, ParallelConfig config, const Mpu* mpu) {
   if (config.world_size == 0) config.world_size = world.size();
@@ -107,7 +129,7 @@ Topology agree(const Communicator& world, const ParallelConfig& config, const Mp
     error = e.what();
   }
   // Agreement is checked with MAX alone: the maximum of -v is minus the minimum of v.
-  std::vector<Field> fields = fingerprint(config, mpu);
+  std::vector<Field> fields = fingerprint(as_built(config, world.size(), mpu), mpu);
   fields.push_back({"first rejecting rank", topology ? INT_MAX : world.rank()});
   const std::size_t n = fields.size();
   std::vector<std::int64_t> extremes(2 * n);

@@ -236,3 +236,14 @@ BOOST_AUTO_TEST_CASE(an_invalid_configuration_fails_on_every_rank) {
   BOOST_TEST(same_everywhere(message), message);
   BOOST_TEST(message.find(fmt::format("expert parallel size {}", n + 1)) != std::string::npos, message);
 }
+
+BOOST_AUTO_TEST_CASE(ranks_that_say_the_same_in_other_words_agree) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const bool odd_one = world.rank() == n - 1;
+  ParallelConfig config = make_config({1}, {}, odd_one ? n : 4 * n, odd_one ? n : 2 * n);
+  config.world_size = odd_one ? n : 0;  // 0: the world's size
+  const ParallelContext context(world, config);
+  BOOST_TEST(context.zero_param_intra_group().size() == n);
+  BOOST_TEST(everyone(context_works(context)));
+}
