@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/run_sample.hpp"
 #include "pcx/error.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/mpu.hpp"
@@ -43,7 +44,6 @@
 
 namespace {
 
-constexpr int kUsageError = 2;
 constexpr const char* kProgram = "print_groups";
 
 std::size_t to_size(int value) { return static_cast<std::size_t>(value); }
@@ -160,41 +160,6 @@ int print_groups(const std::vector<std::string>& args, const pcx::MpiCommunicato
   return 0;
 }
 
-// Runs the sample inside an initialized MPI; returns the exit status.
-int run(const std::vector<std::string>& args) {
-  std::optional<pcx::MpiCommunicator> world;
-  int rank = 0;
-  try {
-    world.emplace(pcx::MpiCommunicator::world());
-    rank = world->rank();
-    return print_groups(args, *world);
-  } catch (const pcx::ConfigError& e) {
-    // Flags and configurations are checked identically on every rank (the context
-    // compares them over the world first), so every rank lands here: rank 0 speaks.
-    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
-    return kUsageError;
-  } catch (const pcx::ConfigMismatch& e) {
-    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
-    return kUsageError;
-  } catch (const std::exception& e) {
-    // An MPI error or a group the context lacks may concern this rank only; the
-    // others could be waiting in a collective, so end the whole job.
-    fmt::print(stderr, "{}: error on rank {}: {}\n", kProgram, rank, e.what());
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
-  }
-}
-
 }  // namespace
 
-int main(int argc, char** argv) {
-  std::optional<pcx::MpiEnvironment> environment;
-  try {
-    environment.emplace(&argc, &argv);
-  } catch (const pcx::Error& e) {
-    fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
-    return 1;
-  }
-  // MPI is finalized when `environment` goes, after every communicator of run().
-  return run(std::vector<std::string>(argv + 1, argv + argc));
-}
+int main(int argc, char** argv) { return pcx::samples::run_sample(argc, argv, kProgram, print_groups); }

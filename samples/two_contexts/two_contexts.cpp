@@ -32,6 +32,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../common/run_sample.hpp"
 #include "pcx/error.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/parallel_context.hpp"
@@ -39,7 +40,6 @@
 namespace {
 
 constexpr int kMismatch = 1;
-constexpr int kUsageError = 2;
 constexpr const char* kProgram = "two_contexts";
 constexpr std::size_t kValues = 4;  // values per rank and block in every collective
 constexpr int kMaxReportedMismatches = 10;
@@ -343,39 +343,6 @@ int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicato
   return 0;
 }
 
-// Runs the sample inside an initialized MPI; returns the exit status.
-int run(const std::vector<std::string>& args) {
-  std::optional<pcx::MpiCommunicator> world;
-  int rank = 0;
-  try {
-    world.emplace(pcx::MpiCommunicator::world());
-    rank = world->rank();
-    return two_contexts(args, *world);
-  } catch (const pcx::ConfigError& e) {
-    // Flags and configurations are checked identically on every rank (each context
-    // compares them over the world first), so every rank lands here: rank 0 speaks.
-    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
-    return kUsageError;
-  } catch (const pcx::ConfigMismatch& e) {
-    if (rank == 0) fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
-    return kUsageError;
-  } catch (const std::exception& e) {
-    // A communication error may concern this rank only: end the whole job.
-    fmt::print(stderr, "{}: error on rank {}: {}\n", kProgram, rank, e.what());
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
-  }
-}
-
 }  // namespace
 
-int main(int argc, char** argv) {
-  std::optional<pcx::MpiEnvironment> environment;
-  try {
-    environment.emplace(&argc, &argv);
-  } catch (const pcx::Error& e) {
-    fmt::print(stderr, "{}: error: {}\n", kProgram, e.what());
-    return 1;
-  }
-  return run(std::vector<std::string>(argv + 1, argv + argc));
-}
+int main(int argc, char** argv) { return pcx::samples::run_sample(argc, argv, kProgram, two_contexts); }
