@@ -1,5 +1,12 @@
 #include "pcx/mpu.hpp"
 
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "pcx/error.hpp"
+
 namespace pcx {
 namespace {
 
@@ -11,10 +18,24 @@ ParallelConfig megatron_config(int world, int tensor, int pipeline) {
   return config;
 }
 
+// Ranks that ask for other sizes would make splits that do not match: compare the sizes
+// over the world first (the maximum of -v is minus the minimum of v).
+ParallelConfig agreed_config(const Communicator& world, int tensor, int pipeline) {
+  std::vector<std::int64_t> extremes = {tensor, pipeline, -std::int64_t{tensor}, -std::int64_t{pipeline}};
+  world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
+  if (extremes[0] != -extremes[2] || extremes[1] != -extremes[3]) {
+    throw ConfigMismatch(fmt::format(
+        "ranks disagree on the GridMpu sizes: tensor parallel size ranges from {} to {}, pipeline parallel "
+        "size from {} to {}",
+        -extremes[2], extremes[0], -extremes[3], extremes[1]));
+  }
+  return megatron_config(world.size(), tensor, pipeline);
+}
+
 }  // namespace
 
 GridMpu::GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size)
-    : topology_(megatron_config(world.size(), tensor_parallel_size, pipeline_parallel_size)),
+    : topology_(agreed_config(world, tensor_parallel_size, pipeline_parallel_size)),
       tensor_(make_group(world, topology_.layout({GroupKind::tensor_parallel}))),
       pipeline_(make_group(world, topology_.layout({GroupKind::pipeline_parallel}))),
       data_(make_group(world, topology_.layout({GroupKind::data_parallel}))) {}

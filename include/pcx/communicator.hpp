@@ -61,7 +61,8 @@ template <Element T>
 /// fields that apply to it and ignores the others; a field the backend's library is
 /// too old for is a ConfigError, never silently dropped.
 struct CommOptions {
-  /// Name shown by the backend's tools and logs (MPI_Comm_set_name, NCCL commName).
+  /// Name shown by the backend's tools and logs (MPI_Comm_set_name; NCCL commName from
+  /// NCCL 2.20, older versions have no name to set and go without).
   std::string name;
   /// NCCL: deadline for a non-blocking initialization; past it the communicator is
   /// aborted and Timeout is thrown. Zero: block until done.

@@ -47,11 +47,12 @@ class Mpu {
 /// parallel groups in Megatron's layout (rank = pipeline × data × tensor, tensor
 /// fastest). Model parallel size is tensor × pipeline.
 ///
-/// Construction is collective over @p world: three splits at most, one per kind.
+/// Construction is collective over @p world: one all-reduce that compares the sizes of
+/// every rank, then three splits at most, one per kind.
 class GridMpu final : public Mpu {
  public:
-  /// @throws ConfigError if the sizes do not fit the world (see pcx::validate);
-  ///         CommError from the backend.
+  /// @throws ConfigMismatch (on every rank) if ranks ask for other sizes; ConfigError if
+  ///         the sizes do not fit the world (see pcx::validate); CommError from the backend.
   GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size = 1);
 
   [[nodiscard]] int tensor_parallel_size() const override { return topology_.tensor_parallel_size(); }

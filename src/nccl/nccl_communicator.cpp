@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <exception>
 #include <thread>
 #include <utility>
 
@@ -103,6 +105,32 @@ class PendingComm {
   ncclComm_t comm_ = nullptr;
 };
 
+// Whether NCCL cannot read `pointer` directly: plain or pinned host memory.
+bool in_host_memory(const void* pointer) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, pointer) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error of an unknown pointer: it is host memory
+    return true;
+  }
+  return attributes.type == cudaMemoryTypeUnregistered || attributes.type == cudaMemoryTypeHost;
+}
+
+// Device memory for one call, freed on every path.
+class DeviceScratch {
+ public:
+  DeviceScratch(int device, std::size_t bytes) {
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    check_cuda(cudaMalloc(&data_, std::max<std::size_t>(bytes, 1)), "cudaMalloc");
+  }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  ~DeviceScratch() { cudaFree(data_); }
+  [[nodiscard]] void* get() const noexcept { return data_; }
+
+ private:
+  void* data_ = nullptr;
+};
+
 // The rank's index on its node, from an MPI shared-memory split.
 int node_local_rank(const MpiCommunicator& bootstrap) {
   MPI_Comm node = MPI_COMM_NULL;
@@ -135,11 +163,11 @@ NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap
   // ranks agree on the outcome, so no rank waits for a peer that has given up.
   int device = -1;
   ncclUniqueId id{};
-  std::string local_error;
+  std::exception_ptr local_error;
   try {
     const int local_rank = node_local_rank(bootstrap);
     int devices = 0;
-    check_cuda(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
+    check_cuda(cudaGetDeviceCount(&devices), fmt::format("cudaGetDeviceCount on rank {}", bootstrap.rank()).c_str());
     if (devices < 1) throw CommError("no CUDA device is visible", static_cast<int>(cudaErrorNoDevice));
     device = options.device.value_or(local_rank % devices);
     if (device < 0 || device >= devices) {
@@ -147,15 +175,15 @@ NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap
     }
     check_cuda(cudaSetDevice(device), "cudaSetDevice");
     if (bootstrap.rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
-  } catch (const Error& e) {
-    local_error = e.what();
+  } catch (const Error&) {
+    local_error = std::current_exception();
   }
-  std::int32_t failed = local_error.empty() ? 0 : 1;
+  std::int32_t failed = local_error ? 1 : 0;
   bootstrap.all_reduce(std::span<std::int32_t>(&failed, 1), ReduceOp::max);
+  if (local_error) std::rethrow_exception(local_error);
   if (failed != 0) {
-    throw CommError(local_error.empty()
-                        ? std::string("building the NCCL world: another rank failed to prepare its device")
-                        : fmt::format("building the NCCL world on rank {}: {}", bootstrap.rank(), local_error),
+    throw CommError(fmt::format("building the NCCL world on rank {}: another rank failed to prepare its device",
+                                bootstrap.rank()),
                     -1);
   }
   bootstrap.broadcast(std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&id), sizeof(id)), 0);
@@ -371,6 +399,17 @@ void NcclCommunicator::enqueue_broadcast(void* buffer, std::size_t count, DataTy
 
 void NcclCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
                                      ReduceOp op) const {
+  if (in_host_memory(send) || in_host_memory(recv)) {
+    // Code written against the Communicator interface (a context comparing its
+    // configuration across ranks) reduces small host buffers: stage them on the device.
+    const std::size_t bytes = count * size_of(type);
+    DeviceScratch staged(device_, bytes);
+    check_cuda(cudaMemcpyAsync(staged.get(), send, bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
+    enqueue_all_reduce(staged.get(), staged.get(), count, type, op, stream_);
+    check_cuda(cudaMemcpyAsync(recv, staged.get(), bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
+    synchronize("ncclAllReduce");
+    return;
+  }
   enqueue_all_reduce(send, recv, count, type, op, stream_);
   synchronize("ncclAllReduce");
 }

@@ -247,3 +247,13 @@ BOOST_AUTO_TEST_CASE(ranks_that_say_the_same_in_other_words_agree) {
   BOOST_TEST(context.zero_param_intra_group().size() == n);
   BOOST_TEST(everyone(context_works(context)));
 }
+
+BOOST_AUTO_TEST_CASE(grid_mpus_that_disagree_all_throw_the_same_mismatch) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  if (n == 1) return;
+  const int tensor = world.rank() == 0 ? 1 : n;
+  const std::string message = expect_everywhere<pcx::ConfigMismatch>([&] { pcx::GridMpu mpu(world, tensor); });
+  BOOST_TEST(same_everywhere(message), message);
+  BOOST_TEST(message.find(fmt::format("tensor parallel size ranges from 1 to {}", n)) != std::string::npos, message);
+}

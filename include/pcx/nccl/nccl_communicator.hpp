@@ -33,9 +33,11 @@ struct NcclWorldOptions {
 /// destroyed exactly once (`ncclCommDestroy`), or aborted (`ncclCommAbort`) if an
 /// operation failed or timed out; borrowed ones are never destroyed. Move-only.
 ///
-/// Buffers are device memory of device(). The collectives of the Communicator
-/// interface run on the communicator's own stream and return once it is done; the
-/// `enqueue_*` functions run on a stream the caller gives and return at once.
+/// Buffers are device memory of device(); all_reduce() also takes host buffers, which
+/// it stages through device memory (as a ParallelContext does to compare its
+/// configuration across ranks). The collectives of the Communicator interface run on
+/// the communicator's own stream and return once it is done; the `enqueue_*`
+/// functions run on a stream the caller gives and return at once.
 /// Communicators made by split() and dup() use `ncclCommSplit` (collective over
 /// every member, as NCCL requires) and inherit the device.
 class NcclCommunicator final : public Communicator {
