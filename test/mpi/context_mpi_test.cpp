@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <functional>
 #include <numeric>
 
@@ -256,4 +257,22 @@ BOOST_AUTO_TEST_CASE(grid_mpus_that_disagree_all_throw_the_same_mismatch) {
   const std::string message = expect_everywhere<pcx::ConfigMismatch>([&] { pcx::GridMpu mpu(world, tensor); });
   BOOST_TEST(same_everywhere(message), message);
   BOOST_TEST(message.find(fmt::format("tensor parallel size ranges from 1 to {}", n)) != std::string::npos, message);
+}
+
+BOOST_AUTO_TEST_CASE(a_rank_that_rejects_the_configuration_fails_every_rank) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  if (n == 1) return;
+  // Every MPU reports the same sizes, but the last rank's data parallel group is in
+  // another order than the layout the expert groups assume: only that rank can tell.
+  std::vector<int> members(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) members[static_cast<std::size_t>(i)] = i;
+  if (world.rank() == n - 1) std::reverse(members.begin(), members.end());
+  auto mpu = std::make_shared<pcx::testing::MockMpu>();
+  mpu->set_data_parallel_group(ProcessGroup(members, world.dup()));
+  const std::string message =
+      expect_everywhere<pcx::ConfigError>([&] { ParallelContext(world, make_config({1}), mpu); });
+  const std::string expected = world.rank() == n - 1 ? "the MPU's data parallel group"
+                                                     : fmt::format("rank {} rejected the configuration", n - 1);
+  BOOST_TEST(message.find(expected) != std::string::npos, message);
 }

@@ -298,6 +298,17 @@ BOOST_AUTO_TEST_CASE(fake_collectives_behave_as_if_every_member_passed_the_same_
   BOOST_CHECK_THROW(comm.all_gather(std::span<const double>(gathered), std::span<double>(gathered.data(), 3)),
                     pcx::ConfigError);
   BOOST_CHECK_THROW(comm.broadcast(std::span<std::int32_t>(values), 4), pcx::ConfigError);
+  BOOST_CHECK_THROW(comm.all_reduce(std::span<const std::int32_t>(values), std::span<std::int32_t>(block),
+                                    pcx::ReduceOp::sum),
+                    pcx::ConfigError);
+  BOOST_CHECK_THROW(comm.reduce_scatter(std::span<const std::int32_t>(block), std::span<std::int32_t>(block),
+                                        pcx::ReduceOp::sum),
+                    pcx::ConfigError);
+  const std::vector<std::int32_t> three = {1, 2, 3};
+  std::vector<std::int32_t> three_out(3);
+  BOOST_CHECK_THROW(comm.all_to_all(std::span<const std::int32_t>(three), std::span<std::int32_t>(three_out)),
+                    pcx::ConfigError);
+  BOOST_CHECK_THROW(ProcessGroup(std::vector<int>{0}, nullptr), pcx::ConfigError);
 }
 
 BOOST_AUTO_TEST_CASE(fake_world_verify_catches_splits_no_real_job_could_make) {
