@@ -1,7 +1,7 @@
 # Tests of samples/moe_dispatch, samples/two_contexts and samples/mock_mpu. Included from
 # test/samples/CMakeLists.txt, so PcxMpiTest's functions and PCX_BASH are available.
 
-# moe_dispatch: every ep size of 8 ranks in both orders (the README's first command), and
+# moe_dispatch: every ep size of 8 ranks in both orders (step 3 of scripts/demo), and
 # one ep size and one order on 4 ranks. Exit status 0 means every number was checked.
 if(TARGET moe_dispatch)
   pcx_add_mpi_executable_test(moe_dispatch TARGET moe_dispatch RANKS 8 TIMEOUT 120 LABELS samples)
