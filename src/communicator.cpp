@@ -44,12 +44,11 @@ std::string_view to_string(DataType type) noexcept {
   return "unknown";
 }
 
-std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size,
-                                                  const CommOptions& options) const {
+std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size, const CommOptions& options) const {
   if (colour == kNoColour) return do_split(colour, 0, 0, options);
   if (colour < 0) {
-    throw ConfigError(fmt::format("split colour {} is negative (use kNoColour, {}, to join no group)", colour,
-                                  kNoColour));
+    throw ConfigError(
+        fmt::format("split colour {} is negative (use kNoColour, {}, to join no group)", colour, kNoColour));
   }
   if (size < 1 || size > this->size()) {
     throw ConfigError(fmt::format("split size {} is outside [1, {}]", size, this->size()));
@@ -85,8 +84,7 @@ void Communicator::all_gather(const void* send, void* recv, std::size_t count, D
   do_all_gather(send, recv, count, type);
 }
 
-void Communicator::reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
-                                  ReduceOp op) const {
+void Communicator::reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
   check_buffer(send, count, "reduce_scatter send buffer");
   check_buffer(recv, count, "reduce_scatter receive buffer");
   do_reduce_scatter(send, recv, count, type, op);
@@ -110,8 +108,7 @@ void Communicator::check_length(std::size_t expected, std::size_t actual, std::s
 
 std::size_t Communicator::block(std::size_t total, std::string_view what) const {
   if (total % member_count() != 0) {
-    throw ConfigError(fmt::format("{} buffer of {} elements does not split into {} equal blocks", what, total,
-                                  size()));
+    throw ConfigError(fmt::format("{} buffer of {} elements does not split into {} equal blocks", what, total, size()));
   }
   return total / member_count();
 }

@@ -39,8 +39,8 @@ RankGrid::RankGrid(std::vector<Axis> axes) : axes_(std::move(axes)) {
     }
     const auto product = detail::checked_mul(world_size_, axis.size);
     if (!product) {
-      throw ConfigError(fmt::format("the product of the axis sizes [{}] exceeds {} ranks",
-                                    list_axes(axes_, &Axis::size), INT_MAX));
+      throw ConfigError(
+          fmt::format("the product of the axis sizes [{}] exceeds {} ranks", list_axes(axes_, &Axis::size), INT_MAX));
     }
     world_size_ = *product;
   }
@@ -77,8 +77,7 @@ RankGrid RankGrid::from_order(std::string_view order, std::span<const Axis> size
   for (const Axis& axis : sizes) {
     if (std::ranges::find(fastest_first, axis.name, &Axis::name) != fastest_first.end()) continue;
     if (axis.size != 1) {
-      throw ConfigError(fmt::format("axis '{}' has size {} but order '{}' leaves it out", axis.name,
-                                    axis.size, order));
+      throw ConfigError(fmt::format("axis '{}' has size {} but order '{}' leaves it out", axis.name, axis.size, order));
     }
     fastest_first.push_back(axis);
   }
@@ -89,8 +88,7 @@ RankGrid RankGrid::from_order(std::string_view order, std::span<const Axis> size
 std::size_t RankGrid::axis_index(std::string_view name) const {
   const auto it = std::ranges::find(axes_, name, &Axis::name);
   if (it == axes_.end()) {
-    throw ConfigError(fmt::format("the grid has no axis '{}' (axes: {})", name,
-                                  list_axes(axes_, &Axis::name)));
+    throw ConfigError(fmt::format("the grid has no axis '{}' (axes: {})", name, list_axes(axes_, &Axis::name)));
   }
   return static_cast<std::size_t>(it - axes_.begin());
 }
@@ -114,8 +112,8 @@ int RankGrid::rank_at(std::span<const int> coordinates) const {
   int rank = 0;
   for (std::size_t i = 0; i < axes_.size(); ++i) {
     if (coordinates[i] < 0 || coordinates[i] >= axes_[i].size) {
-      throw ConfigError(fmt::format("coordinate {} is outside axis '{}' of size {}", coordinates[i],
-                                    axes_[i].name, axes_[i].size));
+      throw ConfigError(
+          fmt::format("coordinate {} is outside axis '{}' of size {}", coordinates[i], axes_[i].name, axes_[i].size));
     }
     rank = rank * axes_[i].size + coordinates[i];  // cannot overflow: bounded by world_size_
   }

@@ -24,10 +24,10 @@ ParallelConfig agreed_config(const Communicator& world, int tensor, int pipeline
   std::vector<std::int64_t> extremes = {tensor, pipeline, -std::int64_t{tensor}, -std::int64_t{pipeline}};
   world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
   if (extremes[0] != -extremes[2] || extremes[1] != -extremes[3]) {
-    throw ConfigMismatch(fmt::format(
-        "ranks disagree on the GridMpu sizes: tensor parallel size ranges from {} to {}, pipeline parallel "
-        "size from {} to {}",
-        -extremes[2], extremes[0], -extremes[3], extremes[1]));
+    throw ConfigMismatch(
+        fmt::format("ranks disagree on the GridMpu sizes: tensor parallel size ranges from {} to {}, pipeline parallel "
+                    "size from {} to {}",
+                    -extremes[2], extremes[0], -extremes[3], extremes[1]));
   }
   return megatron_config(world.size(), tensor, pipeline);
 }

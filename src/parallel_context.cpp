@@ -38,8 +38,7 @@ std::vector<Field> fingerprint(const ParallelConfig& c, const Mpu* mpu) noexcept
       {"tensor parallel size", c.tensor_parallel_size},
       {"pipeline parallel size", c.pipeline_parallel_size},
       {"number of expert parallel sizes", static_cast<std::int64_t>(c.expert_parallel_sizes.size())},
-      {"largest expert parallel size",
-       c.expert_parallel_sizes.empty() ? 0 : std::ranges::max(c.expert_parallel_sizes)},
+      {"largest expert parallel size", c.expert_parallel_sizes.empty() ? 0 : std::ranges::max(c.expert_parallel_sizes)},
       {"expert parallel sizes", static_cast<std::int64_t>(ep_hash >> 1)},
       {"expert order (0 expert-first, 1 data-first)", c.expert_order == ExpertOrder::expert_first ? 0 : 1},
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
@@ -89,18 +88,18 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
     // Sizes above the world are clamped to it, as in the MPU's own layout.
     const auto take = [&config](int& configured, int from_mpu, std::string_view what) {
       if (configured != 1 && std::min(configured, config.world_size) != from_mpu) {
-        throw ConfigError(fmt::format("{} {} in the configuration disagrees with the MPU's {}", what, configured,
-                                      from_mpu));
+        throw ConfigError(
+            fmt::format("{} {} in the configuration disagrees with the MPU's {}", what, configured, from_mpu));
       }
       configured = from_mpu;
     };
     take(config.tensor_parallel_size, mpu->tensor_parallel_size(), "tensor parallel size");
     take(config.pipeline_parallel_size, mpu->pipeline_parallel_size(), "pipeline parallel size");
   } else if (config.tensor_parallel_size != 1 || config.pipeline_parallel_size != 1) {
-    throw ConfigError(fmt::format(
-        "tensor parallel size {} and pipeline parallel size {} need an MPU (for example pcx::GridMpu); "
-        "without one both are 1",
-        config.tensor_parallel_size, config.pipeline_parallel_size));
+    throw ConfigError(
+        fmt::format("tensor parallel size {} and pipeline parallel size {} need an MPU (for example pcx::GridMpu); "
+                    "without one both are 1",
+                    config.tensor_parallel_size, config.pipeline_parallel_size));
   }
   Topology topology(std::move(config));
   if (mpu) {
@@ -108,11 +107,11 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
     const GroupLayout& data = topology.layout({GroupKind::data_parallel});
     const ProcessGroup& actual = mpu->data_parallel_group();
     if (!actual.same_members(data, data.colour(rank))) {
-      throw ConfigError(fmt::format(
-          "on rank {} the MPU's data parallel group [{}] is not [{}], the group the expert groups assume "
-          "(Megatron layout of world {}, tensor {}, pipeline {})",
-          rank, fmt::join(actual.ranks(), ","), fmt::join(data.group_of(rank), ","), topology.world_size(),
-          topology.tensor_parallel_size(), topology.pipeline_parallel_size()));
+      throw ConfigError(
+          fmt::format("on rank {} the MPU's data parallel group [{}] is not [{}], the group the expert groups assume "
+                      "(Megatron layout of world {}, tensor {}, pipeline {})",
+                      rank, fmt::join(actual.ranks(), ","), fmt::join(data.group_of(rank), ","), topology.world_size(),
+                      topology.tensor_parallel_size(), topology.pipeline_parallel_size()));
     }
   }
   return topology;
@@ -199,7 +198,8 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
         groups_.entries.push_back({view.id, ProcessGroup(view.layout, 0, world.dup(options_for(options, view.id)))});
       } else {
         splits += view.layout.group_size() > 1 ? 1 : 0;
-        groups_.entries.push_back({view.id, make_group(world_group().communicator(), view.layout, options_for(options, view.id))});
+        groups_.entries.push_back(
+            {view.id, make_group(world_group().communicator(), view.layout, options_for(options, view.id))});
       }
     } catch (const CommError& e) {
       throw CommError(fmt::format("building the {} groups on rank {}: {}", view.id.name(), rank_, e.what()), e.code());
@@ -223,10 +223,10 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
   sequence_data_ = mpu_sequence_data ? mpu_sequence_data : data_;
 
   if (rank_ == 0) {
-    logger->info("pcx: context of world {} (tensor {}, pipeline {}, data {}, expert sizes [{}]): {} group kinds, {} splits",
-                 world_size(), topology_.tensor_parallel_size(), topology_.pipeline_parallel_size(),
-                 data_parallel_size(), fmt::join(topology_.config().expert_parallel_sizes, ","),
-                 groups_.entries.size(), splits);
+    logger->info(
+        "pcx: context of world {} (tensor {}, pipeline {}, data {}, expert sizes [{}]): {} group kinds, {} splits",
+        world_size(), topology_.tensor_parallel_size(), topology_.pipeline_parallel_size(), data_parallel_size(),
+        fmt::join(topology_.config().expert_parallel_sizes, ","), groups_.entries.size(), splits);
   }
 }
 

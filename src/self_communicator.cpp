@@ -20,8 +20,7 @@ std::unique_ptr<Communicator> SelfCommunicator::do_dup(const CommOptions&) const
   return std::make_unique<SelfCommunicator>(copy_);
 }
 
-void SelfCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
-                                     ReduceOp) const {
+void SelfCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp) const {
   copy(send, recv, count, type);
 }
 

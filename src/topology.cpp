@@ -50,9 +50,9 @@ void validate(const ParallelConfig& c) {
   if (c.world_size % model != 0) {
     const std::string clamped =
         tensor == c.tensor_parallel_size ? "" : fmt::format(" (clamped from {})", c.tensor_parallel_size);
-    throw ConfigError(fmt::format(
-        "world size {} is not divisible by tensor parallel size {}{} x pipeline parallel size {}",
-        c.world_size, tensor, clamped, c.pipeline_parallel_size));
+    throw ConfigError(
+        fmt::format("world size {} is not divisible by tensor parallel size {}{} x pipeline parallel size {}",
+                    c.world_size, tensor, clamped, c.pipeline_parallel_size));
   }
   const auto data = static_cast<int>(c.world_size / model);
   for (std::size_t i = 0; i < c.expert_parallel_sizes.size(); ++i) {
@@ -60,8 +60,8 @@ void validate(const ParallelConfig& c) {
     require_positive(ep, "expert parallel size");
     if (data % ep != 0) {
       throw ConfigError(fmt::format(
-          "expert parallel size {} does not divide data parallel size {} (world {} / tensor {} / pipeline {})",
-          ep, data, c.world_size, tensor, c.pipeline_parallel_size));
+          "expert parallel size {} does not divide data parallel size {} (world {} / tensor {} / pipeline {})", ep,
+          data, c.world_size, tensor, c.pipeline_parallel_size));
     }
     if (std::find(c.expert_parallel_sizes.begin(), c.expert_parallel_sizes.begin() + static_cast<std::ptrdiff_t>(i),
                   ep) != c.expert_parallel_sizes.begin() + static_cast<std::ptrdiff_t>(i)) {
@@ -79,10 +79,10 @@ void validate(const ParallelConfig& c) {
     const int per_node = *c.ranks_per_node;
     require_positive(per_node, "ranks per node");
     if (c.world_size > per_node && c.world_size % per_node != 0) {
-      throw ConfigError(fmt::format(
-          "world size {} is not a whole number of nodes of {} ranks (a world larger than one node "
-          "must be divisible by the ranks per node)",
-          c.world_size, per_node));
+      throw ConfigError(
+          fmt::format("world size {} is not a whole number of nodes of {} ranks (a world larger than one node "
+                      "must be divisible by the ranks per node)",
+                      c.world_size, per_node));
     }
   }
 }
@@ -128,8 +128,8 @@ Topology::Topology(ParallelConfig config) : config_(std::move(config)) {
   if (config_.zero_hpz_size) {
     hpz_ = std::min(*config_.zero_hpz_size, world);
     if (*hpz_ != *config_.zero_hpz_size) {
-      clamp_notes_.push_back(fmt::format("ZeRO hpZ partition size {} is larger than the world; using {}",
-                                         *config_.zero_hpz_size, *hpz_));
+      clamp_notes_.push_back(
+          fmt::format("ZeRO hpZ partition size {} is larger than the world; using {}", *config_.zero_hpz_size, *hpz_));
     }
     add(GroupKind::zero_param_intra, RankGrid({{"block", world / *hpz_}, {"member", *hpz_}}), "member");
   }

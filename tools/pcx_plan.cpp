@@ -29,16 +29,16 @@ nlohmann::ordered_json to_json(const pcx::Topology& topology, std::optional<int>
   if (rank) out["rank"] = *rank;
   auto& groups = out["groups"] = nlohmann::ordered_json::object();
   for (const pcx::GroupView& view : topology.views()) {
-    groups[view.id.name()] = rank ? nlohmann::ordered_json(view.layout.group_of(*rank))
-                                  : nlohmann::ordered_json(view.layout.groups());
+    groups[view.id.name()] =
+        rank ? nlohmann::ordered_json(view.layout.group_of(*rank)) : nlohmann::ordered_json(view.layout.groups());
   }
   return out;
 }
 
 void print_table(const pcx::Topology& topology, std::optional<int> rank) {
   const pcx::ParallelConfig& config = topology.config();
-  fmt::print("world {} = pipeline {} x data {} x tensor {}", topology.world_size(),
-             topology.pipeline_parallel_size(), topology.data_parallel_size(), topology.tensor_parallel_size());
+  fmt::print("world {} = pipeline {} x data {} x tensor {}", topology.world_size(), topology.pipeline_parallel_size(),
+             topology.data_parallel_size(), topology.tensor_parallel_size());
   if (!config.expert_parallel_sizes.empty()) {
     fmt::print(", experts {} ({})", fmt::join(config.expert_parallel_sizes, ","), to_string(config.expert_order));
   }
@@ -56,8 +56,8 @@ void print_table(const pcx::Topology& topology, std::optional<int> rank) {
   }
   for (const pcx::GroupView& view : topology.views()) {
     const pcx::GroupLayout& layout = view.layout;
-    fmt::print("\n{}: {} group{} of {}\n", view.id.name(), layout.group_count(),
-               layout.group_count() == 1 ? "" : "s", layout.group_size());
+    fmt::print("\n{}: {} group{} of {}\n", view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s",
+               layout.group_size());
     for (int colour = 0; colour < layout.group_count(); ++colour) {
       fmt::print("  {:>4}: {}\n", colour, fmt::join(layout.group(colour), " "));
     }
@@ -74,8 +74,8 @@ const pcx::GroupView& colouring_view(const pcx::Topology& topology, const std::s
     }
     std::vector<std::string> names;
     for (const pcx::GroupView& view : views) names.push_back(view.id.name());
-    throw pcx::ConfigError(fmt::format("--colour-by: this configuration has no kind '{}' (it has: {})", wanted,
-                                       fmt::join(names, ", ")));
+    throw pcx::ConfigError(
+        fmt::format("--colour-by: this configuration has no kind '{}' (it has: {})", wanted, fmt::join(names, ", ")));
   }
   for (const pcx::GroupView& view : views) {
     if (view.id.kind == pcx::GroupKind::expert_parallel) return view;
@@ -100,13 +100,13 @@ void print_svg(const pcx::Topology& topology, const pcx::GroupView& view, std::o
   const pcx::GroupLayout& layout = view.layout;
   const std::vector<int> highlighted = rank ? layout.group_of(*rank) : std::vector<int>{};
 
-  fmt::print("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
-             "font-family=\"sans-serif\" font-size=\"12\">\n",
-             width, height);
+  fmt::print(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
+      "font-family=\"sans-serif\" font-size=\"12\">\n",
+      width, height);
   fmt::print("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-  fmt::print("<text x=\"{}\" y=\"22\" font-size=\"15\">world {} = pipeline {} x data {} x tensor {}</text>\n",
-             kMargin, world, topology.pipeline_parallel_size(), topology.data_parallel_size(),
-             topology.tensor_parallel_size());
+  fmt::print("<text x=\"{}\" y=\"22\" font-size=\"15\">world {} = pipeline {} x data {} x tensor {}</text>\n", kMargin,
+             world, topology.pipeline_parallel_size(), topology.data_parallel_size(), topology.tensor_parallel_size());
   fmt::print("<text x=\"{}\" y=\"42\">coloured by {}: {} group{} of {}; cell: rank / group</text>\n", kMargin,
              view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s", layout.group_size());
   for (int row = 0; row < rows; ++row) {
@@ -121,13 +121,13 @@ void print_svg(const pcx::Topology& topology, const pcx::GroupView& view, std::o
     const double hue = 360.0 * colour / layout.group_count();
     const int lightness = colour % 2 == 0 ? 72 : 58;
     const bool outlined = std::ranges::binary_search(highlighted, r);
-    fmt::print("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"4\" fill=\"hsl({:.0f},65%,{}%)\" "
-               "stroke=\"{}\" stroke-width=\"{}\"/>\n",
-               x + 2, y + 2, kCell - 4, kCell - 4, hue, lightness, outlined ? "black" : "#555",
-               outlined ? 3 : 1);
+    fmt::print(
+        "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"4\" fill=\"hsl({:.0f},65%,{}%)\" "
+        "stroke=\"{}\" stroke-width=\"{}\"/>\n",
+        x + 2, y + 2, kCell - 4, kCell - 4, hue, lightness, outlined ? "black" : "#555", outlined ? 3 : 1);
     fmt::print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", x + kCell / 2, y + 20, r);
-    fmt::print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">g{}</text>\n", x + kCell / 2,
-               y + 34, colour);
+    fmt::print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">g{}</text>\n", x + kCell / 2, y + 34,
+               colour);
   }
   fmt::print("</svg>\n");
 }
@@ -140,7 +140,8 @@ int run(const std::vector<std::string>& args) {
   }
   const pcx::Topology topology(options.config);
   if (options.rank && (*options.rank < 0 || *options.rank >= topology.world_size())) {
-    throw pcx::ConfigError(fmt::format("--rank: {} is outside the world [0, {})", *options.rank, topology.world_size()));
+    throw pcx::ConfigError(
+        fmt::format("--rank: {} is outside the world [0, {})", *options.rank, topology.world_size()));
   }
   if (topology.world_size() > kMaxListedWorld) {
     throw pcx::ConfigError(fmt::format("--world: {} is more than pcx-plan lists (at most {} ranks)",

@@ -1,9 +1,9 @@
 #include "plan_options.hpp"
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <CLI/CLI.hpp>
 #include <charconv>
 #include <climits>
 
@@ -23,8 +23,7 @@ void describe(CLI::App& app, RawOptions& raw, bool world_required) {
   app.add_option("--ep", raw.ep, "expert parallel sizes, comma separated")->type_name("E[,E...]");
   app.add_option("--expert-order", raw.order, "expert-first (default) or data-first")->type_name("ORDER");
   app.add_option("--zero-hpz", raw.hpz, "ZeRO hpZ partition size")->type_name("Z");
-  app.add_option("--ranks-per-node", raw.per_node, "ranks per node, for the all-to-all groups")
-      ->type_name("N");
+  app.add_option("--ranks-per-node", raw.per_node, "ranks per node, for the all-to-all groups")->type_name("N");
   app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
   app.add_option("--format", raw.format, "table (default), json, or svg (a picture of the ranks by node)")
       ->type_name("FORMAT");

@@ -14,11 +14,11 @@ enum class Format { table, json, svg };
 
 /// What the command line asked for.
 struct PlanOptions {
-  ParallelConfig config;     ///< world_size is 0 when --world was optional and not given.
-  std::optional<int> rank;   ///< --rank: print this rank's groups only.
+  ParallelConfig config;    ///< world_size is 0 when --world was optional and not given.
+  std::optional<int> rank;  ///< --rank: print this rank's groups only.
   Format format = Format::table;
-  std::string colour_by;     ///< --colour-by: the kind whose groups colour an SVG; empty: a default.
-  bool help = false;         ///< --help was given; help_text() says what to print.
+  std::string colour_by;  ///< --colour-by: the kind whose groups colour an SVG; empty: a default.
+  bool help = false;      ///< --help was given; help_text() says what to print.
 };
 
 /// Parses the arguments after the program name. Sizes are checked for syntax

@@ -30,14 +30,22 @@ enum class ReduceOp { sum, max };
 template <class T>
 inline constexpr bool kIsElement = false;
 /// @cond
-template <> inline constexpr bool kIsElement<std::int8_t> = true;
-template <> inline constexpr bool kIsElement<std::uint8_t> = true;
-template <> inline constexpr bool kIsElement<std::int32_t> = true;
-template <> inline constexpr bool kIsElement<std::uint32_t> = true;
-template <> inline constexpr bool kIsElement<std::int64_t> = true;
-template <> inline constexpr bool kIsElement<std::uint64_t> = true;
-template <> inline constexpr bool kIsElement<float> = true;
-template <> inline constexpr bool kIsElement<double> = true;
+template <>
+inline constexpr bool kIsElement<std::int8_t> = true;
+template <>
+inline constexpr bool kIsElement<std::uint8_t> = true;
+template <>
+inline constexpr bool kIsElement<std::int32_t> = true;
+template <>
+inline constexpr bool kIsElement<std::uint32_t> = true;
+template <>
+inline constexpr bool kIsElement<std::int64_t> = true;
+template <>
+inline constexpr bool kIsElement<std::uint64_t> = true;
+template <>
+inline constexpr bool kIsElement<float> = true;
+template <>
+inline constexpr bool kIsElement<double> = true;
 /// @endcond
 
 /// An element type the typed collectives accept.
@@ -47,14 +55,22 @@ concept Element = kIsElement<T>;
 /// The DataType of element type @p T.
 template <Element T>
 [[nodiscard]] constexpr DataType data_type_of() noexcept {
-  if constexpr (std::is_same_v<T, std::int8_t>) return DataType::int8;
-  else if constexpr (std::is_same_v<T, std::uint8_t>) return DataType::uint8;
-  else if constexpr (std::is_same_v<T, std::int32_t>) return DataType::int32;
-  else if constexpr (std::is_same_v<T, std::uint32_t>) return DataType::uint32;
-  else if constexpr (std::is_same_v<T, std::int64_t>) return DataType::int64;
-  else if constexpr (std::is_same_v<T, std::uint64_t>) return DataType::uint64;
-  else if constexpr (std::is_same_v<T, float>) return DataType::float32;
-  else return DataType::float64;
+  if constexpr (std::is_same_v<T, std::int8_t>)
+    return DataType::int8;
+  else if constexpr (std::is_same_v<T, std::uint8_t>)
+    return DataType::uint8;
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return DataType::int32;
+  else if constexpr (std::is_same_v<T, std::uint32_t>)
+    return DataType::uint32;
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return DataType::int64;
+  else if constexpr (std::is_same_v<T, std::uint64_t>)
+    return DataType::uint64;
+  else if constexpr (std::is_same_v<T, float>)
+    return DataType::float32;
+  else
+    return DataType::float64;
 }
 
 /// Settings of a communicator that a split or dup creates. Each backend uses the
@@ -204,8 +220,7 @@ class Communicator {
   /// all_gather() for the backend.
   virtual void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const = 0;
   /// reduce_scatter() for the backend.
-  virtual void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
-                                 ReduceOp op) const = 0;
+  virtual void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const = 0;
   /// broadcast() for the backend; @p root is in range.
   virtual void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const = 0;
   /// barrier() for the backend.

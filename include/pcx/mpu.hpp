@@ -58,9 +58,7 @@ class GridMpu final : public Mpu {
   [[nodiscard]] int tensor_parallel_size() const override { return topology_.tensor_parallel_size(); }
   [[nodiscard]] int pipeline_parallel_size() const override { return topology_.pipeline_parallel_size(); }
   [[nodiscard]] const ProcessGroup& data_parallel_group() const override { return data_; }
-  [[nodiscard]] int model_parallel_size() const override {
-    return tensor_parallel_size() * pipeline_parallel_size();
-  }
+  [[nodiscard]] int model_parallel_size() const override { return tensor_parallel_size() * pipeline_parallel_size(); }
   /// The caller's tensor parallel group.
   [[nodiscard]] const ProcessGroup& tensor_parallel_group() const noexcept { return tensor_; }
   /// The caller's pipeline parallel group.

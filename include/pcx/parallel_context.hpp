@@ -2,10 +2,11 @@
 /// @file parallel_context.hpp
 /// @brief ParallelContext: every process group of large-model training, with no globals.
 
+#include <spdlog/logger.h>
+
 #include <map>
 #include <memory>
 #include <optional>
-#include <spdlog/logger.h>
 #include <vector>
 
 #include "pcx/communicator.hpp"
@@ -91,9 +92,7 @@ class ParallelContext {
   [[nodiscard]] int expert_parallel_source_rank(int ep) const { return expert_parallel_group(ep).front(); }
   /// Global rank of group rank 0 of the caller's expert data parallel group for @p ep.
   /// @throws GroupNotFound as expert_data_parallel_group().
-  [[nodiscard]] int expert_broadcast_source_rank(int ep) const {
-    return expert_data_parallel_group(ep).front();
-  }
+  [[nodiscard]] int expert_broadcast_source_rank(int ep) const { return expert_data_parallel_group(ep).front(); }
   /// Tensor parallel size the expert groups were built with (1 without an MPU).
   [[nodiscard]] int expert_tensor_parallel_size() const noexcept { return topology_.tensor_parallel_size(); }
 
@@ -115,7 +114,9 @@ class ParallelContext {
   [[nodiscard]] int broadcast_source_rank() const { return sequence_data_->front(); }
 
   /// Whether ZeRO hpZ parameter partition groups were configured.
-  [[nodiscard]] bool has_zero_param_intra_group() const noexcept { return find({GroupKind::zero_param_intra}) != nullptr; }
+  [[nodiscard]] bool has_zero_param_intra_group() const noexcept {
+    return find({GroupKind::zero_param_intra}) != nullptr;
+  }
   /// The caller's ZeRO hpZ parameter partition group.
   /// @throws GroupNotFound if no hpZ size was configured.
   [[nodiscard]] const ProcessGroup& zero_param_intra_group() const { return group({GroupKind::zero_param_intra}); }
@@ -124,9 +125,7 @@ class ParallelContext {
   [[nodiscard]] const ProcessGroup& all_to_all_local_group() const { return group({GroupKind::all_to_all_local}); }
   /// The ranks with the caller's local index on every node.
   /// @throws GroupNotFound if no ranks per node were configured or the world is one node.
-  [[nodiscard]] const ProcessGroup& all_to_all_global_group() const {
-    return group({GroupKind::all_to_all_global});
-  }
+  [[nodiscard]] const ProcessGroup& all_to_all_global_group() const { return group({GroupKind::all_to_all_global}); }
 
   /// The caller's group of kind @p id: any kind this context built, the world clone,
   /// or data parallel.

@@ -62,7 +62,7 @@ class ProcessGroup {
   [[nodiscard]] const Communicator& communicator() const noexcept { return *communicator_; }
 
  private:
-  std::vector<int> listed_;           // the members, unless implied by layout_
+  std::vector<int> listed_;            // the members, unless implied by layout_
   std::optional<GroupLayout> layout_;  // with colour_: the members of a layout's group
   int colour_ = 0;
   std::unique_ptr<Communicator> communicator_;

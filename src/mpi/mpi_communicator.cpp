@@ -52,8 +52,9 @@ void check_mpi(int code, const char* call) {
   char text[MPI_MAX_ERROR_STRING] = {};
   int length = 0;
   if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) length = 0;
-  throw CommError(fmt::format("{} failed: {} (MPI error {})", call, std::string_view(text, static_cast<std::size_t>(length)), code),
-                  code);
+  throw CommError(
+      fmt::format("{} failed: {} (MPI error {})", call, std::string_view(text, static_cast<std::size_t>(length)), code),
+      code);
 }
 
 MpiEnvironment::MpiEnvironment(int* argc, char*** argv, int required) {
@@ -127,8 +128,7 @@ void MpiCommunicator::release() noexcept {
   owned_ = false;
 }
 
-std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, int,
-                                                        const CommOptions& options) const {
+std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, int, const CommOptions& options) const {
   MPI_Comm child = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split(comm_, colour == kNoColour ? MPI_UNDEFINED : colour, key, &child), "MPI_Comm_split");
   if (child == MPI_COMM_NULL) return nullptr;
@@ -141,8 +141,7 @@ std::unique_ptr<Communicator> MpiCommunicator::do_dup(const CommOptions& options
   return named(adopt(copy), options.name);
 }
 
-void MpiCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
-                                    ReduceOp op) const {
+void MpiCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
   check_mpi(MPI_Allreduce(send_or_in_place(send, recv), recv, mpi_count(count), mpi_type(type), mpi_op(op), comm_),
             "MPI_Allreduce");
 }

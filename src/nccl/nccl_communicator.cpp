@@ -32,9 +32,7 @@ ncclDataType_t nccl_type(DataType type) {
 
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
 
-[[maybe_unused]] std::string nccl_version_text() {
-  return fmt::format("{}.{}.{}", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH);
-}
+[[maybe_unused]] std::string nccl_version_text() { return fmt::format("{}.{}.{}", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH); }
 
 // The NCCL configuration of a new communicator. It points into `options`, which must
 // outlive the init or split call.
@@ -61,8 +59,8 @@ ncclConfig_t make_config(const CommOptions& options) {
   config.splitShare = options.share_resources ? 1 : 0;
 #else
   if (options.share_resources) {
-    throw ConfigError(fmt::format("share_resources (splitShare) needs NCCL 2.18 or newer; this is {}",
-                                  nccl_version_text()));
+    throw ConfigError(
+        fmt::format("share_resources (splitShare) needs NCCL 2.18 or newer; this is {}", nccl_version_text()));
   }
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 20, 0)
@@ -182,9 +180,9 @@ NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap
   bootstrap.all_reduce(std::span<std::int32_t>(&failed, 1), ReduceOp::max);
   if (local_error) std::rethrow_exception(local_error);
   if (failed != 0) {
-    throw CommError(fmt::format("building the NCCL world on rank {}: another rank failed to prepare its device",
-                                bootstrap.rank()),
-                    -1);
+    throw CommError(
+        fmt::format("building the NCCL world on rank {}: another rank failed to prepare its device", bootstrap.rank()),
+        -1);
   }
   bootstrap.broadcast(std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&id), sizeof(id)), 0);
 
@@ -326,8 +324,7 @@ std::unique_ptr<Communicator> NcclCommunicator::self() const {
   });
 }
 
-std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, int,
-                                                         const CommOptions& options) const {
+std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, int, const CommOptions& options) const {
   if (comm_ == nullptr) throw CommError("ncclCommSplit on an aborted NCCL communicator", ncclInvalidUsage);
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   ncclConfig_t config = make_config(options);
@@ -356,9 +353,8 @@ std::unique_ptr<Communicator> NcclCommunicator::do_dup(const CommOptions& option
 
 void NcclCommunicator::enqueue_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op,
                                           cudaStream_t stream) const {
-  enqueue("ncclAllReduce", stream, [&](cudaStream_t s) {
-    return ncclAllReduce(send, recv, count, nccl_type(type), nccl_op(op), comm_, s);
-  });
+  enqueue("ncclAllReduce", stream,
+          [&](cudaStream_t s) { return ncclAllReduce(send, recv, count, nccl_type(type), nccl_op(op), comm_, s); });
 }
 
 void NcclCommunicator::enqueue_all_to_all(const void* send, void* recv, std::size_t count, DataType type,
@@ -386,9 +382,8 @@ void NcclCommunicator::enqueue_all_gather(const void* send, void* recv, std::siz
 
 void NcclCommunicator::enqueue_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
                                               ReduceOp op, cudaStream_t stream) const {
-  enqueue("ncclReduceScatter", stream, [&](cudaStream_t s) {
-    return ncclReduceScatter(send, recv, count, nccl_type(type), nccl_op(op), comm_, s);
-  });
+  enqueue("ncclReduceScatter", stream,
+          [&](cudaStream_t s) { return ncclReduceScatter(send, recv, count, nccl_type(type), nccl_op(op), comm_, s); });
 }
 
 void NcclCommunicator::enqueue_broadcast(void* buffer, std::size_t count, DataType type, int root,

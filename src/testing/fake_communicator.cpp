@@ -33,7 +33,8 @@ void reduce_copies(const void* send, void* recv, std::size_t count, DataType typ
     using T = decltype(zero);
     const auto* in = static_cast<const T*>(send);
     auto* out = static_cast<T*>(recv);
-    for (std::size_t i = 0; i < count; ++i) out[i] = op == ReduceOp::sum ? static_cast<T>(in[i] * static_cast<T>(members)) : in[i];
+    for (std::size_t i = 0; i < count; ++i)
+      out[i] = op == ReduceOp::sum ? static_cast<T>(in[i] * static_cast<T>(members)) : in[i];
   });
 }
 

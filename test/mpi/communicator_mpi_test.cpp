@@ -107,8 +107,7 @@ BOOST_AUTO_TEST_CASE(bad_arguments_throw_before_communicating_on_every_rank) {
   BOOST_CHECK_THROW(world.all_gather(std::span<const std::int32_t>(small), std::span<std::int32_t>(big)),
                     pcx::ConfigError);
   BOOST_CHECK_THROW(world.broadcast(std::span<std::int32_t>(small), world.size()), pcx::ConfigError);
-  BOOST_CHECK_THROW(world.all_reduce(nullptr, small.data(), 1, pcx::DataType::int32, ReduceOp::sum),
-                    pcx::ConfigError);
+  BOOST_CHECK_THROW(world.all_reduce(nullptr, small.data(), 1, pcx::DataType::int32, ReduceOp::sum), pcx::ConfigError);
   BOOST_CHECK_THROW((void)world.split(0, 0, world.size() + 1), pcx::ConfigError);
   BOOST_CHECK_THROW((void)world.split(0, 1, 1), pcx::ConfigError);
   BOOST_CHECK_THROW((void)world.split(-5, 0, 1), pcx::ConfigError);

@@ -4,7 +4,6 @@
 // rank leaving the others waiting in a collective.
 
 #include <boost/test/unit_test.hpp>
-
 #include <optional>
 
 #include "pcx/mpi/mpi_communicator.hpp"

@@ -72,8 +72,7 @@ int main(int argc, char* argv[]) {
     pcx::ParallelConfig config;
     config.expert_parallel_sizes = {world.size()};
     config.zero_hpz_size = world.size();
-    const Cost context =
-        measure(mpi, 3, [&] { return std::make_unique<pcx::ParallelContext>(world, config); });
+    const Cost context = measure(mpi, 3, [&] { return std::make_unique<pcx::ParallelContext>(world, config); });
     if (mpi.rank() == 0) {
       std::printf("NCCL %d.%d.%d, %d rank(s), device %d\n", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH, world.size(),
                   world.device());

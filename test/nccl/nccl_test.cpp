@@ -2,11 +2,10 @@
 // device is visible, the whole module reports itself skipped (exit 77).
 #define BOOST_TEST_MODULE nccl
 #define BOOST_TEST_NO_MAIN
-#include <boost/test/unit_test.hpp>
-
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <cstdio>
 #include <numeric>

@@ -1,10 +1,9 @@
 // ParallelContext without processes: the context of every rank of a simulated world,
 // built over FakeCommunicators, checked against the layout engine.
 #define BOOST_TEST_MODULE parallel_context
-#include <boost/test/unit_test.hpp>
-
 #include <fmt/format.h>
 
+#include <boost/test/unit_test.hpp>
 #include <memory>
 #include <random>
 
@@ -81,8 +80,9 @@ void check_every_rank(const ParallelConfig& config) {
     bool all_match = true;
     for (int rank = 0; rank < config.world_size; ++rank) {
       const FakeCommunicator comm(world, rank);
-      auto mpu = uses_mpu(config) ? megatron_mpu(world, config.tensor_parallel_size, config.pipeline_parallel_size, rank)
-                                  : nullptr;
+      auto mpu = uses_mpu(config)
+                     ? megatron_mpu(world, config.tensor_parallel_size, config.pipeline_parallel_size, rank)
+                     : nullptr;
       const int splits_before = world->split_count(rank);
       const ParallelContext context(comm, config, mpu);
       BOOST_TEST(world->split_count(rank) - splits_before == expected_splits);
@@ -219,10 +219,12 @@ bool message_has(const pcx::Error& e, std::initializer_list<std::string_view> pa
 BOOST_AUTO_TEST_CASE(bad_configurations_are_config_errors_naming_the_values) {
   const auto world = std::make_shared<FakeWorld>(8);
   const FakeCommunicator comm(world, 0);
-  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 2, 1, {})), pcx::ConfigError,
-                        [](const pcx::Error& e) { return message_has(e, {"tensor parallel size 2", "MPU"}); });
-  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(16, 1, 1, {})), pcx::ConfigError,
-                        [](const pcx::Error& e) { return message_has(e, {"16", "8"}); });
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 2, 1, {})), pcx::ConfigError, [](const pcx::Error& e) {
+    return message_has(e, {"tensor parallel size 2", "MPU"});
+  });
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(16, 1, 1, {})), pcx::ConfigError, [](const pcx::Error& e) {
+    return message_has(e, {"16", "8"});
+  });
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 1, 1, {3})), pcx::ConfigError,
                         [](const pcx::Error& e) { return message_has(e, {"expert parallel size 3"}); });
 
@@ -231,12 +233,16 @@ BOOST_AUTO_TEST_CASE(bad_configurations_are_config_errors_naming_the_values) {
   wrong->set_tensor_parallel_size(2).set_model_parallel_size(2);
   wrong->set_data_parallel_group(fake_group(world, {0, 1, 2, 3}, 0));
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 1, 1, {2}), wrong), pcx::ConfigError,
-                        [](const pcx::Error& e) { return message_has(e, {"[0,1,2,3]", "[0,2,4,6]"}); });
+                        [](const pcx::Error& e) {
+                          return message_has(e, {"[0,1,2,3]", "[0,2,4,6]"});
+                        });
 
   auto disagreeing = std::make_shared<MockMpu>();
   disagreeing->set_tensor_parallel_size(2).set_data_parallel_group(fake_group(world, {0, 2, 4, 6}, 0));
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 4, 1, {}), disagreeing), pcx::ConfigError,
-                        [](const pcx::Error& e) { return message_has(e, {"4", "MPU's 2"}); });
+                        [](const pcx::Error& e) {
+                          return message_has(e, {"4", "MPU's 2"});
+                        });
 
   // An MPU without a data parallel group set is rejected, not a crash.
   BOOST_CHECK_THROW(ParallelContext(comm, make_config(8, 1, 1, {}), std::make_shared<MockMpu>()), pcx::ConfigError);
@@ -298,12 +304,12 @@ BOOST_AUTO_TEST_CASE(fake_collectives_behave_as_if_every_member_passed_the_same_
   BOOST_CHECK_THROW(comm.all_gather(std::span<const double>(gathered), std::span<double>(gathered.data(), 3)),
                     pcx::ConfigError);
   BOOST_CHECK_THROW(comm.broadcast(std::span<std::int32_t>(values), 4), pcx::ConfigError);
-  BOOST_CHECK_THROW(comm.all_reduce(std::span<const std::int32_t>(values), std::span<std::int32_t>(block),
-                                    pcx::ReduceOp::sum),
-                    pcx::ConfigError);
-  BOOST_CHECK_THROW(comm.reduce_scatter(std::span<const std::int32_t>(block), std::span<std::int32_t>(block),
-                                        pcx::ReduceOp::sum),
-                    pcx::ConfigError);
+  BOOST_CHECK_THROW(
+      comm.all_reduce(std::span<const std::int32_t>(values), std::span<std::int32_t>(block), pcx::ReduceOp::sum),
+      pcx::ConfigError);
+  BOOST_CHECK_THROW(
+      comm.reduce_scatter(std::span<const std::int32_t>(block), std::span<std::int32_t>(block), pcx::ReduceOp::sum),
+      pcx::ConfigError);
   const std::vector<std::int32_t> three = {1, 2, 3};
   std::vector<std::int32_t> three_out(3);
   BOOST_CHECK_THROW(comm.all_to_all(std::span<const std::int32_t>(three), std::span<std::int32_t>(three_out)),

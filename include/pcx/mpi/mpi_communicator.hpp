@@ -71,8 +71,7 @@ class MpiCommunicator final : public Communicator {
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
   void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
-  void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
-                         ReduceOp op) const override;
+  void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
   void do_barrier() const override;
 

@@ -19,11 +19,11 @@ class FakeWorld {
  public:
   /// One split call.
   struct Split {
-    int caller;                ///< World rank of the process that called.
-    int sequence;              ///< How many splits that caller had made before this one.
-    int colour;                ///< Colour passed.
-    int key;                   ///< Key passed.
-    int size;                  ///< Child size the caller expected.
+    int caller;    ///< World rank of the process that called.
+    int sequence;  ///< How many splits that caller had made before this one.
+    int colour;    ///< Colour passed.
+    int key;       ///< Key passed.
+    int size;      ///< Child size the caller expected.
   };
 
   /// A world of @p size ranks.
@@ -99,8 +99,7 @@ class FakeCommunicator final : public Communicator {
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
   void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
-  void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
-                         ReduceOp op) const override;
+  void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
   void do_barrier() const override;
 

@@ -13,15 +13,30 @@ namespace pcx::testing {
 class MockMpu final : public Mpu {
  public:
   /// Sets the tensor parallel size.
-  MockMpu& set_tensor_parallel_size(int size) { tensor_ = size; return *this; }
+  MockMpu& set_tensor_parallel_size(int size) {
+    tensor_ = size;
+    return *this;
+  }
   /// Sets the pipeline parallel size.
-  MockMpu& set_pipeline_parallel_size(int size) { pipeline_ = size; return *this; }
+  MockMpu& set_pipeline_parallel_size(int size) {
+    pipeline_ = size;
+    return *this;
+  }
   /// Sets the model parallel size.
-  MockMpu& set_model_parallel_size(int size) { model_ = size; return *this; }
+  MockMpu& set_model_parallel_size(int size) {
+    model_ = size;
+    return *this;
+  }
   /// Sets the data parallel group.
-  MockMpu& set_data_parallel_group(ProcessGroup group) { data_.emplace(std::move(group)); return *this; }
+  MockMpu& set_data_parallel_group(ProcessGroup group) {
+    data_.emplace(std::move(group));
+    return *this;
+  }
   /// Sets the sequence parallel group (by default there is none).
-  MockMpu& set_sequence_parallel_group(ProcessGroup group) { sequence_.emplace(std::move(group)); return *this; }
+  MockMpu& set_sequence_parallel_group(ProcessGroup group) {
+    sequence_.emplace(std::move(group));
+    return *this;
+  }
   /// Sets the sequence data parallel group (by default there is none).
   MockMpu& set_sequence_data_parallel_group(ProcessGroup group) {
     sequence_data_.emplace(std::move(group));
