@@ -22,17 +22,8 @@ using pcx::ParallelContext;
 using pcx::ProcessGroup;
 using pcx::ReduceOp;
 using pcx::test::everyone;
-
-ParallelConfig make_config(std::vector<int> eps, pcx::ExpertOrder order = {}, std::optional<int> hpz = {},
-                           std::optional<int> per_node = {}) {
-  ParallelConfig config;
-  config.world_size = 0;  // the world communicator's size
-  config.expert_parallel_sizes = std::move(eps);
-  config.expert_order = order;
-  config.zero_hpz_size = hpz;
-  config.ranks_per_node = per_node;
-  return config;
-}
+using pcx::test::make_config;
+using pcx::test::same_everywhere;
 
 std::vector<int> divisors(int n) {
   std::vector<int> out;
@@ -193,15 +184,6 @@ std::string expect_everywhere(const std::function<void()>& build) {
   }
   BOOST_TEST(everyone(right_type), message);
   return message;
-}
-
-// Whether every rank holds the same text.
-bool same_everywhere(const std::string& text) {
-  const MpiCommunicator world = MpiCommunicator::world();
-  const auto hash = static_cast<std::int64_t>(std::hash<std::string>{}(text) >> 1);
-  std::vector<std::int64_t> extremes = {hash, -hash};
-  world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
-  return extremes[0] == -extremes[1];
 }
 
 }  // namespace

@@ -4,9 +4,13 @@
 // rank leaving the others waiting in a collective.
 
 #include <boost/test/unit_test.hpp>
+#include <functional>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "pcx/mpi/mpi_communicator.hpp"
+#include "pcx/topology.hpp"
 
 namespace pcx::test {
 
@@ -22,6 +26,27 @@ inline bool everyone(bool ok) {
   std::int32_t failed = ok ? 0 : 1;
   world.all_reduce(std::span<std::int32_t>(&failed, 1), ReduceOp::max);
   return failed == 0;
+}
+
+/// Whether every rank holds the same text: the maximum and minimum of its hash agree.
+inline bool same_everywhere(const std::string& text) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const auto hash = static_cast<std::int64_t>(std::hash<std::string>{}(text) >> 1);
+  std::vector<std::int64_t> extremes = {hash, -hash};
+  world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
+  return extremes[0] == -extremes[1];
+}
+
+/// A configuration for the world communicator's size (world_size 0), without an MPU.
+inline ParallelConfig make_config(std::vector<int> eps, ExpertOrder order = {}, std::optional<int> hpz = {},
+                                  std::optional<int> per_node = {}) {
+  ParallelConfig config;
+  config.world_size = 0;
+  config.expert_parallel_sizes = std::move(eps);
+  config.expert_order = order;
+  config.zero_hpz_size = hpz;
+  config.ranks_per_node = per_node;
+  return config;
 }
 
 }  // namespace pcx::test

@@ -29,31 +29,13 @@ using pcx::ParallelConfig;
 using pcx::ParallelContext;
 using pcx::ReduceOp;
 using pcx::test::everyone;
+using pcx::test::make_config;
+using pcx::test::same_everywhere;
 using pcx::testing::MockMpu;
 
 // Mismatch detection is one all-reduce: a second is already a thousand times more
 // than it needs, even with 8 ranks oversubscribed on 2 cores.
 constexpr std::chrono::milliseconds kLimit{1000};
-
-ParallelConfig make_config(std::vector<int> eps, pcx::ExpertOrder order = {}, std::optional<int> hpz = {},
-                           std::optional<int> per_node = {}) {
-  ParallelConfig config;
-  config.world_size = 0;  // the world communicator's size
-  config.expert_parallel_sizes = std::move(eps);
-  config.expert_order = order;
-  config.zero_hpz_size = hpz;
-  config.ranks_per_node = per_node;
-  return config;
-}
-
-// Whether every rank holds the same text: the maximum and minimum of its hash agree.
-bool same_everywhere(const std::string& text) {
-  const MpiCommunicator world = MpiCommunicator::world();
-  const auto hash = static_cast<std::int64_t>(std::hash<std::string>{}(text) >> 1);
-  std::vector<std::int64_t> extremes = {hash, -hash};
-  world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
-  return extremes[0] == -extremes[1];
-}
 
 double slowest(double seconds) {
   const MpiCommunicator world = MpiCommunicator::world();

@@ -43,6 +43,7 @@ using pcx::ParallelConfig;
 using pcx::ParallelContext;
 using pcx::ReduceOp;
 using pcx::test::everyone;
+using pcx::test::make_config;
 
 constexpr int kDefaultIterations = 200;
 constexpr int kWarmUp = 20;
@@ -93,17 +94,6 @@ std::vector<int> divisors(int n) {
   for (int d = 1; d <= n; ++d)
     if (n % d == 0) out.push_back(d);
   return out;
-}
-
-ParallelConfig make_config(std::vector<int> eps, pcx::ExpertOrder order = {}, std::optional<int> hpz = {},
-                           std::optional<int> per_node = {}) {
-  ParallelConfig config;
-  config.world_size = 0;
-  config.expert_parallel_sizes = std::move(eps);
-  config.expert_order = order;
-  config.zero_hpz_size = hpz;
-  config.ranks_per_node = per_node;
-  return config;
 }
 
 // One communication on every group of a context, so that whatever MPI sets up lazily
