@@ -1,0 +1,71 @@
+// The emulator's settings, read from the environment once (see pcx_emulator.h).
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <algorithm>
+
+#include "emulator.hpp"
+
+namespace pcxemu {
+namespace {
+
+long long parse_count(const char* text) {
+  errno = 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  return end == text || *end != '\0' || errno != 0 || value < 0 ? -1 : value;
+}
+
+// A bad value is reported and replaced by the default rather than guessed at.
+long long read(const char* name, long long fallback, long long smallest, bool bytes) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  const long long value = bytes ? parse_bytes(text) : parse_count(text);
+  if (value < smallest) {
+    std::fprintf(stderr, "pcx emulator: %s='%s' is not %s of at least %lld; using %lld\n", name, text,
+                 bytes ? "a byte count (digits, then K, M or G)" : "a whole number", smallest, fallback);
+    return fallback;
+  }
+  return value;
+}
+
+}  // namespace
+
+long long parse_bytes(const char* text) {
+  errno = 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  if (end == text || errno != 0 || value < 0) return -1;
+  int shift = 0;
+  switch (*end) {
+    case '\0': break;
+    case 'K': shift = 10; break;
+    case 'M': shift = 20; break;
+    case 'G': shift = 30; break;
+    default: return -1;
+  }
+  if (shift != 0 && end[1] != '\0') return -1;
+  if (value > (0x7fffffffffffffffLL >> shift)) return -1;
+  return value << shift;
+}
+
+const Settings& settings() {
+  static const Settings values = [] {
+    Settings s;
+    s.devices = static_cast<int>(read("PCX_EMU_DEVICES", s.devices, 0, false));
+    s.device_memory = static_cast<std::size_t>(
+        read("PCX_EMU_DEVICE_MEMORY", static_cast<long long>(s.device_memory), 1, true));
+    s.comm_memory =
+        static_cast<std::size_t>(read("PCX_EMU_COMM_MEMORY", static_cast<long long>(s.comm_memory), 0, true));
+    s.launch_delay = std::chrono::microseconds(read("PCX_EMU_LAUNCH_DELAY_US", s.launch_delay.count(), 0, false));
+    return s;
+  }();
+  return values;
+}
+
+void Backoff::pause() {
+  std::this_thread::sleep_for(pause_);
+  pause_ = std::min(pause_ * 2, std::chrono::microseconds(1000));
+}
+
+}  // namespace pcxemu
