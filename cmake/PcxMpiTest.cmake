@@ -3,25 +3,39 @@
 # Builds one test executable and registers it under mpiexec once per rank count, as
 # <name>.ranks<n>. Open MPI gets --oversubscribe (more ranks than cores on small
 # machines) and the variables that let it run as root in containers. Each test has a
-# TIMEOUT, so a deadlock fails instead of hanging.
+# TIMEOUT, so a deadlock fails instead of hanging, and reserves one CTest processor per rank.
+#
+# pcx_add_mpi_executable_test(<name> TARGET <target> RANKS <n...> [TIMEOUT <s>] [LABELS <l...>]
+#                             [RANK_ENV <VAR=value...>] [ARGS <args...>])
+# registers an existing target the same way. RANK_ENV variables reach the ranks only (not
+# mpiexec itself), which is how LD_PRELOAD puts a rank on the NCCL emulator.
 
 if(MPI_CXX_LIBRARY_VERSION_STRING MATCHES "Open MPI")
   set(PCX_MPIEXEC_EXTRA_FLAGS --oversubscribe)
 endif()
 
 function(pcx_add_mpi_executable_test name)
-  cmake_parse_arguments(PARSE_ARGV 1 arg "" "TIMEOUT;TARGET" "RANKS;ARGS;LABELS")
+  cmake_parse_arguments(PARSE_ARGV 1 arg "" "TIMEOUT;TARGET" "RANKS;ARGS;LABELS;RANK_ENV")
   if(NOT arg_TIMEOUT)
     set(arg_TIMEOUT 60)
   endif()
+  set(env_flags)
+  foreach(variable IN LISTS arg_RANK_ENV)
+    if(MPI_CXX_LIBRARY_VERSION_STRING MATCHES "Open MPI")
+      list(APPEND env_flags -x ${variable})
+    else()
+      string(REPLACE "=" ";" pair "${variable}")
+      list(APPEND env_flags -genv ${pair})
+    endif()
+  endforeach()
   foreach(ranks IN LISTS arg_RANKS)
     set(test_name ${name}.ranks${ranks})
     add_test(NAME ${test_name}
-             COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS}
+             COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS} ${env_flags}
                      ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${arg_TARGET}> ${MPIEXEC_POSTFLAGS} ${arg_ARGS})
     set_tests_properties(${test_name} PROPERTIES
       TIMEOUT ${arg_TIMEOUT}
-      PROCESSORS 1
+      PROCESSORS ${ranks}
       LABELS "mpi;${arg_LABELS}"
       ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
   endforeach()

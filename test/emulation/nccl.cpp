@@ -241,10 +241,20 @@ void finish(ncclComm* comm, ncclResult_t code, Clock::time_point started) {
   comm->state.compare_exchange_strong(expected, code);
 }
 
+void join_jobs(ncclComm* comm) {
+  std::vector<std::thread> jobs;
+  {
+    std::lock_guard lock(comm->mutex);
+    jobs.swap(comm->jobs);
+  }
+  for (std::thread& t : jobs) t.join();
+}
+
 // Runs `job` (which returns the call's result) inline for a blocking communicator, or on
 // a thread of the communicator's for a non-blocking one, which then reports
 // ncclInProgress until it is done (src/group.cc:ncclGroupEndInternal, "nonblocking group").
 ncclResult_t run(ncclComm* comm, std::function<ncclResult_t()> job) {
+  join_jobs(comm);  // callers checked the communicator is ready, so earlier jobs have ended
   comm->state.store(ncclInProgress);
   if (comm->config.blocking) {
     const ncclResult_t code = job();
@@ -262,15 +272,6 @@ ncclResult_t run(ncclComm* comm, std::function<ncclResult_t()> job) {
 ncclResult_t hang(const ncclComm* comm) {
   for (Backoff backoff; !comm->aborted.load();) backoff.pause();
   return ncclInvalidUsage;
-}
-
-void join_jobs(ncclComm* comm) {
-  std::vector<std::thread> jobs;
-  {
-    std::lock_guard lock(comm->mutex);
-    jobs.swap(comm->jobs);
-  }
-  for (std::thread& t : jobs) t.join();
 }
 
 void release(ncclComm* comm) {

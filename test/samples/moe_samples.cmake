@@ -33,12 +33,18 @@ if(TARGET moe_dispatch)
     pcx_add_mpi_executable_test(moe_dispatch.nccl TARGET moe_dispatch RANKS 1 TIMEOUT 120 LABELS samples gpu nccl
                                 ARGS --backend nccl)
     set_tests_properties(moe_dispatch.nccl.ranks1 PROPERTIES SKIP_RETURN_CODE 77)
+    pcx_add_mpi_executable_test(moe_dispatch.nccl.emulated TARGET moe_dispatch RANKS 4 8 TIMEOUT 120
+                                LABELS samples emulator nccl RANK_ENV ${PCX_ON_EMULATOR} ARGS --backend nccl)
   endif()
 endif()
 
 # two_contexts: a training and an evaluation context, alternately, on 4 and 8 ranks.
 if(TARGET two_contexts)
   pcx_add_mpi_executable_test(two_contexts TARGET two_contexts RANKS 4 8 TIMEOUT 60 LABELS samples)
+  if(TARGET pcx::nccl)
+    pcx_add_mpi_executable_test(two_contexts.nccl.emulated TARGET two_contexts RANKS 4 8 TIMEOUT 120
+                                LABELS samples emulator nccl RANK_ENV ${PCX_ON_EMULATOR} ARGS --backend nccl)
+  endif()
 endif()
 
 # mock_mpu: model code unit-tested over FakeCommunicator and MockMpu, no MPI launch.
