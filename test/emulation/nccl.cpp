@@ -305,7 +305,10 @@ ncclResult_t init(ncclComm_t* newcomm, int nranks, const ncclUniqueId* ids, int 
   if (nranks < 1 || rank < 0 || rank >= nranks) {
     return fail(ncclInvalidArgument, "Invalid rank requested : " + std::to_string(rank) + "/" + std::to_string(nranks));
   }
-  if (ids == nullptr || nids < 1) return fail(ncclInvalidArgument, "CommInitRank : no unique id");
+  if (ids == nullptr || nids < 1 || nids > nranks) {  // src/init.cc:ncclCommInitRankDev
+    return fail(ncclInvalidArgument, "CommInitRank : " + std::to_string(nids) + " unique ids for " +
+                                         std::to_string(nranks) + " ranks (1 to nranks are allowed)");
+  }
   std::string id;
   for (int i = 0; i < nids; ++i) {
     if (std::memcmp(ids[i].internal, kIdMagic, sizeof(kIdMagic)) != 0) {
