@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <set>
 
 #include "emulator.hpp"
 #include "pcx_emulator.h"
@@ -34,14 +33,17 @@ namespace {
 
 struct Allocation {
   std::size_t bytes;
-  int device;  // -1: pinned host memory
+  int device;   // of device memory, or the device current when pinned host memory was allocated
+  bool pinned;  // host memory from cudaMallocHost
 };
 
 struct Runtime {
   std::mutex mutex;
   std::map<std::uintptr_t, Allocation> allocations;  // by start address
-  std::set<CUstream_st*> streams;                    // created, not destroyed
-  std::vector<std::unique_ptr<CUstream_st>> defaults;
+  // Shared with each stream's thread, so a stream destroyed while another thread waits
+  // on it lives until both are done with it.
+  std::map<const CUstream_st*, std::shared_ptr<CUstream_st>> streams;  // created, not destroyed
+  std::vector<std::shared_ptr<CUstream_st>> defaults;
   std::vector<std::size_t> allocated;  // bytes by device
   std::vector<int> communicators;      // live communicators by device
   std::atomic<cudaError_t> sticky{cudaSuccess};
@@ -88,29 +90,29 @@ void work(CUstream_st* stream) {
   }
 }
 
-// A destroyed stream's thread finishes its work, then frees the stream (cudaStreamDestroy
+// A destroyed stream's thread finishes its work, then lets the stream go (cudaStreamDestroy
 // returns at once: "resources will be released automatically once the device has
 // completed all work in stream").
-void start(CUstream_st* stream, bool owned_by_thread) {
-  std::thread([stream, owned_by_thread] {
-    work(stream);
-    if (owned_by_thread) delete stream;
-  }).detach();
+void start(const std::shared_ptr<CUstream_st>& stream) {
+  std::thread([stream] { work(stream.get()); }).detach();
 }
 
-CUstream_st* resolve(cudaStream_t stream) {
+// The stream a handle names; null, cudaStreamLegacy and cudaStreamPerThread name the
+// default stream of `device` (per-thread default streams are not told apart).
+std::shared_ptr<CUstream_st> resolve(cudaStream_t stream, int device) {
   Runtime& rt = runtime();
   std::lock_guard lock(rt.mutex);
   if (settings().devices == 0) return nullptr;
   if (stream == nullptr || stream == cudaStreamLegacy || stream == cudaStreamPerThread) {
-    auto& slot = rt.defaults[static_cast<std::size_t>(device_of_thread)];
+    auto& slot = rt.defaults[static_cast<std::size_t>(device)];
     if (!slot) {
-      slot = std::make_unique<CUstream_st>(device_of_thread);
-      start(slot.get(), false);
+      slot = std::make_shared<CUstream_st>(device);
+      start(slot);
     }
-    return slot.get();
+    return slot;
   }
-  return rt.streams.contains(stream) ? stream : nullptr;
+  const auto it = rt.streams.find(stream);
+  return it == rt.streams.end() ? nullptr : it->second;
 }
 
 void wait_idle(CUstream_st* stream) {
@@ -120,15 +122,15 @@ void wait_idle(CUstream_st* stream) {
 
 // Waits for every stream of `device`: what cudaDeviceSynchronize and cudaFree do.
 void synchronize_device(int device) {
-  std::vector<CUstream_st*> streams;
+  std::vector<std::shared_ptr<CUstream_st>> streams;
   {
     Runtime& rt = runtime();
     std::lock_guard lock(rt.mutex);
-    for (CUstream_st* s : rt.streams)
+    for (const auto& [handle, s] : rt.streams)
       if (s->device == device) streams.push_back(s);
-    if (auto& d = rt.defaults[static_cast<std::size_t>(device)]) streams.push_back(d.get());
+    if (const auto& d = rt.defaults[static_cast<std::size_t>(device)]) streams.push_back(d);
   }
-  for (CUstream_st* s : streams) wait_idle(s);
+  for (const auto& s : streams) wait_idle(s.get());
 }
 
 // The allocation holding `pointer`, if any.
@@ -138,7 +140,7 @@ const Allocation* find(const void* pointer, std::uintptr_t* start = nullptr) {
   auto it = rt.allocations.upper_bound(address);
   if (it == rt.allocations.begin()) return nullptr;
   --it;
-  if (address >= it->first + std::max<std::size_t>(it->second.bytes, 1)) return nullptr;
+  if (address - it->first >= std::max<std::size_t>(it->second.bytes, 1)) return nullptr;
   if (start) *start = it->first;
   return &it->second;
 }
@@ -154,8 +156,8 @@ bool locate(const void* pointer, std::size_t bytes, Where& where) {
     where = Where::host;
     return true;
   }
-  where = allocation->device < 0 ? Where::pinned : Where::device;
-  return reinterpret_cast<std::uintptr_t>(pointer) + bytes <= start + allocation->bytes;
+  where = allocation->pinned ? Where::pinned : Where::device;
+  return bytes <= allocation->bytes - (reinterpret_cast<std::uintptr_t>(pointer) - start);
 }
 
 // The copy directions a kind allows ("cudaMemcpyDefault: direction inferred from the
@@ -180,8 +182,8 @@ cudaError_t no_device() { return settings().devices == 0 ? cudaErrorNoDevice : c
 
 }  // namespace
 
-cudaError_t enqueue(cudaStream_t stream, Task task) {
-  CUstream_st* target = resolve(stream);
+cudaError_t enqueue(cudaStream_t stream, int device, Task task) {
+  const std::shared_ptr<CUstream_st> target = resolve(stream, device);
   if (target == nullptr) return cudaErrorInvalidResourceHandle;
   std::lock_guard lock(target->mutex);
   target->queue.push_back(std::move(task));
@@ -194,7 +196,7 @@ bool device_accessible(const void* pointer, std::size_t bytes, int device) {
   if (!locate(pointer, bytes, where) || where == Where::host) return false;
   if (where == Where::pinned) return true;
   std::lock_guard lock(runtime().mutex);
-  return find(pointer)->device == device;
+  return find(pointer)->device == device;  // another device's memory faults (no peer access)
 }
 
 void set_sticky_error(cudaError_t error) {
@@ -298,8 +300,10 @@ cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
   }
   void* memory = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
   if (memory == nullptr) return result(cudaErrorMemoryAllocation);
-  std::memset(memory, 0xA5, bytes);  // device memory starts as garbage, not zeros
-  rt.allocations.emplace(reinterpret_cast<std::uintptr_t>(memory), Allocation{bytes, device});
+  // Device memory starts as garbage, not zeros; the first MiB is enough to show a read of
+  // what nobody wrote, without committing host memory for a large buffer.
+  std::memset(memory, 0xA5, std::min<std::size_t>(bytes, std::size_t{1} << 20));
+  rt.allocations.emplace(reinterpret_cast<std::uintptr_t>(memory), Allocation{bytes, device, false});
   rt.allocated[d] += bytes;
   *pointer = memory;
   return cudaSuccess;
@@ -308,10 +312,11 @@ cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
 cudaError_t cudaMallocHost(void** pointer, std::size_t bytes) {
   if (const cudaError_t e = sticky()) return result(e);
   if (pointer == nullptr) return result(cudaErrorInvalidValue);
+  if (bytes > (std::size_t{1} << 40)) return result(cudaErrorMemoryAllocation);
   void* memory = std::aligned_alloc(256, (std::max<std::size_t>(bytes, 1) + 255) / 256 * 256);
   if (memory == nullptr) return result(cudaErrorMemoryAllocation);
   std::lock_guard lock(runtime().mutex);
-  runtime().allocations.emplace(reinterpret_cast<std::uintptr_t>(memory), Allocation{bytes, -1});
+  runtime().allocations.emplace(reinterpret_cast<std::uintptr_t>(memory), Allocation{bytes, device_of_thread, true});
   *pointer = memory;
   return cudaSuccess;
 }
@@ -326,7 +331,7 @@ cudaError_t cudaFree(void* pointer) {
   {
     std::lock_guard lock(rt.mutex);
     const auto it = rt.allocations.find(reinterpret_cast<std::uintptr_t>(pointer));
-    if (it == rt.allocations.end() || it->second.device < 0) return result(cudaErrorInvalidValue);
+    if (it == rt.allocations.end() || it->second.pinned) return result(cudaErrorInvalidValue);
     device = it->second.device;
   }
   synchronize_device(device);
@@ -343,7 +348,7 @@ cudaError_t cudaFreeHost(void* pointer) {
   if (pointer == nullptr) return cudaSuccess;
   std::lock_guard lock(runtime().mutex);
   const auto it = runtime().allocations.find(reinterpret_cast<std::uintptr_t>(pointer));
-  if (it == runtime().allocations.end() || it->second.device >= 0) return result(cudaErrorInvalidValue);
+  if (it == runtime().allocations.end() || !it->second.pinned) return result(cudaErrorInvalidValue);
   runtime().allocations.erase(it);
   std::free(pointer);
   return cudaSuccess;
@@ -373,11 +378,12 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
   if (allocation == nullptr) {
     attributes->type = cudaMemoryTypeUnregistered;
     attributes->device = -2;
+    attributes->hostPointer = const_cast<void*>(pointer);
     return cudaSuccess;
   }
-  const bool pinned = allocation->device < 0;
+  const bool pinned = allocation->pinned;
   attributes->type = pinned ? cudaMemoryTypeHost : cudaMemoryTypeDevice;
-  attributes->device = pinned ? device_of_thread : allocation->device;
+  attributes->device = allocation->device;
   attributes->devicePointer = const_cast<void*>(pointer);
   attributes->hostPointer = pinned ? const_cast<void*>(pointer) : nullptr;
   return cudaSuccess;
@@ -387,32 +393,36 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) 
   if (const cudaError_t e = sticky()) return result(e);
   if (const cudaError_t e = no_device()) return result(e);
   if (stream == nullptr || flags > cudaStreamNonBlocking) return result(cudaErrorInvalidValue);
-  auto* made = new CUstream_st(device_of_thread);
+  auto made = std::make_shared<CUstream_st>(device_of_thread);
   {
     std::lock_guard lock(runtime().mutex);
-    runtime().streams.insert(made);
+    runtime().streams.emplace(made.get(), made);
   }
-  start(made, true);
-  *stream = made;
+  start(made);
+  *stream = made.get();
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, cudaStreamDefault); }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  std::shared_ptr<CUstream_st> gone;
   {
     std::lock_guard lock(runtime().mutex);
-    if (runtime().streams.erase(stream) == 0) return result(cudaErrorInvalidResourceHandle);
+    const auto it = runtime().streams.find(stream);
+    if (it == runtime().streams.end()) return result(cudaErrorInvalidResourceHandle);
+    gone = std::move(it->second);
+    runtime().streams.erase(it);
   }
-  std::lock_guard lock(stream->mutex);
-  stream->closing = true;
-  stream->changed.notify_all();
+  std::lock_guard lock(gone->mutex);
+  gone->closing = true;
+  gone->changed.notify_all();
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
   if (const cudaError_t e = sticky()) return result(e);
-  CUstream_st* target = resolve(stream);
+  const std::shared_ptr<CUstream_st> target = resolve(stream, device_of_thread);
   if (target == nullptr) return result(cudaErrorInvalidResourceHandle);
   std::lock_guard lock(target->mutex);
   return target->idle() ? cudaSuccess : cudaErrorNotReady;  // not ready is not an error: last error unchanged
@@ -420,9 +430,9 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (const cudaError_t e = sticky()) return result(e);
-  CUstream_st* target = resolve(stream);
+  const std::shared_ptr<CUstream_st> target = resolve(stream, device_of_thread);
   if (target == nullptr) return result(cudaErrorInvalidResourceHandle);
-  wait_idle(target);
+  wait_idle(target.get());
   return result(sticky());
 }
 
@@ -439,7 +449,15 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaM
   if (bytes == 0) return cudaSuccess;
   if (dst == nullptr || src == nullptr) return result(cudaErrorInvalidValue);
   if (const cudaError_t e = check_copy(dst, src, bytes, kind)) return result(e);
-  return result(enqueue(stream, [=] { std::memmove(dst, src, bytes); }));
+  Where to = Where::host;
+  Where from = Where::host;
+  locate(dst, bytes, to);
+  locate(src, bytes, from);
+  if (to != Where::device && from != Where::device) {  // host to host: synchronous with the host
+    std::memmove(dst, src, bytes);
+    return cudaSuccess;
+  }
+  return result(enqueue(stream, device_of_thread, [=] { std::memmove(dst, src, bytes); }));
 }
 
 // Synchronous copies run in the order of the current device's default stream.
@@ -453,7 +471,7 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, std::size_t bytes, cudaStr
   if (bytes == 0) return cudaSuccess;
   Where where = Where::host;
   if (!locate(pointer, bytes, where) || where != Where::device) return result(cudaErrorInvalidValue);
-  return result(enqueue(stream, [=] { std::memset(pointer, value, bytes); }));
+  return result(enqueue(stream, device_of_thread, [=] { std::memset(pointer, value, bytes); }));
 }
 
 cudaError_t cudaMemset(void* pointer, int value, std::size_t bytes) {
@@ -461,10 +479,26 @@ cudaError_t cudaMemset(void* pointer, int value, std::size_t bytes) {
   return cudaStreamSynchronize(nullptr);
 }
 
+// The same functions under the names a program compiled with
+// CUDA_API_PER_THREAD_DEFAULT_STREAM calls.
+cudaError_t cudaMemcpy_ptds(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemcpyAsync_ptsz(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+                                 cudaStream_t stream) {
+  return cudaMemcpyAsync(dst, src, bytes, kind, stream);
+}
+cudaError_t cudaMemset_ptds(void* pointer, int value, std::size_t bytes) { return cudaMemset(pointer, value, bytes); }
+cudaError_t cudaMemsetAsync_ptsz(void* pointer, int value, std::size_t bytes, cudaStream_t stream) {
+  return cudaMemsetAsync(pointer, value, bytes, stream);
+}
+cudaError_t cudaStreamQuery_ptsz(cudaStream_t stream) { return cudaStreamQuery(stream); }
+cudaError_t cudaStreamSynchronize_ptsz(cudaStream_t stream) { return cudaStreamSynchronize(stream); }
+
 int pcxemu_live_allocations(void) {
   std::lock_guard lock(runtime().mutex);
   return static_cast<int>(std::count_if(runtime().allocations.begin(), runtime().allocations.end(),
-                                        [](const auto& entry) { return entry.second.device >= 0; }));
+                                        [](const auto& entry) { return !entry.second.pinned; }));
 }
 
 size_t pcxemu_allocated_bytes(void) {

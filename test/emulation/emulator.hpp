@@ -55,9 +55,9 @@ class Backoff {
 using Task = std::function<void()>;
 
 /// Puts @p task on @p stream (null, cudaStreamLegacy and cudaStreamPerThread mean the
-/// current device's default stream). Returns cudaErrorInvalidResourceHandle for a stream
+/// default stream of @p device). Returns cudaErrorInvalidResourceHandle for a stream
 /// that does not exist.
-cudaError_t enqueue(cudaStream_t stream, Task task);
+cudaError_t enqueue(cudaStream_t stream, int device, Task task);
 
 /// Whether [pointer, pointer + bytes) lies in one allocation that a kernel on @p device
 /// may touch: device memory of @p device, or pinned host memory.
@@ -77,11 +77,12 @@ void charge_communicator(int device, int count);
 // ---- Shared memory between processes ------------------------------------------------
 
 /// A communicator's members meet in a segment named after its id: each writes its
-/// process id at its rank. Returns the process ids by rank once all have arrived, or an
-/// empty vector when @p cancelled became true first (or the ranks disagree on the size,
-/// with @p error set).
-std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, const std::atomic<bool>& cancelled,
-                              std::string& error);
+/// process id and @p device at its rank. Returns the process ids by rank once all have
+/// arrived (and their devices in @p devices), or an empty vector when @p cancelled became
+/// true first, or with @p error set when the segment cannot be used or the ranks disagree
+/// on the size.
+std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, int device, std::vector<int>& devices,
+                              const std::atomic<bool>& cancelled, std::string& error);
 
 /// Publishes @p bytes under @p name for @p readers readers; the last reader removes it.
 /// Returns false (with @p error) when shared memory cannot be written.
@@ -96,8 +97,12 @@ bool consume(const std::string& name, const std::atomic<bool>& cancelled,
 /// processes that died can be found and removed (sweep_dead_segments).
 std::string segment_name(pid_t owner, const std::string& comm_id, const std::string& tag);
 
-/// Removes the segments of processes that no longer exist.
+/// Removes the segments of processes that no longer exist, and meetings nobody alive is in.
 void sweep_dead_segments();
+
+/// Removes what this process published for communicator @p comm_id and nobody will read
+/// any more, once the communicator is aborted.
+void remove_own_segments(const std::string& comm_id);
 
 // ---- Arithmetic -------------------------------------------------------------------
 
@@ -107,7 +112,14 @@ std::size_t type_size(ncclDataType_t type);
 /// accumulator[i] = accumulator[i] op operand[i] for @p count elements of @p type.
 void reduce(void* accumulator, const void* operand, std::size_t count, ncclDataType_t type, ncclRedOp_t op);
 
-/// Divides each of @p count elements by @p divisor (ncclAvg's last step).
-void divide(void* values, std::size_t count, ncclDataType_t type, int divisor);
+/// Whether @p type is a floating-point type.
+bool is_floating(ncclDataType_t type);
+
+/// ncclAvg's step: floating-point elements are multiplied by 1/@p n (in their own type)
+/// before the sum, integers divided by @p n after it (src/enqueue.cc, ncclDevPreMulSum and
+/// ncclDevSumPostDiv).
+void premultiply(void* values, std::size_t count, ncclDataType_t type, int n);
+/// See premultiply().
+void divide(void* values, std::size_t count, ncclDataType_t type, int n);
 
 }  // namespace pcxemu

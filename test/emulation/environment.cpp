@@ -17,13 +17,13 @@ long long parse_count(const char* text) {
 }
 
 // A bad value is reported and replaced by the default rather than guessed at.
-long long read(const char* name, long long fallback, long long smallest, bool bytes) {
+long long read(const char* name, long long fallback, long long smallest, long long largest, bool bytes) {
   const char* text = std::getenv(name);
   if (text == nullptr || *text == '\0') return fallback;
   const long long value = bytes ? parse_bytes(text) : parse_count(text);
-  if (value < smallest) {
-    std::fprintf(stderr, "pcx emulator: %s='%s' is not %s of at least %lld; using %lld\n", name, text,
-                 bytes ? "a byte count (digits, then K, M or G)" : "a whole number", smallest, fallback);
+  if (value < smallest || value > largest) {
+    std::fprintf(stderr, "pcx emulator: %s='%s' is not %s from %lld to %lld; using %lld\n", name, text,
+                 bytes ? "a byte count (digits, then K, M or G)" : "a whole number", smallest, largest, fallback);
     return fallback;
   }
   return value;
@@ -52,12 +52,14 @@ long long parse_bytes(const char* text) {
 const Settings& settings() {
   static const Settings values = [] {
     Settings s;
-    s.devices = static_cast<int>(read("PCX_EMU_DEVICES", s.devices, 0, false));
+    constexpr long long kTerabyte = 1LL << 40;
+    s.devices = static_cast<int>(read("PCX_EMU_DEVICES", s.devices, 0, 1024, false));
     s.device_memory = static_cast<std::size_t>(
-        read("PCX_EMU_DEVICE_MEMORY", static_cast<long long>(s.device_memory), 1, true));
-    s.comm_memory =
-        static_cast<std::size_t>(read("PCX_EMU_COMM_MEMORY", static_cast<long long>(s.comm_memory), 0, true));
-    s.launch_delay = std::chrono::microseconds(read("PCX_EMU_LAUNCH_DELAY_US", s.launch_delay.count(), 0, false));
+        read("PCX_EMU_DEVICE_MEMORY", static_cast<long long>(s.device_memory), 1, kTerabyte, true));
+    s.comm_memory = static_cast<std::size_t>(
+        read("PCX_EMU_COMM_MEMORY", static_cast<long long>(s.comm_memory), 0, kTerabyte, true));
+    s.launch_delay =
+        std::chrono::microseconds(read("PCX_EMU_LAUNCH_DELAY_US", s.launch_delay.count(), 0, 60'000'000, false));
     return s;
   }();
   return values;

@@ -120,21 +120,37 @@ void reduce_small(void* accumulator, const void* operand, std::size_t count, ncc
 }
 
 template <class T>
-void divide_as(void* values, std::size_t count, int divisor) {
+void divide_as(void* values, std::size_t count, int n) {
   for (std::size_t i = 0; i < count; ++i) {
     T v;
     std::memcpy(&v, static_cast<const std::byte*>(values) + i * sizeof(T), sizeof(T));
-    v = static_cast<T>(v / static_cast<T>(divisor));
+    if constexpr (std::is_signed_v<T>) {
+      v = static_cast<T>(static_cast<long long>(v) / n);
+    } else {
+      v = static_cast<T>(static_cast<unsigned long long>(v) / static_cast<unsigned long long>(n));
+    }
+    std::memcpy(static_cast<std::byte*>(values) + i * sizeof(T), &v, sizeof(T));
+  }
+}
+
+template <class T>
+void premultiply_as(void* values, std::size_t count, int n) {
+  const T scale = static_cast<T>(1.0 / n);
+  for (std::size_t i = 0; i < count; ++i) {
+    T v;
+    std::memcpy(&v, static_cast<const std::byte*>(values) + i * sizeof(T), sizeof(T));
+    v = v * scale;
     std::memcpy(static_cast<std::byte*>(values) + i * sizeof(T), &v, sizeof(T));
   }
 }
 
 template <class Code>
-void divide_small(void* values, std::size_t count, int divisor, const Format& f) {
+void premultiply_small(void* values, std::size_t count, int n, const Format& f) {
+  const auto scale = static_cast<float>(decode(encode(1.0 / n, f), f));
   for (std::size_t i = 0; i < count; ++i) {
     Code v;
     std::memcpy(&v, static_cast<const std::byte*>(values) + i * sizeof(Code), sizeof(Code));
-    v = static_cast<Code>(encode(static_cast<float>(decode(v, f)) / static_cast<float>(divisor), f));
+    v = static_cast<Code>(encode(static_cast<float>(decode(v, f)) * scale, f));
     std::memcpy(static_cast<std::byte*>(values) + i * sizeof(Code), &v, sizeof(Code));
   }
 }
@@ -175,10 +191,30 @@ void reduce(void* accumulator, const void* operand, std::size_t count, ncclDataT
       [&](auto code, const Format& f) { reduce_small<decltype(code)>(accumulator, operand, count, op, f); });
 }
 
-void divide(void* values, std::size_t count, ncclDataType_t type, int divisor) {
+bool is_floating(ncclDataType_t type) {
+  bool floating = false;
   dispatch(
-      type, [&](auto value) { divide_as<decltype(value)>(values, count, divisor); },
-      [&](auto code, const Format& f) { divide_small<decltype(code)>(values, count, divisor, f); });
+      type, [&](auto value) { floating = std::is_floating_point_v<decltype(value)>; },
+      [&](auto, const Format&) { floating = true; });
+  return floating;
+}
+
+void premultiply(void* values, std::size_t count, ncclDataType_t type, int n) {
+  dispatch(
+      type,
+      [&](auto value) {
+        if constexpr (std::is_floating_point_v<decltype(value)>) premultiply_as<decltype(value)>(values, count, n);
+      },
+      [&](auto code, const Format& f) { premultiply_small<decltype(code)>(values, count, n, f); });
+}
+
+void divide(void* values, std::size_t count, ncclDataType_t type, int n) {
+  dispatch(
+      type,
+      [&](auto value) {
+        if constexpr (std::is_integral_v<decltype(value)>) divide_as<decltype(value)>(values, count, n);
+      },
+      [](auto, const Format&) {});
 }
 
 }  // namespace pcxemu

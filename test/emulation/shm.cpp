@@ -22,12 +22,18 @@ namespace {
 
 constexpr std::uint64_t kControlMagic = 0x7063786d65657431;  // "pcxmeet1"
 const std::string kDirectory = "/dev/shm/";
+const std::string kMeeting = "pcxemu-meet.";
 
 struct Control {
   std::uint64_t magic;
   std::int32_t nranks;
   std::atomic<std::int32_t> attached;
-  // followed by std::atomic<pid_t> pids[nranks], 0 until the rank arrives
+  // followed by Slot slots[nranks]
+};
+// A rank's place in the meeting: its device, then its process id (0 until it arrives).
+struct Slot {
+  std::atomic<pid_t> pid;
+  std::int32_t device;
 };
 static_assert(std::atomic<pid_t>::is_always_lock_free, "pids are shared between processes");
 
@@ -69,9 +75,13 @@ class Mapping {
   void* data_ = nullptr;
 };
 
+// Sizes a new segment with its memory reserved, so that a full /dev/shm is an error
+// here rather than a SIGBUS when the memory is first written.
+bool reserve(int fd, std::size_t bytes) { return posix_fallocate(fd, 0, static_cast<off_t>(bytes)) == 0; }
+
 // Opens the meeting segment of `path`, creating it (whole, by rename) if nobody has.
 int open_control(const std::string& path, int nranks, std::string& error) {
-  const std::size_t bytes = sizeof(Control) + sizeof(pid_t) * static_cast<std::size_t>(nranks);
+  const std::size_t bytes = sizeof(Control) + sizeof(Slot) * static_cast<std::size_t>(nranks);
   for (;;) {
     const int fd = open(path.c_str(), O_RDWR);
     if (fd >= 0 || errno != ENOENT) {
@@ -80,7 +90,7 @@ int open_control(const std::string& path, int nranks, std::string& error) {
     }
     const std::string made = temporary();
     const int fresh = open(made.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
-    if (fresh < 0 || ftruncate(fresh, static_cast<off_t>(bytes)) != 0) {
+    if (fresh < 0 || !reserve(fresh, bytes)) {
       error = system_error("cannot create", made);
       if (fresh >= 0) close(fresh), unlink(made.c_str());
       return -1;
@@ -93,8 +103,8 @@ int open_control(const std::string& path, int nranks, std::string& error) {
         return -1;
       }
       auto* control = new (map.data()) Control{kControlMagic, nranks, {0}};
-      auto* pids = reinterpret_cast<std::atomic<pid_t>*>(control + 1);
-      for (int r = 0; r < nranks; ++r) new (&pids[r]) std::atomic<pid_t>(0);
+      auto* slots = reinterpret_cast<Slot*>(control + 1);
+      for (int r = 0; r < nranks; ++r) new (&slots[r]) Slot{{0}, -1};
     }
     const bool won = link(made.c_str(), path.c_str()) == 0;
     unlink(made.c_str());
@@ -103,11 +113,46 @@ int open_control(const std::string& path, int nranks, std::string& error) {
   }
 }
 
+// Calls `visit` with the name of every entry of /dev/shm.
+template <class Visit>
+void each_segment(Visit&& visit) {
+  DIR* directory = opendir(kDirectory.c_str());
+  if (directory == nullptr) return;
+  while (const dirent* entry = readdir(directory)) visit(std::string(entry->d_name));
+  closedir(directory);
+}
+
+bool dead(pid_t pid) { return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH; }
+
+// A meeting nobody alive takes part in: every rank that arrived has died, or none
+// arrived within a minute of its creation.
+bool abandoned(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDWR);
+  if (fd < 0) return false;
+  struct stat info {};
+  fstat(fd, &info);
+  const Mapping map(fd, static_cast<std::size_t>(info.st_size));
+  const auto* control = reinterpret_cast<const Control*>(map.data());
+  if (control == nullptr || static_cast<std::size_t>(info.st_size) < sizeof(Control) ||
+      control->magic != kControlMagic ||
+      static_cast<std::size_t>(info.st_size) < sizeof(Control) + sizeof(Slot) * static_cast<std::size_t>(control->nranks)) {
+    return false;
+  }
+  const auto* slots = reinterpret_cast<const Slot*>(control + 1);
+  bool any = false;
+  for (int r = 0; r < control->nranks; ++r) {
+    const pid_t pid = slots[r].pid.load();
+    if (pid != 0 && !dead(pid)) return false;
+    any = any || pid != 0;
+  }
+  return any || info.st_mtime + 60 < time(nullptr);
+}
+
 }  // namespace
 
-std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, const std::atomic<bool>& cancelled,
-                              std::string& error) {
-  const std::string path = kDirectory + "pcxemu-meet." + id;
+std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, int device, std::vector<int>& devices,
+                              const std::atomic<bool>& cancelled, std::string& error) {
+  const std::string path = kDirectory + kMeeting + id;
   const int fd = open_control(path, nranks, error);
   if (fd < 0) return {};
   struct stat info {};
@@ -120,22 +165,29 @@ std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, const
                                      std::to_string(control->nranks) + " and " + std::to_string(nranks);
     return {};
   }
-  auto* pids = reinterpret_cast<std::atomic<pid_t>*>(control + 1);
+  auto* slots = reinterpret_cast<Slot*>(control + 1);
+  Slot& mine = slots[rank];
   pid_t none = 0;
-  if (!pids[rank].compare_exchange_strong(none, getpid())) {
+  if (!mine.pid.compare_exchange_strong(none, -1)) {
     error = "rank " + std::to_string(rank) + " of communicator " + id + " was already taken by process " +
             std::to_string(none);
     return {};
   }
+  mine.device = device;
+  mine.pid.store(getpid());  // publishes the device with it
   // Once everyone is here the name has done its job; the mappings keep the memory.
   if (control->attached.fetch_add(1) + 1 == nranks) unlink(path.c_str());
   std::vector<pid_t> found(static_cast<std::size_t>(nranks));
   for (Backoff backoff;; backoff.pause()) {
     bool all = true;
-    for (int r = 0; r < nranks; ++r) all = all && (found[static_cast<std::size_t>(r)] = pids[r].load()) != 0;
-    if (all) return found;
+    for (int r = 0; r < nranks; ++r) all = all && (found[static_cast<std::size_t>(r)] = slots[r].pid.load()) > 0;
+    if (all) {
+      devices.resize(found.size());
+      for (int r = 0; r < nranks; ++r) devices[static_cast<std::size_t>(r)] = slots[r].device;
+      return found;
+    }
     if (cancelled.load()) {
-      pids[rank].store(0);
+      mine.pid.store(0);
       if (control->attached.fetch_sub(1) == 1) unlink(path.c_str());
       return {};
     }
@@ -150,7 +202,7 @@ bool publish(const std::string& name, const void* data, std::size_t bytes, int r
   if (readers == 0) return true;
   const std::string made = temporary();
   const int fd = open(made.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
-  if (fd < 0 || ftruncate(fd, static_cast<off_t>(kBlobData + bytes)) != 0) {
+  if (fd < 0 || !reserve(fd, kBlobData + bytes)) {
     error = system_error("cannot create", made);
     if (fd >= 0) close(fd), unlink(made.c_str());
     return false;
@@ -199,17 +251,20 @@ bool consume(const std::string& name, const std::atomic<bool>& cancelled,
 }
 
 void sweep_dead_segments() {
-  DIR* directory = opendir(kDirectory.c_str());
-  if (directory == nullptr) return;
-  while (const dirent* entry = readdir(directory)) {
-    const char* name = entry->d_name;
-    if (std::strncmp(name, "pcxemu.", 7) != 0) continue;
-    const long owner = std::strtol(name + 7, nullptr, 10);
-    if (owner > 0 && kill(static_cast<pid_t>(owner), 0) != 0 && errno == ESRCH) {
+  each_segment([](const std::string& name) {
+    if (name.starts_with(kMeeting)) {
+      if (abandoned(kDirectory + name)) unlink((kDirectory + name).c_str());
+    } else if (name.starts_with("pcxemu.") && dead(static_cast<pid_t>(std::strtol(name.c_str() + 7, nullptr, 10)))) {
       unlink((kDirectory + name).c_str());
     }
-  }
-  closedir(directory);
+  });
+}
+
+void remove_own_segments(const std::string& comm_id) {
+  const std::string mine = "pcxemu." + std::to_string(getpid()) + "." + comm_id + ".";
+  each_segment([&](const std::string& name) {
+    if (name.starts_with(mine)) unlink((kDirectory + name).c_str());
+  });
 }
 
 }  // namespace pcxemu
