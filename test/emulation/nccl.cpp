@@ -136,10 +136,14 @@ void join_jobs(ncclComm* comm) {
   for (std::thread& t : jobs) t.join();
 }
 
-// A job that ends no sooner than the launch delay after its call, so that code which
-// assumes a non-blocking call is done when it returns fails every time.
-void finish(ncclComm* comm, ncclResult_t code, Clock::time_point started) {
-  for (Backoff backoff; Clock::now() < started + settings().launch_delay && !comm->aborted.load();) backoff.pause();
+// A non-blocking call's job ends no sooner than the launch delay after the call, so that
+// code which assumes a non-blocking call is done when it returns fails every time.
+void wait_launch_delay(const ncclComm* comm, Clock::time_point called) {
+  for (Backoff backoff; Clock::now() < called + settings().launch_delay && !comm->aborted.load();) backoff.pause();
+}
+
+void finish(ncclComm* comm, ncclResult_t code, Clock::time_point called) {
+  wait_launch_delay(comm, called);
   comm->state.store(code);  // src/group.cc:groupLaunch: the job's result replaces ncclInProgress
 }
 
@@ -252,6 +256,7 @@ ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_
   std::optional<Faults> faults = read_faults(error);
   if (!faults) return fail(ncclInvalidArgument, error);
   const std::string tag = kind + std::to_string(++parent->children);
+  const Clock::time_point called = Clock::now();
   const ncclResult_t started = run(parent, [=, faults = *faults]() -> ncclResult_t {
     if (faults.find("split_hang", parent->rank) != 0) {
       hang(parent);
@@ -279,6 +284,7 @@ ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_
     }
     for (const int r : members) child->pids.push_back(parent->pids[static_cast<std::size_t>(r)]);
     child->state.store(ncclSuccess);
+    if (!parent->config.blocking) wait_launch_delay(parent, called);
     *newcomm = child;  // written by the job, into the caller's pointer, as NCCL does
     return ncclSuccess;
   });
