@@ -45,6 +45,7 @@ std::string_view to_string(DataType type) noexcept {
 }
 
 std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size, const CommOptions& options) const {
+  check_not_aborted("split");
   if (colour == kNoColour) return do_split(colour, 0, 0, options);
   if (colour < 0) {
     throw ConfigError(
@@ -66,36 +67,62 @@ std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size,
   return child;
 }
 
+std::unique_ptr<Communicator> Communicator::dup(const CommOptions& options) const {
+  check_not_aborted("dup");
+  return do_dup(options);
+}
+
 void Communicator::all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
+  check_not_aborted("all_reduce");
   check_buffer(send, count, "all_reduce send buffer");
   check_buffer(recv, count, "all_reduce receive buffer");
   do_all_reduce(send, recv, count, type, op);
 }
 
 void Communicator::all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
+  check_not_aborted("all_to_all");
   check_buffer(send, count, "all_to_all send buffer");
   check_buffer(recv, count, "all_to_all receive buffer");
   do_all_to_all(send, recv, count, type);
 }
 
 void Communicator::all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
+  check_not_aborted("all_gather");
   check_buffer(send, count, "all_gather send buffer");
   check_buffer(recv, count, "all_gather receive buffer");
   do_all_gather(send, recv, count, type);
 }
 
 void Communicator::reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
+  check_not_aborted("reduce_scatter");
   check_buffer(send, count, "reduce_scatter send buffer");
   check_buffer(recv, count, "reduce_scatter receive buffer");
   do_reduce_scatter(send, recv, count, type, op);
 }
 
 void Communicator::broadcast(void* buffer, std::size_t count, DataType type, int root) const {
+  check_not_aborted("broadcast");
   if (root < 0 || root >= size()) {
     throw ConfigError(fmt::format("broadcast root {} is outside [0, {})", root, size()));
   }
   check_buffer(buffer, count, "broadcast buffer");
   do_broadcast(buffer, count, type, root);
+}
+
+void Communicator::barrier() const {
+  check_not_aborted("barrier");
+  do_barrier();
+}
+
+void Communicator::abort() const noexcept {
+  if (!aborted_.exchange(true)) do_abort();
+}
+
+void Communicator::check_not_aborted(std::string_view operation) const {
+  if (aborted()) {
+    throw CommError(
+        fmt::format("{} on an aborted {} communicator (rank {} of {})", operation, backend(), rank(), size()), -1);
+  }
 }
 
 std::unique_ptr<Communicator> Communicator::self() const { return std::make_unique<SelfCommunicator>(); }

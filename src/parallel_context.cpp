@@ -230,6 +230,14 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
   }
 }
 
+void ParallelContext::abort() const noexcept {
+  // Children before the world clone they were split from: the reverse of creation, as
+  // in the destructor.
+  for (auto entry = groups_.entries.rbegin(); entry != groups_.entries.rend(); ++entry) {
+    entry->group.communicator().abort();
+  }
+}
+
 const ProcessGroup* ParallelContext::find(const GroupId& id) const noexcept {
   if (id.kind == GroupKind::data_parallel) return data_;
   const auto it = std::ranges::find(groups_.entries, id, &Entry::id);

@@ -2,6 +2,7 @@
 /// @file communicator.hpp
 /// @brief The abstract communicator every backend implements (MPI, NCCL, self, fake).
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -80,8 +81,10 @@ struct CommOptions {
   /// Name shown by the backend's tools and logs (MPI_Comm_set_name; NCCL commName from
   /// NCCL 2.20, older versions have no name to set and go without).
   std::string name;
-  /// NCCL: deadline for a non-blocking initialization; past it the communicator is
-  /// aborted and Timeout is thrown. Zero: block until done.
+  /// NCCL: deadline of every operation of the communicator (its initialization or
+  /// split, each collective, its finalization); past it the communicator is aborted and
+  /// Timeout is thrown. A positive value also makes the communicator non-blocking
+  /// (`config.blocking = 0`). Zero: blocking, with no deadline.
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
   /// NCCL splitShare: share the parent's resources (fewer resources, but parent and
   /// child then serialize).
@@ -106,6 +109,7 @@ struct CommOptions {
 /// ConfigError for a count, root or buffer size that cannot be right) and then call
 /// the backend. Backend failures throw CommError. Collectives are `const`: they use
 /// the communicator without changing what it is, so a const ProcessGroup can run them.
+/// After abort(), every operation throws CommError.
 class Communicator {
  public:
   /// Colour for split() of a rank that joins no child.
@@ -135,7 +139,7 @@ class Communicator {
 
   /// A new communicator with the same members and ranks.
   /// @throws ConfigError, CommError or Timeout as split().
-  [[nodiscard]] std::unique_ptr<Communicator> dup(const CommOptions& options = {}) const { return do_dup(options); }
+  [[nodiscard]] std::unique_ptr<Communicator> dup(const CommOptions& options = {}) const;
 
   /// Reduces @p count elements of every member and gives the result to all.
   /// @p send may equal @p recv (in place).
@@ -152,7 +156,21 @@ class Communicator {
   /// @throws ConfigError if @p root is outside [0, size()).
   void broadcast(void* buffer, std::size_t count, DataType type, int root) const;
   /// Returns once every member has called it.
-  void barrier() const { do_barrier(); }
+  void barrier() const;
+
+  /// Aborts the communicator: every later operation on it throws CommError, and the
+  /// backend's resources are given up without waiting for the other members (NCCL:
+  /// `ncclCommAbort`). Use it when a member is known to have failed. Safe from any
+  /// thread, also while another thread waits in an operation of this communicator: an
+  /// NCCL operation then returns at once with CommError (an MPI call already under way
+  /// is not interrupted, nor a call inside a blocking NCCL communicator's creation, which
+  /// the abort waits for). Only the first call has an effect. It is `const` like the
+  /// collectives (it ends the connection, not what the communicator is), so a watchdog
+  /// can abort the communicator of a const ProcessGroup.
+  void abort() const noexcept;
+  /// Whether abort() was called, by the caller or by the backend after an operation
+  /// failed or timed out.
+  [[nodiscard]] bool aborted() const noexcept { return aborted_.load(); }
 
   /// A communicator of this process alone, for buffers of the same kind as this
   /// backend's (host memory, or device memory for NCCL). It holds no backend
@@ -197,14 +215,20 @@ class Communicator {
  protected:
   /// Backends only.
   Communicator() = default;
-  /// Backends only.
-  Communicator(const Communicator&) = default;
-  /// Backends only.
-  Communicator(Communicator&&) = default;
-  /// Backends only.
-  Communicator& operator=(const Communicator&) = default;
-  /// Backends only.
-  Communicator& operator=(Communicator&&) = default;
+  /// Backends only; the copy is aborted if @p other is.
+  Communicator(const Communicator& other) noexcept : aborted_(other.aborted()) {}
+  /// Backends only; the new object is aborted if @p other is.
+  Communicator(Communicator&& other) noexcept : aborted_(other.aborted()) {}
+  /// Backends only; this object is aborted if @p other is.
+  Communicator& operator=(const Communicator& other) noexcept {
+    aborted_ = other.aborted();
+    return *this;
+  }
+  /// Backends only; this object is aborted if @p other is.
+  Communicator& operator=(Communicator&& other) noexcept {
+    aborted_ = other.aborted();
+    return *this;
+  }
 
   // Backend hooks, called after the public functions checked the arguments.
 
@@ -225,12 +249,22 @@ class Communicator {
   virtual void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const = 0;
   /// barrier() for the backend.
   virtual void do_barrier() const = 0;
+  /// abort() for the backend: called once, from any thread, possibly while another
+  /// thread waits in an operation, which must then end with CommError. The default does
+  /// nothing, for backends that hold nothing an abort must give up.
+  virtual void do_abort() const noexcept {}
+
+  /// Throws CommError naming @p operation if the communicator was aborted.
+  void check_not_aborted(std::string_view operation) const;
 
  private:
   [[nodiscard]] std::size_t member_count() const noexcept { return static_cast<std::size_t>(size()); }
   static void check_length(std::size_t expected, std::size_t actual, std::string_view what);
   // The per-member block of a buffer of total elements; throws unless size() divides it.
   [[nodiscard]] std::size_t block(std::size_t total, std::string_view what) const;
+
+  // Set once by abort(); mutable because abort() is const, as the collectives are.
+  mutable std::atomic<bool> aborted_{false};
 };
 
 }  // namespace pcx

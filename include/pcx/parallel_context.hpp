@@ -136,6 +136,17 @@ class ParallelContext {
   /// The MPU the context was built from, or null.
   [[nodiscard]] const Mpu* mpu() const noexcept { return mpu_.get(); }
 
+  /// Aborts every communicator this context owns (the world clone and every group it
+  /// split), newest first, with Communicator::abort(): call it on every rank once one
+  /// rank has failed, as NCCL requires every communicator of a failed job to be aborted,
+  /// split children included. An operation another thread waits in on one of them ends
+  /// with CommError (at once on NCCL), and every later operation throws CommError; the
+  /// destructor then releases only memory. Safe from any thread, also while other
+  /// threads use the context; `const` for that reason, like the getters. The world
+  /// communicator the context was built over and the MPU's groups are not the
+  /// context's: abort them yourself.
+  void abort() const noexcept;
+
  private:
   struct Entry {
     GroupId id;

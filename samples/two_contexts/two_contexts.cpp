@@ -3,7 +3,7 @@
 // its groups in module globals, so it can hold one layout per process; pcx keeps them in
 // context objects that share nothing.
 //
-//   mpiexec -n 8 two_contexts [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6]
+//   mpiexec -n 8 two_contexts [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6] [--backend mpi|nccl]
 //
 // - training context: expert parallel size 4, expert-first, with ZeRO hpZ groups of 2;
 //   a training step all-gathers over the expert parallel group, all-reduces (sum) over
@@ -15,8 +15,13 @@
 // one more training step shows the training context unaffected. Every value received is
 // checked against the layout rules of SPEC.md, computed here without communication.
 //
-// Exit status: 0 when every check passed; 1 on any mismatch (every rank agrees); 2 on every
-// rank for a bad flag or configuration, with one error line from rank 0.
+// --backend nccl (builds with the NCCL backend only) builds both contexts over one
+// pcx::NcclCommunicator world, one GPU per rank. The buffers stay std::vectors in host
+// memory: the NCCL backend stages them through device memory.
+//
+// Exit status: 0 when every check passed; 1 on any mismatch (every rank agrees) or a
+// failure to start NCCL; 2 on every rank for a bad flag or configuration, with one error
+// line from rank 0; 77 when --backend nccl finds a rank without a CUDA device.
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -37,20 +42,30 @@
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/parallel_context.hpp"
 
+#if PCX_WITH_NCCL
+#include <cuda_runtime.h>
+
+#include "pcx/nccl/nccl_communicator.hpp"
+#endif
+
 namespace {
 
 constexpr int kMismatch = 1;
+constexpr int kSkipped = 77;
 constexpr const char* kProgram = "two_contexts";
 constexpr std::size_t kValues = 4;  // values per rank and block in every collective
 constexpr int kMaxReportedMismatches = 10;
 
 std::size_t to_size(int value) { return static_cast<std::size_t>(value); }
 
+enum class Backend { mpi, nccl };
+
 struct Options {
   int train_ep = 4;
   int hpz = 2;
   int eval_ep = 2;
   int steps = 6;
+  Backend backend = Backend::mpi;
   bool help = false;
 };
 
@@ -69,6 +84,17 @@ Options parse_options(const std::vector<std::string>& args) {
     const std::string_view flag = args[i];
     if (flag == "--help" || flag == "-h") {
       options.help = true;
+      continue;
+    }
+    if (flag == "--backend") {
+      if (i + 1 >= args.size()) throw pcx::ConfigError("--backend needs a value");
+      const std::string_view backend = args[++i];
+      if (backend == "nccl") {
+        if (!PCX_WITH_NCCL) throw pcx::ConfigError("--backend nccl: this build has no NCCL backend");
+        options.backend = Backend::nccl;
+      } else if (backend != "mpi") {
+        throw pcx::ConfigError(fmt::format("--backend: '{}' is not mpi or nccl", backend));
+      }
       continue;
     }
     int* target = flag == "--train-ep"  ? &options.train_ep
@@ -257,19 +283,10 @@ std::string describe(const pcx::ParallelContext& context, int ep) {
   return text;
 }
 
-int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicator& world) {
-  const Options options = parse_options(args);
-  const int rank = world.rank();
-  if (options.help) {
-    if (rank == 0) {
-      std::cout << fmt::format(
-          "usage: mpiexec -n W {} [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6]\n"
-          "Alternates steps between a training context (expert-first, hpZ) and an evaluation context\n"
-          "(data-first), checking every collective. Exit status: 0 ok, 1 a mismatch, 2 a bad flag or layout.\n",
-          kProgram);
-    }
-    return 0;
-  }
+// Both contexts over `world` (MPI or NCCL); `control` (MPI, host memory) combines the
+// verdicts. Returns the exit status.
+int run_contexts(const Options& options, const pcx::Communicator& world, const pcx::MpiCommunicator& control) {
+  const int rank = control.rank();
   const int world_size = world.size();
 
   pcx::ParallelConfig training_config;
@@ -321,10 +338,12 @@ int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicato
   ++training_steps;
 
   std::int64_t totals[] = {checker.checks(), checker.failures()};
-  world.all_reduce(std::span<std::int64_t>(totals), pcx::ReduceOp::sum);
+  control.all_reduce(std::span<std::int64_t>(totals), pcx::ReduceOp::sum);
   if (rank == 0) {
-    fmt::print("{}: {} ranks, {} steps alternating between two contexts, then one after the second is destroyed\n",
-               kProgram, world_size, options.steps);
+    fmt::print(
+        "{}: {} ranks ({} backend), {} steps alternating between two contexts, then one after the second is "
+        "destroyed\n",
+        kProgram, world_size, world.backend(), options.steps);
     fmt::print("  training   (ep {} expert-first, hpZ {}): {} steps of all-gather, all-reduce sum, reduce-scatter\n",
                options.train_ep, z, training_steps);
     fmt::print("             rank 0: {}\n", training_text);
@@ -341,6 +360,51 @@ int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicato
   }
   if (rank == 0) fmt::print("{}: all {} checks passed\n", kProgram, totals[0]);
   return 0;
+}
+
+#if PCX_WITH_NCCL
+// Both contexts over an NCCL world, or an exit status when it cannot be had. Every rank
+// takes the same branch: the outcome is agreed over MPI first.
+int run_on_nccl(const Options& options, const pcx::MpiCommunicator& control) {
+  const int rank = control.rank();
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
+    (void)cudaGetLastError();
+    devices = 0;
+  }
+  std::int32_t without[] = {devices > 0 ? 0 : 1};
+  control.all_reduce(std::span<std::int32_t>(without), pcx::ReduceOp::sum);
+  if (without[0] != 0) {
+    if (rank == 0) {
+      fmt::print(stderr, "{}: skipped: --backend nccl needs a CUDA device on every rank; {} of {} ranks have none\n",
+                 kProgram, without[0], control.size());
+    }
+    return kSkipped;
+  }
+  // create_world agrees on every rank's device before it builds anything, so a
+  // ConfigError (more ranks on a node than devices) arrives on every rank alike.
+  const pcx::NcclCommunicator world = pcx::NcclCommunicator::create_world(control);
+  return run_contexts(options, world, control);
+}
+#endif
+
+int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicator& world) {
+  const Options options = parse_options(args);
+  if (options.help) {
+    if (world.rank() == 0) {
+      std::cout << fmt::format(
+          "usage: mpiexec -n W {} [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6] [--backend mpi|nccl]\n"
+          "Alternates steps between a training context (expert-first, hpZ) and an evaluation context\n"
+          "(data-first), checking every collective. --backend nccl runs them over NCCL, one GPU per rank ({}).\n"
+          "Exit status: 0 ok, 1 a mismatch, 2 a bad flag or layout, 77 no CUDA device.\n",
+          kProgram, PCX_WITH_NCCL ? "built" : "not in this build");
+    }
+    return 0;
+  }
+#if PCX_WITH_NCCL
+  if (options.backend == Backend::nccl) return run_on_nccl(options, world);
+#endif
+  return run_contexts(options, world, world);
 }
 
 }  // namespace

@@ -3,10 +3,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <climits>
+#include <cstdint>
 #include <exception>
+#include <mutex>
+#include <new>
 #include <thread>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "pcx/error.hpp"
 #include "pcx/self_communicator.hpp"
@@ -34,8 +41,21 @@ ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMa
 
 [[maybe_unused]] std::string nccl_version_text() { return fmt::format("{}.{}.{}", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH); }
 
+// NCCL's text for `code`, with its last error message (ncclGetLastError ignores its
+// argument: src/init.cc ncclGetLastError).
+std::string nccl_text(ncclResult_t code) {
+  const char* last = ncclGetLastError(nullptr);
+  return fmt::format("{} (NCCL error {}){}{}", ncclGetErrorString(code), static_cast<int>(code),
+                     last && *last ? "; last NCCL error: " : "", last ? last : "");
+}
+
+std::string quoted_name(const CommOptions& options) {
+  return options.name.empty() ? std::string("(unnamed)") : fmt::format("\"{}\"", options.name);
+}
+
 // The NCCL configuration of a new communicator. It points into `options`, which must
-// outlive the init or split call.
+// outlive the communicator: NCCL keeps the commName pointer it is given (src/init.cc
+// parseCommConfig copies the pointer, not the string).
 ncclConfig_t make_config(const CommOptions& options) {
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   if (options.timeout.count() < 0) {
@@ -69,75 +89,249 @@ ncclConfig_t make_config(const CommOptions& options) {
   return config;
 }
 
-// Waits for a non-blocking communicator to leave ncclInProgress. Past the deadline it
-// throws Timeout; the caller aborts the communicator.
-void wait_ready(ncclComm_t comm, const char* call, Clock::time_point deadline) {
-  for (auto pause = std::chrono::microseconds(10);; pause = std::min(pause * 2, std::chrono::microseconds(10000))) {
-    ncclResult_t state = ncclInProgress;
-    check_nccl(ncclCommGetAsyncError(comm, &state), "ncclCommGetAsyncError", comm);
-    if (state == ncclSuccess) return;
-    if (state != ncclInProgress) check_nccl(state, call, comm);
-    if (Clock::now() >= deadline) throw Timeout(fmt::format("{} did not finish before its deadline", call));
-    std::this_thread::sleep_for(pause);
-  }
-}
-
-Clock::time_point deadline_of(const CommOptions& options) {
-  return options.timeout.count() > 0 ? Clock::now() + options.timeout : Clock::time_point::max();
-}
-
-// Owns a communicator that is still being created: aborted unless released.
-class PendingComm {
+// Pauses between polls: short for work that ends in microseconds, at most 1 ms for long work.
+class Backoff {
  public:
-  PendingComm() = default;
-  PendingComm(const PendingComm&) = delete;
-  PendingComm& operator=(const PendingComm&) = delete;
-  ~PendingComm() {
-    if (comm_ != nullptr) ncclCommAbort(comm_);
+  void pause() {
+    std::this_thread::sleep_for(pause_);
+    pause_ = std::min(pause_ * 2, std::chrono::microseconds(1000));
   }
-  ncclComm_t* out() noexcept { return &comm_; }
-  [[nodiscard]] ncclComm_t get() const noexcept { return comm_; }
-  ncclComm_t release() noexcept { return std::exchange(comm_, nullptr); }
 
  private:
-  ncclComm_t comm_ = nullptr;
+  std::chrono::microseconds pause_{10};
+};
+
+// Polls a communicator that no other thread can reach (being created or finalized)
+// until NCCL no longer reports ncclInProgress for it: a non-blocking call is done when
+// ncclCommGetAsyncError says so (src/init.cc ncclCommEnsureReady). Returns the final
+// state, or ncclInProgress at `deadline`.
+ncclResult_t settle(ncclComm_t comm, Clock::time_point deadline) {
+  for (Backoff backoff;; backoff.pause()) {
+    ncclResult_t state = ncclInProgress;
+    const ncclResult_t queried = ncclCommGetAsyncError(comm, &state);
+    if (queried != ncclSuccess) return queried;
+    if (state != ncclInProgress || Clock::now() >= deadline) return state;
+  }
+}
+
+// Makes a device current and gives the caller's back at the end of the scope: every
+// function of the backend leaves the caller's device as it was, though NCCL itself
+// switches devices and does not switch back (src/init.cc commDestroySync and
+// commCleanup call cudaSetDevice(comm->cudaDev)).
+class DeviceGuard {
+ public:
+  // Throws CommError if CUDA cannot switch.
+  explicit DeviceGuard(int device) : DeviceGuard(device, std::nothrow) {
+    if (failed_call_ != nullptr) check_cuda(error_, failed_call_);
+  }
+  // For paths that cannot throw (abort, destruction): switches if CUDA lets it.
+  DeviceGuard(int device, std::nothrow_t) noexcept {
+    if ((error_ = cudaGetDevice(&previous_)) != cudaSuccess) {
+      previous_ = -1;
+      failed_call_ = "cudaGetDevice";
+    } else if ((error_ = cudaSetDevice(device)) != cudaSuccess) {
+      failed_call_ = "cudaSetDevice";
+    }
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+  cudaError_t error_ = cudaSuccess;
+  const char* failed_call_ = nullptr;
 };
 
 // Whether NCCL cannot read `pointer` directly: plain or pinned host memory.
 bool in_host_memory(const void* pointer) {
   cudaPointerAttributes attributes{};
   if (cudaPointerGetAttributes(&attributes, pointer) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky error of an unknown pointer: it is host memory
+    cudaGetLastError();  // clear the error of an unknown pointer: it is host memory
     return true;
   }
   return attributes.type == cudaMemoryTypeUnregistered || attributes.type == cudaMemoryTypeHost;
 }
 
-// Device memory for one call, freed on every path.
-class DeviceScratch {
+// Device memory standing in for the host buffers of one collective. The collectives of
+// the Communicator interface accept host memory (a ParallelContext compares its
+// configuration in host memory, samples pass std::vectors), which NCCL cannot read; one
+// rule for all of them: host buffers are copied to the device before and back after.
+class Staging {
  public:
-  DeviceScratch(int device, std::size_t bytes) {
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
-    check_cuda(cudaMalloc(&data_, std::max<std::size_t>(bytes, 1)), "cudaMalloc");
+  Staging(const void* send, std::size_t send_bytes, void* recv, std::size_t recv_bytes, cudaStream_t stream)
+      : send_(send), recv_(recv), host_recv_(recv), recv_bytes_(recv_bytes), stream_(stream) {
+    const bool in_place = send == recv;
+    const bool host_send = send_bytes > 0 && in_host_memory(send);
+    const bool host_recv = recv_bytes > 0 && (in_place ? host_send : in_host_memory(recv));
+    if (!host_send && !host_recv) return;
+    constexpr std::size_t kAlignment = 256;
+    const std::size_t send_room = host_send && !in_place ? (send_bytes + kAlignment - 1) / kAlignment * kAlignment : 0;
+    const std::size_t recv_room = host_recv ? std::max(recv_bytes, in_place ? send_bytes : 0) : 0;
+    check_cuda(cudaMalloc(&data_, send_room + recv_room), "cudaMalloc (staging host buffers)");
+    auto* bytes = static_cast<std::byte*>(data_);
+    if (host_recv) recv_ = bytes + send_room;
+    if (host_send) send_ = in_place ? recv_ : bytes;
+    copy_recv_back_ = host_recv;
+    if (host_send) {
+      const cudaError_t copied =
+          cudaMemcpyAsync(const_cast<void*>(send_), send, send_bytes, cudaMemcpyDefault, stream_);
+      if (copied != cudaSuccess) {
+        cudaFree(data_);
+        check_cuda(copied, "cudaMemcpyAsync (staging host buffers)");
+      }
+    }
   }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
-  ~DeviceScratch() { cudaFree(data_); }
-  [[nodiscard]] void* get() const noexcept { return data_; }
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+  ~Staging() {
+    // Memory the device may still write into (the stream of a borrowed communicator that
+    // timed out, which pcx does not abort) is left allocated rather than freed in use.
+    if (data_ != nullptr && cudaStreamQuery(stream_) != cudaErrorNotReady) cudaFree(data_);
+  }
+
+  [[nodiscard]] const void* send() const noexcept { return send_; }
+  [[nodiscard]] void* recv() const noexcept { return recv_; }
+  // Enqueues the copy of the result to the caller's host buffer, once NCCL has put its
+  // work on the stream.
+  void copy_back() const {
+    if (copy_recv_back_) {
+      check_cuda(cudaMemcpyAsync(host_recv_, recv_, recv_bytes_, cudaMemcpyDefault, stream_),
+                 "cudaMemcpyAsync (staging host buffers)");
+    }
+  }
 
  private:
+  const void* send_;
+  void* recv_;
+  void* host_recv_;
+  std::size_t recv_bytes_;
+  cudaStream_t stream_;
   void* data_ = nullptr;
+  bool copy_recv_back_ = false;
 };
 
-// The rank's index on its node, from an MPI shared-memory split.
-int node_local_rank(const MpiCommunicator& bootstrap) {
+// The ranks of the caller's node, from an MPI shared-memory split.
+MpiCommunicator node_of(const MpiCommunicator& bootstrap) {
   MPI_Comm node = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split_type(bootstrap.native(), MPI_COMM_TYPE_SHARED, bootstrap.rank(), MPI_INFO_NULL, &node),
             "MPI_Comm_split_type");
-  return MpiCommunicator::adopt(node).rank();
+  return MpiCommunicator::adopt(node);
+}
+
+// The device of a rank that did not name one: its index on the node. Where each rank sees
+// a single device (CUDA_VISIBLE_DEVICES set per rank, as Slurm's --gpu-bind does), every
+// rank takes device 0, and distinct_devices() then checks they are distinct GPUs.
+int default_device(int local_rank, int devices, int rank) {
+  if (local_rank < devices) return local_rank;
+  if (devices == 1) return 0;
+  throw ConfigError(fmt::format(
+      "rank {} is rank {} of its node, which has only {} visible CUDA devices: start at most {} ranks per node, "
+      "or choose each rank's device with NcclWorldOptions::device",
+      rank, local_rank, devices, devices));
+}
+
+constexpr std::size_t kBusIdBytes = 32;
+
+// Two ranks of a node on one GPU would serialize, or deadlock in NCCL (which refuses them
+// as "Duplicate GPU detected", src/init.cc): the ranks of the node compare the PCI bus
+// ids of their devices. Collective over `node`; a rank that has no device yet (an
+// empty id) takes part all the same.
+void distinct_devices(const MpiCommunicator& node, const std::array<char, kBusIdBytes>& mine, int rank) {
+  std::vector<char> all(kBusIdBytes * static_cast<std::size_t>(node.size()));
+  node.all_gather(mine.data(), all.data(), kBusIdBytes, DataType::int8);
+  const auto id = [&](int r) { return std::string_view(all.data() + kBusIdBytes * static_cast<std::size_t>(r)); };
+  for (int r = 0; r < node.size(); ++r) {
+    if (r != node.rank() && !id(r).empty() && id(r) == id(node.rank())) {
+      throw ConfigError(fmt::format("rank {} and rank {} of its node would share the CUDA device at PCI {}: give each "
+                                    "rank its own device (NcclWorldOptions::device, or CUDA_VISIBLE_DEVICES)",
+                                    rank, r, id(r)));
+    }
+  }
+}
+
+// The NCCL calls of an all-to-all with equal blocks: one send and one receive per peer,
+// in one group.
+ncclResult_t all_to_all_calls(const void* send, void* recv, std::size_t count, ncclDataType_t type,
+                              std::size_t block_bytes, int peers, ncclComm_t comm, cudaStream_t stream) {
+  const auto ok = [](ncclResult_t code) { return code == ncclSuccess || code == ncclInProgress; };
+  ncclResult_t code = ncclGroupStart();
+  if (!ok(code)) return code;
+  for (int peer = 0; peer < peers && ok(code); ++peer) {
+    const std::size_t offset = block_bytes * static_cast<std::size_t>(peer);
+    code = ncclSend(static_cast<const std::byte*>(send) + offset, count, type, peer, comm, stream);
+    if (ok(code)) code = ncclRecv(static_cast<std::byte*>(recv) + offset, count, type, peer, comm, stream);
+  }
+  const ncclResult_t ended = ncclGroupEnd();  // also after an error: every ncclGroupStart needs its end
+  return ok(code) ? ended : code;
 }
 
 }  // namespace
+
+struct NcclCommunicator::Deadline {
+  static Deadline of(const CommOptions& options) {
+    return {options.timeout.count() > 0 ? Clock::now() + options.timeout : Clock::time_point::max(), options.timeout};
+  }
+  Clock::time_point at;
+  std::chrono::milliseconds timeout;
+};
+
+struct NcclCommunicator::State {
+  State(int device_, bool owned_, CommOptions options_)
+      : device(device_), owned(owned_), options(std::move(options_)) {}
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
+  // Finalizes and destroys a live owned handle, then frees what this object made.
+  ~State() {
+    const DeviceGuard guard(device, std::nothrow);
+    if (comm != nullptr && owned) {
+      // NCCL's orderly end (src/init.cc): ncclCommFinalize flushes the communicator's work
+      // (ncclInProgress until done on a non-blocking one), then ncclCommDestroy frees it.
+      // Only a finalize that failed or missed the deadline falls back to ncclCommAbort; a
+      // handle given to ncclCommDestroy is never aborted after.
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+      ncclResult_t result = ncclCommFinalize(comm);
+      if (result == ncclSuccess || result == ncclInProgress) result = settle(comm, Deadline::of(options).at);
+#else
+      const ncclResult_t result = ncclSuccess;  // no ncclCommFinalize before 2.14: destroy flushes
+#endif
+      if (result == ncclSuccess) {
+        ncclCommDestroy(comm);
+      } else {
+        ncclCommAbort(comm);
+      }
+    }
+    if (scratch != nullptr) cudaFree(scratch);
+    if (owns_stream && stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  // Gives the handle up, once: ncclCommAbort if owned. Later calls find it null.
+  void abort() noexcept {
+    const std::lock_guard lock(mutex);
+    if (comm != nullptr && owned) {
+      const DeviceGuard guard(device, std::nothrow);
+      ncclCommAbort(comm);
+    }
+    comm = nullptr;
+  }
+
+  // Guards `comm`: abort() from another thread frees the handle, so every use of it
+  // holds the lock, and a waiting thread takes it only for each poll (as PyTorch c10d's
+  // NCCLComm guards its ncclComm_t with a mutex for its watchdog).
+  std::mutex mutex;
+  // Null until created, and again once aborted. A split writes it from NCCL's thread
+  // when the split completes.
+  ncclComm_t comm = nullptr;
+  const int device;
+  const bool owned;
+  bool owns_stream = false;
+  cudaStream_t stream = nullptr;
+  void* scratch = nullptr;  // one device int for barrier()
+  const CommOptions options;
+};
 
 void check_nccl(ncclResult_t code, const char* call, ncclComm_t comm) {
   if (code == ncclSuccess) return;
@@ -154,39 +348,68 @@ void check_cuda(cudaError_t code, const char* call) {
 }
 
 NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap, const NcclWorldOptions& options) {
-  const ncclConfig_t checked = make_config(options.communicator);  // option errors before any communication
-  (void)checked;
-
   // Everything that can fail on one rank alone happens before the broadcast, and the
-  // ranks agree on the outcome, so no rank waits for a peer that has given up.
+  // ranks agree on the outcome, so no rank waits for a peer that has given up. Any
+  // exception counts, whatever its type: none may skip the agreement.
+  enum Outcome : std::int32_t { kReady = 0, kFailed = 1, kRejected = 2 };
+  const int rank = bootstrap.rank();
   int device = -1;
   ncclUniqueId id{};
   std::exception_ptr local_error;
-  try {
-    const int local_rank = node_local_rank(bootstrap);
-    int devices = 0;
-    check_cuda(cudaGetDeviceCount(&devices), fmt::format("cudaGetDeviceCount on rank {}", bootstrap.rank()).c_str());
-    if (devices < 1) throw CommError("no CUDA device is visible", static_cast<int>(cudaErrorNoDevice));
-    device = options.device.value_or(local_rank % devices);
-    if (device < 0 || device >= devices) {
-      throw ConfigError(fmt::format("CUDA device {} is outside the {} visible devices", device, devices));
-    }
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
-    if (bootstrap.rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
-  } catch (const Error&) {
+  std::int32_t outcome = kReady;
+  const auto failed = [&] {
     local_error = std::current_exception();
+    try {
+      throw;
+    } catch (const ConfigError&) {
+      outcome = kRejected;
+    } catch (...) {
+      outcome = kFailed;
+    }
+  };
+  try {
+    (void)make_config(options.communicator);
+    const MpiCommunicator node = node_of(bootstrap);
+    std::array<char, kBusIdBytes> bus_id{};
+    try {
+      int devices = 0;
+      check_cuda(cudaGetDeviceCount(&devices), fmt::format("cudaGetDeviceCount on rank {}", rank).c_str());
+      if (devices < 1) throw CommError("no CUDA device is visible", static_cast<int>(cudaErrorNoDevice));
+      device = options.device.value_or(default_device(node.rank(), devices, rank));
+      if (device < 0 || device >= devices) {
+        throw ConfigError(
+            fmt::format("rank {}: CUDA device {} is outside the {} visible devices", rank, device, devices));
+      }
+      check_cuda(cudaDeviceGetPCIBusId(bus_id.data(), static_cast<int>(bus_id.size()) - 1, device),
+                 "cudaDeviceGetPCIBusId");
+    } catch (...) {
+      failed();
+    }
+    // A rank that has no device still takes part in the comparison, with an empty id.
+    distinct_devices(node, local_error ? std::array<char, kBusIdBytes>{} : bus_id, rank);
+    if (!local_error && rank == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  } catch (...) {
+    if (!local_error) failed();
   }
-  std::int32_t failed = local_error ? 1 : 0;
-  bootstrap.all_reduce(std::span<std::int32_t>(&failed, 1), ReduceOp::max);
+  // MAX of the outcome, and of minus the rank of a rank that failed: the first one.
+  std::int32_t agreed[] = {outcome, local_error ? -rank : INT_MIN};
+  bootstrap.all_reduce(std::span<std::int32_t>(agreed), ReduceOp::max);
   if (local_error) std::rethrow_exception(local_error);
-  if (failed != 0) {
-    throw CommError(
-        fmt::format("building the NCCL world on rank {}: another rank failed to prepare its device", bootstrap.rank()),
-        -1);
+  if (agreed[0] == kRejected) {
+    throw ConfigError(fmt::format(
+        "building the NCCL world on rank {}: rank {} rejected its NCCL options or its CUDA device (one outside the "
+        "visible devices, more ranks on its node than devices, or a device another rank of its node has); see its "
+        "error",
+        rank, -agreed[1]));
+  }
+  if (agreed[0] != kReady) {
+    throw CommError(fmt::format("building the NCCL world on rank {}: rank {} failed to prepare its device (see its "
+                                "error)",
+                                rank, -agreed[1]),
+                    -1);
   }
   bootstrap.broadcast(std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&id), sizeof(id)), 0);
-
-  return init_rank(id, bootstrap.size(), bootstrap.rank(), device, options.communicator);
+  return init_rank(id, bootstrap.size(), rank, device, options.communicator);
 }
 
 NcclCommunicator NcclCommunicator::init_rank(const ncclUniqueId& id, int size, int rank, int device,
@@ -194,153 +417,209 @@ NcclCommunicator NcclCommunicator::init_rank(const ncclUniqueId& id, int size, i
   if (size < 1 || rank < 0 || rank >= size) {
     throw ConfigError(fmt::format("NCCL rank {} of {}: the rank must be in [0, size)", rank, size));
   }
-  ncclConfig_t config = make_config(options);
-  check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  PendingComm comm;
+  auto state = std::make_unique<State>(device, true, options);
+  ncclConfig_t config = make_config(state->options);
+  const Deadline deadline = Deadline::of(options);
+  const DeviceGuard guard(device);
   ncclUniqueId unique = id;
-  const ncclResult_t started = ncclCommInitRankConfig(comm.out(), size, unique, rank, &config);
-  if (started != ncclInProgress) check_nccl(started, "ncclCommInitRankConfig", comm.get());
-  wait_ready(comm.get(), "ncclCommInitRankConfig", deadline_of(options));
-  return NcclCommunicator(comm.release(), device, true, nullptr);
+  // Non-blocking: NCCL writes the handle at once and initializes it on its own thread
+  // (src/init.cc ncclCommInitRankDev).
+  ncclResult_t result = ncclCommInitRankConfig(&state->comm, size, unique, rank, &config);
+  if (result == ncclSuccess || result == ncclInProgress) result = settle(state->comm, deadline.at);
+  if (result != ncclSuccess) {
+    const std::string where = fmt::format("ncclCommInitRankConfig of NCCL communicator {} (rank {} of {}, device {})",
+                                          quoted_name(options), rank, size, device);
+    if (result == ncclInProgress) {
+      state->abort();
+      throw Timeout(
+          fmt::format("{} did not finish within {} ms; the communicator was aborted", where, deadline.timeout.count()));
+    }
+    const std::string text = nccl_text(result);
+    state->abort();
+    throw CommError(fmt::format("{} failed: {}; the communicator was aborted", where, text), static_cast<int>(result));
+  }
+  return NcclCommunicator(std::move(state));
 }
 
-NcclCommunicator NcclCommunicator::borrow(ncclComm_t comm, int device, cudaStream_t stream) {
+NcclCommunicator NcclCommunicator::borrow(ncclComm_t comm, int device, cudaStream_t stream,
+                                          const CommOptions& options) {
   if (comm == nullptr) throw ConfigError("an NCCL communicator cannot borrow a null ncclComm_t");
-  return NcclCommunicator(comm, device, false, stream);
+  auto state = std::make_unique<State>(device, false, options);
+  state->comm = comm;
+  state->stream = stream;
+  return NcclCommunicator(std::move(state));
 }
 
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, bool owned, cudaStream_t stream)
-    : comm_(comm), device_(device), owned_(owned), owns_stream_(stream == nullptr), stream_(stream) {
+NcclCommunicator::NcclCommunicator(std::unique_ptr<State> state) : state_(std::move(state)) {
   try {
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    check_nccl(ncclCommCount(comm_, &size_), "ncclCommCount", comm_);
-    check_nccl(ncclCommUserRank(comm_, &rank_), "ncclCommUserRank", comm_);
-    if (owns_stream_) check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    check_cuda(cudaMalloc(&scratch_, sizeof(std::int32_t)), "cudaMalloc");
+    const DeviceGuard guard(state_->device);
+    check_nccl(ncclCommCount(state_->comm, &size_), "ncclCommCount", state_->comm);
+    check_nccl(ncclCommUserRank(state_->comm, &rank_), "ncclCommUserRank", state_->comm);
+    if (state_->stream == nullptr) {
+      check_cuda(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+      state_->owns_stream = true;
+    }
+    check_cuda(cudaMalloc(&state_->scratch, sizeof(std::int32_t)), "cudaMalloc");
   } catch (...) {
-    release();
+    state_->abort();  // never usable: give it up rather than finalize it
     throw;
   }
 }
 
-NcclCommunicator::NcclCommunicator(NcclCommunicator&& other) noexcept
-    : Communicator(std::move(other)),
-      comm_(std::exchange(other.comm_, nullptr)),
-      device_(other.device_),
-      owned_(std::exchange(other.owned_, false)),
-      owns_stream_(std::exchange(other.owns_stream_, false)),
-      stream_(std::exchange(other.stream_, nullptr)),
-      scratch_(std::exchange(other.scratch_, nullptr)),
-      size_(other.size_),
-      rank_(other.rank_),
-      failed_(std::exchange(other.failed_, std::make_unique<std::atomic<bool>>(false))) {}
+NcclCommunicator::NcclCommunicator(NcclCommunicator&& other) noexcept = default;
+NcclCommunicator& NcclCommunicator::operator=(NcclCommunicator&& other) noexcept = default;
+NcclCommunicator::~NcclCommunicator() = default;
 
-NcclCommunicator& NcclCommunicator::operator=(NcclCommunicator&& other) noexcept {
-  if (this != &other) {
-    release();
-    comm_ = std::exchange(other.comm_, nullptr);
-    device_ = other.device_;
-    owned_ = std::exchange(other.owned_, false);
-    owns_stream_ = std::exchange(other.owns_stream_, false);
-    stream_ = std::exchange(other.stream_, nullptr);
-    scratch_ = std::exchange(other.scratch_, nullptr);
-    size_ = other.size_;
-    rank_ = other.rank_;
-    failed_ = std::exchange(other.failed_, std::make_unique<std::atomic<bool>>(false));
-  }
-  return *this;
+int NcclCommunicator::device() const noexcept { return state_ ? state_->device : -1; }
+
+cudaStream_t NcclCommunicator::stream() const noexcept { return state_ ? state_->stream : nullptr; }
+
+ncclComm_t NcclCommunicator::native() const noexcept {
+  if (!state_) return nullptr;
+  const std::lock_guard lock(state_->mutex);
+  return state_->comm;
 }
 
-NcclCommunicator::~NcclCommunicator() { release(); }
+bool NcclCommunicator::owned() const noexcept { return state_ && state_->owned; }
 
-void NcclCommunicator::release() noexcept {
-  if (comm_ != nullptr || stream_ != nullptr || scratch_ != nullptr) cudaSetDevice(device_);
-  if (owned_ && comm_ != nullptr) {
-    // A communicator whose operation failed may have peers that never arrive:
-    // destroying it could wait for them forever, aborting cannot.
-    if (failed()) {
-      ncclCommAbort(comm_);
-    } else if (ncclCommDestroy(comm_) != ncclSuccess) {
-      ncclCommAbort(comm_);
-    }
-  }
-  if (scratch_ != nullptr) cudaFree(scratch_);
-  if (owns_stream_ && stream_ != nullptr) cudaStreamDestroy(stream_);
-  comm_ = nullptr;
-  scratch_ = nullptr;
-  stream_ = nullptr;
-  owned_ = false;
-  owns_stream_ = false;
+CommOptions NcclCommunicator::options() const { return state_ ? state_->options : CommOptions{}; }
+
+NcclCommunicator::State& NcclCommunicator::state(std::string_view what) const {
+  if (!state_) throw CommError(fmt::format("{} on a moved-from NCCL communicator", what), -1);
+  return *state_;
 }
 
-void NcclCommunicator::abort() noexcept {
-  failed_->store(true);
-  if (owned_ && comm_ != nullptr) {
-    cudaSetDevice(device_);
-    ncclCommAbort(comm_);
-  }
-  comm_ = nullptr;
+std::string NcclCommunicator::describe() const {
+  return fmt::format("NCCL communicator {} (rank {} of {})", state_ ? quoted_name(state_->options) : "(moved from)",
+                     rank_, size_);
 }
 
-void NcclCommunicator::check(ncclResult_t code, const char* call) const {
-  if (code == ncclSuccess || code == ncclInProgress) return;
-  failed_->store(true);
-  check_nccl(code, call, comm_);
+void NcclCommunicator::do_abort() const noexcept {
+  if (state_) state_->abort();
+}
+
+template <class E>
+void NcclCommunicator::fail(const E& error) const {
+  abort();
+  // NCCL's abort makes the kernels still running quit (src/init.cc ncclCommAbort:
+  // setCommAbortFlags); wait for the stream to drain so that no staged buffer is freed
+  // while in use. A borrowed handle is not aborted by pcx, so its stream is not waited on.
+  if (state_ && state_->owned) cudaStreamSynchronize(state_->stream);
+  throw error;
 }
 
 template <class Call>
-void NcclCommunicator::enqueue(const char* what, cudaStream_t stream, Call&& call) const {
-  if (comm_ == nullptr) throw CommError(fmt::format("{} on an aborted NCCL communicator", what), ncclInvalidUsage);
-  try {
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    const ncclResult_t code = call(stream);
-    check(code, what);
-    if (code == ncclInProgress) wait_ready(comm_, what, Clock::time_point::max());
-  } catch (...) {
-    failed_->store(true);
-    throw;
+void NcclCommunicator::enqueue(std::string_view what, const Deadline& deadline, Call&& call) const {
+  State& s = state(what);
+  const DeviceGuard guard(s.device);
+  ncclResult_t started = ncclSuccess;
+  bool gone = false;
+  {
+    const std::lock_guard lock(s.mutex);
+    gone = s.comm == nullptr;
+    if (!gone) started = call(s.comm);
+  }
+  if (gone) fail(CommError(fmt::format("{} on {}: the communicator was aborted", what, describe()), -1));
+  if (started != ncclSuccess && started != ncclInProgress) {
+    fail(CommError(
+        fmt::format("{} on {} failed: {}; the communicator was aborted", what, describe(), nccl_text(started)),
+        static_cast<int>(started)));
+  }
+  // A non-blocking communicator returns ncclInProgress and takes no other call until
+  // NCCL is done with this one (src/init.cc ncclCommEnsureReady).
+  wait(what, nullptr, deadline);
+}
+
+void NcclCommunicator::wait(std::string_view what, cudaStream_t stream, const Deadline& deadline) const {
+  State& s = state(what);
+  for (Backoff backoff;; backoff.pause()) {
+    ncclResult_t async = ncclSuccess;
+    bool gone = false;
+    {
+      const std::lock_guard lock(s.mutex);
+      gone = s.comm == nullptr;
+      if (!gone) {
+        const ncclResult_t queried = ncclCommGetAsyncError(s.comm, &async);
+        if (queried != ncclSuccess) async = queried;
+      }
+    }
+    if (gone) fail(CommError(fmt::format("{} on {}: the communicator was aborted", what, describe()), -1));
+    if (async != ncclSuccess && async != ncclInProgress) {
+      fail(CommError(
+          fmt::format("{} on {} failed: {}; the communicator was aborted", what, describe(), nccl_text(async)),
+          static_cast<int>(async)));
+    }
+    const cudaError_t idle = stream != nullptr ? cudaStreamQuery(stream) : cudaSuccess;
+    if (idle != cudaSuccess && idle != cudaErrorNotReady) {
+      fail(CommError(fmt::format("{} on {} failed: {} (CUDA error {}); the communicator was aborted", what, describe(),
+                                 cudaGetErrorString(idle), static_cast<int>(idle)),
+                     static_cast<int>(idle)));
+    }
+    if (async == ncclSuccess && idle == cudaSuccess) return;
+    if (Clock::now() >= deadline.at) {
+      fail(Timeout(fmt::format("{} on {} did not finish within {} ms; the communicator was aborted", what, describe(),
+                               deadline.timeout.count())));
+    }
   }
 }
 
-void NcclCommunicator::synchronize(const char* what) const {
-  if (comm_ == nullptr) throw CommError(fmt::format("{} on an aborted NCCL communicator", what), ncclInvalidUsage);
-  const cudaError_t code = cudaStreamSynchronize(stream_);
-  if (code != cudaSuccess) {
-    failed_->store(true);
-    check_cuda(code, what);
-  }
-  ncclResult_t state = ncclSuccess;
-  check(ncclCommGetAsyncError(comm_, &state), "ncclCommGetAsyncError");
-  check(state, what);
+template <class Call>
+void NcclCommunicator::collective(std::string_view what, const void* send, std::size_t send_bytes, void* recv,
+                                  std::size_t recv_bytes, Call&& call) const {
+  State& s = state(what);
+  const Deadline deadline = Deadline::of(s.options);
+  const DeviceGuard guard(s.device);
+  const Staging staged(send, send_bytes, recv, recv_bytes, s.stream);
+  enqueue(what, deadline, [&](ncclComm_t comm) { return call(staged.send(), staged.recv(), comm, s.stream); });
+  staged.copy_back();  // after enqueue(): only then is NCCL's work on the stream
+  wait(what, s.stream, deadline);
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::self() const {
-  const int device = device_;
-  const cudaStream_t stream = stream_;
+  const State& s = state("self");
+  const int device = s.device;
+  const cudaStream_t stream = s.stream;
   return std::make_unique<SelfCommunicator>([device, stream](void* target, const void* source, std::size_t bytes) {
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    const DeviceGuard guard(device);
     check_cuda(cudaMemcpyAsync(target, source, bytes, cudaMemcpyDefault, stream), "cudaMemcpyAsync");
     check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   });
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, int, const CommOptions& options) const {
-  if (comm_ == nullptr) throw CommError("ncclCommSplit on an aborted NCCL communicator", ncclInvalidUsage);
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
-  ncclConfig_t config = make_config(options);
-  PendingComm child;
-  check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-  const ncclResult_t started =
-      ncclCommSplit(comm_, colour == kNoColour ? NCCL_SPLIT_NOCOLOR : colour, key, child.out(), &config);
-  check(started, "ncclCommSplit");
-  if (child.get() == nullptr) return nullptr;  // NCCL_SPLIT_NOCOLOR
+  const State& parent = state("ncclCommSplit");
+  // The child's state is made first: NCCL's split thread writes the child handle into
+  // child->comm when the split completes (src/init.cc ncclCommInitRankFunc, "assign it to
+  // user pointer"; until then ncclCommSplit leaves it NCCL_COMM_NULL), also for
+  // NCCL_SPLIT_NOCOLOR, so that slot must outlive the split; the config points into
+  // child->options.
+  auto child = std::make_unique<State>(parent.device, true, options);
+  ncclConfig_t config = make_config(child->options);
+  // The split runs on the parent: the parent reports ncclInProgress until it is done
+  // (src/group.cc ncclGroupEndInternal marks the job's communicator, the parent).
+  const std::string what =
+      fmt::format("ncclCommSplit (colour {}, key {}) into NCCL communicator {}", colour, key, quoted_name(options));
   try {
-    wait_ready(child.get(), "ncclCommSplit", deadline_of(options));
-  } catch (const Error&) {
-    failed_->store(true);  // the parent's split did not finish either
+    enqueue(what, Deadline::of(options), [&](ncclComm_t comm) {
+      return ncclCommSplit(comm, colour == kNoColour ? NCCL_SPLIT_NOCOLOR : colour, key, &child->comm, &config);
+    });
+  } catch (...) {
+    if (!parent.owned) {
+      // pcx does not abort a borrowed parent, so NCCL's thread may still write the slot.
+      (void)child.release();
+      throw;
+    }
+    // The parent is aborted, which joins NCCL's split thread (src/init.cc ncclCommAbort
+    // -> ncclCommEnsureReady -> ncclGroupJobAbort); a child it wrote is given up too.
+    child->abort();
     throw;
   }
-  return std::unique_ptr<Communicator>(new NcclCommunicator(child.release(), device_, true, nullptr));
+  if (colour == kNoColour) return nullptr;
+  if (child->comm == nullptr) {
+    throw CommError(fmt::format("{} on {} completed without a child communicator", what, describe()), -1);
+  }
+  return std::make_unique<NcclCommunicator>(NcclCommunicator(std::move(child)));
 #else
   (void)colour, (void)key, (void)options;
   throw ConfigError(fmt::format("ncclCommSplit needs NCCL 2.18 or newer; this is {}", nccl_version_text()));
@@ -353,86 +632,94 @@ std::unique_ptr<Communicator> NcclCommunicator::do_dup(const CommOptions& option
 
 void NcclCommunicator::enqueue_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op,
                                           cudaStream_t stream) const {
-  enqueue("ncclAllReduce", stream,
-          [&](cudaStream_t s) { return ncclAllReduce(send, recv, count, nccl_type(type), nccl_op(op), comm_, s); });
+  const ncclDataType_t element = nccl_type(type);
+  enqueue("ncclAllReduce", Deadline::of(state("ncclAllReduce").options),
+          [&](ncclComm_t comm) { return ncclAllReduce(send, recv, count, element, nccl_op(op), comm, stream); });
 }
 
 void NcclCommunicator::enqueue_all_to_all(const void* send, void* recv, std::size_t count, DataType type,
                                           cudaStream_t stream) const {
-  const std::size_t bytes = count * size_of(type);
-  enqueue("ncclSend/ncclRecv (all-to-all)", stream, [&](cudaStream_t s) {
-    ncclResult_t code = ncclGroupStart();
-    for (int peer = 0; peer < size_ && (code == ncclSuccess || code == ncclInProgress); ++peer) {
-      const auto offset = bytes * static_cast<std::size_t>(peer);
-      code = ncclSend(static_cast<const std::byte*>(send) + offset, count, nccl_type(type), peer, comm_, s);
-      if (code == ncclSuccess || code == ncclInProgress) {
-        code = ncclRecv(static_cast<std::byte*>(recv) + offset, count, nccl_type(type), peer, comm_, s);
-      }
-    }
-    const ncclResult_t ended = ncclGroupEnd();
-    return code == ncclSuccess || code == ncclInProgress ? ended : code;
+  const ncclDataType_t element = nccl_type(type);
+  enqueue("ncclSend/ncclRecv (all-to-all)", Deadline::of(state("all-to-all").options), [&](ncclComm_t comm) {
+    return all_to_all_calls(send, recv, count, element, count * size_of(type), size_, comm, stream);
   });
 }
 
 void NcclCommunicator::enqueue_all_gather(const void* send, void* recv, std::size_t count, DataType type,
                                           cudaStream_t stream) const {
-  enqueue("ncclAllGather", stream,
-          [&](cudaStream_t s) { return ncclAllGather(send, recv, count, nccl_type(type), comm_, s); });
+  const ncclDataType_t element = nccl_type(type);
+  enqueue("ncclAllGather", Deadline::of(state("ncclAllGather").options),
+          [&](ncclComm_t comm) { return ncclAllGather(send, recv, count, element, comm, stream); });
 }
 
 void NcclCommunicator::enqueue_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
                                               ReduceOp op, cudaStream_t stream) const {
-  enqueue("ncclReduceScatter", stream,
-          [&](cudaStream_t s) { return ncclReduceScatter(send, recv, count, nccl_type(type), nccl_op(op), comm_, s); });
+  const ncclDataType_t element = nccl_type(type);
+  enqueue("ncclReduceScatter", Deadline::of(state("ncclReduceScatter").options),
+          [&](ncclComm_t comm) { return ncclReduceScatter(send, recv, count, element, nccl_op(op), comm, stream); });
 }
 
 void NcclCommunicator::enqueue_broadcast(void* buffer, std::size_t count, DataType type, int root,
                                          cudaStream_t stream) const {
-  enqueue("ncclBroadcast", stream,
-          [&](cudaStream_t s) { return ncclBroadcast(buffer, buffer, count, nccl_type(type), root, comm_, s); });
+  const ncclDataType_t element = nccl_type(type);
+  enqueue("ncclBroadcast", Deadline::of(state("ncclBroadcast").options),
+          [&](ncclComm_t comm) { return ncclBroadcast(buffer, buffer, count, element, root, comm, stream); });
 }
 
 void NcclCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
                                      ReduceOp op) const {
-  if (in_host_memory(send) || in_host_memory(recv)) {
-    // Code written against the Communicator interface (a context comparing its
-    // configuration across ranks) reduces small host buffers: stage them on the device.
-    const std::size_t bytes = count * size_of(type);
-    DeviceScratch staged(device_, bytes);
-    check_cuda(cudaMemcpyAsync(staged.get(), send, bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
-    enqueue_all_reduce(staged.get(), staged.get(), count, type, op, stream_);
-    check_cuda(cudaMemcpyAsync(recv, staged.get(), bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
-    synchronize("ncclAllReduce");
-    return;
-  }
-  enqueue_all_reduce(send, recv, count, type, op, stream_);
-  synchronize("ncclAllReduce");
+  const ncclDataType_t element = nccl_type(type);
+  const std::size_t bytes = count * size_of(type);
+  collective("ncclAllReduce", send, bytes, recv, bytes,
+             [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
+               return ncclAllReduce(from, to, count, element, nccl_op(op), comm, s);
+             });
 }
 
 void NcclCommunicator::do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
-  enqueue_all_to_all(send, recv, count, type, stream_);
-  synchronize("all-to-all");
+  const ncclDataType_t element = nccl_type(type);
+  const std::size_t block = count * size_of(type);
+  const std::size_t bytes = block * static_cast<std::size_t>(size_);
+  collective("ncclSend/ncclRecv (all-to-all)", send, bytes, recv, bytes,
+             [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
+               return all_to_all_calls(from, to, count, element, block, size_, comm, s);
+             });
 }
 
 void NcclCommunicator::do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
-  enqueue_all_gather(send, recv, count, type, stream_);
-  synchronize("ncclAllGather");
+  const ncclDataType_t element = nccl_type(type);
+  const std::size_t block = count * size_of(type);
+  collective("ncclAllGather", send, block, recv, block * static_cast<std::size_t>(size_),
+             [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
+               return ncclAllGather(from, to, count, element, comm, s);
+             });
 }
 
 void NcclCommunicator::do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
                                          ReduceOp op) const {
-  enqueue_reduce_scatter(send, recv, count, type, op, stream_);
-  synchronize("ncclReduceScatter");
+  const ncclDataType_t element = nccl_type(type);
+  const std::size_t block = count * size_of(type);
+  collective("ncclReduceScatter", send, block * static_cast<std::size_t>(size_), recv, block,
+             [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
+               return ncclReduceScatter(from, to, count, element, nccl_op(op), comm, s);
+             });
 }
 
 void NcclCommunicator::do_broadcast(void* buffer, std::size_t count, DataType type, int root) const {
-  enqueue_broadcast(buffer, count, type, root, stream_);
-  synchronize("ncclBroadcast");
+  const ncclDataType_t element = nccl_type(type);
+  const std::size_t bytes = count * size_of(type);
+  collective("ncclBroadcast", buffer, bytes, buffer, bytes,
+             [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
+               return ncclBroadcast(from, to, count, element, root, comm, s);
+             });
 }
 
 void NcclCommunicator::do_barrier() const {
-  enqueue_all_reduce(scratch_, scratch_, 1, DataType::int32, ReduceOp::sum, stream_);
-  synchronize("barrier");
+  const State& s = state("barrier");
+  collective("barrier (ncclAllReduce)", s.scratch, sizeof(std::int32_t), s.scratch, sizeof(std::int32_t),
+             [](const void* from, void* to, ncclComm_t comm, cudaStream_t stream) {
+               return ncclAllReduce(from, to, 1, ncclInt32, ncclSum, comm, stream);
+             });
 }
 
 }  // namespace pcx

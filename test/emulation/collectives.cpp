@@ -178,7 +178,10 @@ ncclResult_t submit(Op op, ncclComm_t comm, cudaStream_t stream, const char* cal
       if (op.count == 0) return ncclSuccess;
       op.tag = "c" + std::to_string(++comm->collectives);
   }
-  if (is_collective(op.kind) && comm->nranks == 1) return launch(Launch{comm, stream, {std::move(op)}}, g.numbered);
+  if (is_collective(op.kind) && comm->nranks == 1) {
+    std::vector<const ncclComm*> alone;  // outside a group the call is an operation of its own
+    return launch(Launch{comm, stream, {std::move(op)}}, g.depth > 0 ? g.numbered : alone);
+  }
   auto it = std::find_if(g.launches.begin(), g.launches.end(),
                          [&](const Launch& l) { return l.comm == comm && l.stream == stream; });
   if (it == g.launches.end()) it = g.launches.insert(g.launches.end(), Launch{comm, stream, {}});

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -206,6 +207,8 @@ void set_sticky_error(cudaError_t error) {
 
 int current_device() { return device_of_thread; }
 
+int machine_device(int device) { return settings().visible[static_cast<std::size_t>(device)]; }
+
 void charge_communicator(int device, int count) {
   Runtime& rt = runtime();
   std::lock_guard lock(rt.mutex);
@@ -236,6 +239,16 @@ cudaError_t cudaGetDevice(int* device) {
   if (device == nullptr) return result(cudaErrorInvalidValue);
   if (const cudaError_t e = no_device()) return result(e);
   *device = device_of_thread;
+  return cudaSuccess;
+}
+
+// The bus id names the machine's device, so two processes that see one device under
+// different numbers (CUDA_VISIBLE_DEVICES) get the same id, as on a real machine.
+cudaError_t cudaDeviceGetPCIBusId(char* bus_id, int length, int device) {
+  if (const cudaError_t e = no_device()) return result(e);
+  if (device < 0 || device >= settings().devices) return result(cudaErrorInvalidDevice);
+  if (bus_id == nullptr || length < 13) return result(cudaErrorInvalidValue);
+  std::snprintf(bus_id, static_cast<std::size_t>(length), "0000:%02x:00.0", 0x10 + machine_device(device));
   return cudaSuccess;
 }
 

@@ -29,7 +29,8 @@ using Clock = std::chrono::steady_clock;
 
 /// The environment, read once (see pcx_emulator.h).
 struct Settings {
-  int devices = 8;
+  int devices = 8;           // visible to this process
+  std::vector<int> visible;  // the machine's device behind each visible one (CUDA_VISIBLE_DEVICES)
   std::size_t device_memory = std::size_t{80} << 30;
   std::size_t comm_memory = std::size_t{64} << 20;
   std::chrono::microseconds launch_delay{2000};
@@ -69,6 +70,9 @@ void set_sticky_error(cudaError_t error);
 
 /// The device current on the calling thread.
 int current_device();
+
+/// The machine's device behind visible device @p device: the same in every process.
+int machine_device(int device);
 
 /// Charges (or, with a negative count, releases) the memory NCCL's buffers of one
 /// communicator take on @p device.

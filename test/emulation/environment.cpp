@@ -2,6 +2,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <string_view>
 #include <algorithm>
 
 #include "emulator.hpp"
@@ -29,6 +31,27 @@ long long read(const char* name, long long fallback, long long smallest, long lo
   return value;
 }
 
+// CUDA_VISIBLE_DEVICES as CUDA reads it: a comma-separated list of the machine's device
+// indices, of which those before the first invalid or repeated entry are visible, in
+// that order (CUDA C Programming Guide, "CUDA Environment Variables"). Unset: all.
+std::vector<int> visible_devices(int machine) {
+  std::vector<int> visible;
+  const char* text = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (text == nullptr) {
+    for (int d = 0; d < machine; ++d) visible.push_back(d);
+    return visible;
+  }
+  std::string_view rest = text;
+  while (!rest.empty()) {
+    const std::string item(rest.substr(0, rest.find(',')));
+    rest.remove_prefix(std::min(rest.size(), item.size() + 1));
+    const long long d = parse_count(item.c_str());
+    if (d < 0 || d >= machine || std::find(visible.begin(), visible.end(), d) != visible.end()) break;
+    visible.push_back(static_cast<int>(d));
+  }
+  return visible;
+}
+
 }  // namespace
 
 long long parse_bytes(const char* text) {
@@ -53,7 +76,9 @@ const Settings& settings() {
   static const Settings values = [] {
     Settings s;
     constexpr long long kTerabyte = 1LL << 40;
-    s.devices = static_cast<int>(read("PCX_EMU_DEVICES", s.devices, 0, 1024, false));
+    const int machine = static_cast<int>(read("PCX_EMU_DEVICES", s.devices, 0, 1024, false));
+    s.visible = visible_devices(machine);
+    s.devices = static_cast<int>(s.visible.size());
     s.device_memory = static_cast<std::size_t>(
         read("PCX_EMU_DEVICE_MEMORY", static_cast<long long>(s.device_memory), 1, kTerabyte, true));
     s.comm_memory = static_cast<std::size_t>(

@@ -164,10 +164,11 @@ ncclResult_t join(ncclComm* comm) {
   }
   std::string error;
   std::vector<int> devices;
-  std::vector<pid_t> pids = rendezvous(comm->id, comm->nranks, comm->rank, comm->device, devices, comm->aborted, error);
+  const int mine = machine_device(comm->device);
+  std::vector<pid_t> pids = rendezvous(comm->id, comm->nranks, comm->rank, mine, devices, comm->aborted, error);
   if (pids.empty()) return comm->aborted.load() ? ncclInvalidUsage : fail(ncclSystemError, error);
   for (int r = 0; r < comm->nranks; ++r) {
-    if (r != comm->rank && devices[static_cast<std::size_t>(r)] == comm->device) {
+    if (r != comm->rank && devices[static_cast<std::size_t>(r)] == mine) {
       return fail(ncclInvalidUsage, "Duplicate GPU detected : rank " + std::to_string(comm->rank) + " and rank " +
                                         std::to_string(r) + " both on CUDA device " + std::to_string(comm->device));
     }

@@ -7,8 +7,9 @@
 // on real CUDA where they are absent.
 //
 // Environment (read once, at the first call, except PCX_EMU_FAULT):
-//   PCX_EMU_DEVICES        visible devices (default 8; 0: cudaGetDeviceCount fails with
-//                          cudaErrorNoDevice)
+//   PCX_EMU_DEVICES        the machine's devices (default 8; 0: cudaGetDeviceCount fails
+//                          with cudaErrorNoDevice); CUDA_VISIBLE_DEVICES selects among them
+//                          as CUDA does, and a device's PCI bus id names the machine's device
 //   PCX_EMU_DEVICE_MEMORY  bytes of each device (default 80G; K, M, G suffixes)
 //   PCX_EMU_COMM_MEMORY    bytes every live communicator charges to its device (default
 //                          64M): a model of NCCL's buffers, not a measurement

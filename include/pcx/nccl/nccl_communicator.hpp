@@ -6,8 +6,9 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <atomic>
+#include <memory>
 #include <optional>
+#include <string>
 
 #include "pcx/communicator.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
@@ -23,31 +24,45 @@ void check_cuda(cudaError_t code, const char* call);
 /// How to build an NCCL world communicator.
 struct NcclWorldOptions {
   /// CUDA device of this rank. Absent: the rank's index on its node (from an MPI
-  /// shared-memory split) modulo the number of visible devices.
+  /// shared-memory split), which must be below the number of visible devices.
   std::optional<int> device;
-  /// Settings of the world communicator (non-blocking deadline, CTAs, name, ...).
+  /// Settings of the world communicator (deadline, CTAs, name, ...).
   CommOptions communicator;
 };
 
-/// A communicator over an `ncclComm_t` on one CUDA device. Owned communicators are
-/// destroyed exactly once (`ncclCommDestroy`), or aborted (`ncclCommAbort`) if an
-/// operation failed or timed out; borrowed ones are never destroyed. Move-only.
+/// A communicator over an `ncclComm_t` on one CUDA device. Move-only; moves allocate
+/// nothing.
 ///
-/// Buffers are device memory of device(); all_reduce() also takes host buffers, which
-/// it stages through device memory (as a ParallelContext does to compare its
-/// configuration across ranks). The collectives of the Communicator interface run on
-/// the communicator's own stream and return once it is done; the `enqueue_*`
-/// functions run on a stream the caller gives and return at once.
-/// Communicators made by split() and dup() use `ncclCommSplit` (collective over
-/// every member, as NCCL requires) and inherit the device.
+/// Lifetime: an owned communicator ends with `ncclCommFinalize`, a wait for it within the
+/// deadline, then `ncclCommDestroy`; one that failed, timed out or was aborted is given
+/// up with `ncclCommAbort` instead, exactly once. Borrowed ones are never finalized,
+/// destroyed or aborted by pcx.
+///
+/// Deadlines: every operation (creation, split, collective, finalization) is bounded by
+/// CommOptions::timeout of this communicator (0: none). Past it, or when NCCL reports an
+/// asynchronous error, the communicator is aborted and Timeout or CommError is thrown;
+/// every later operation throws CommError. abort() may be called from any thread while
+/// another waits in an operation; that operation then throws CommError.
+///
+/// Buffers of the Communicator collectives are device memory of device(), or host
+/// memory, which is staged through device memory (as a ParallelContext does to compare
+/// its configuration across ranks). Those collectives run on the communicator's own
+/// stream and return once it is done; the `enqueue_*` functions run on a stream the
+/// caller gives, take device memory only, and return once NCCL has enqueued the work.
+/// Communicators made by split() and dup() use `ncclCommSplit` (collective over every
+/// member, as NCCL requires) and inherit the device. Every function leaves the caller's
+/// current CUDA device as it found it.
 class NcclCommunicator final : public Communicator {
  public:
   /// Builds the world over @p bootstrap: chooses the device, rank 0 makes the unique
   /// id, MPI broadcasts it, every rank calls `ncclCommInitRankConfig`. Before the
   /// broadcast every rank learns, by one MPI all-reduce, whether all ranks found a
-  /// device, so a failure on any rank fails every rank instead of hanging.
-  /// @throws CommError (no CUDA device, NCCL or MPI failure), Timeout past the
-  ///         deadline, ConfigError for an option this NCCL does not support.
+  /// device and accepted the options, so a failure on any rank fails every rank
+  /// instead of hanging.
+  /// @throws ConfigError on every rank for an option this NCCL does not support or a
+  ///         device that is not there (also: more ranks on a node than visible devices,
+  ///         when no device is given); CommError (no CUDA device, NCCL or MPI failure);
+  ///         Timeout past the deadline.
   [[nodiscard]] static NcclCommunicator create_world(const MpiCommunicator& bootstrap,
                                                      const NcclWorldOptions& options = {});
   /// Initializes one rank of a communicator whose unique id the caller distributed by
@@ -62,12 +77,15 @@ class NcclCommunicator final : public Communicator {
   ///         past the deadline (the half-built communicator is aborted).
   [[nodiscard]] static NcclCommunicator init_rank(const ncclUniqueId& id, int size, int rank, int device,
                                                   const CommOptions& options = {});
-  /// Uses @p comm, which the application owns and destroys, on @p device.
+  /// Uses @p comm, which the application owns, destroys and, after a failure, aborts.
   /// @param comm the application's communicator
   /// @param device its CUDA device
   /// @param stream stream for the collectives; null: a stream this object creates
-  /// @throws CommError if NCCL or CUDA fail to describe @p comm.
-  [[nodiscard]] static NcclCommunicator borrow(ncclComm_t comm, int device, cudaStream_t stream = nullptr);
+  /// @param options name and deadline of the operations (the NCCL settings are @p comm's)
+  /// @throws ConfigError if @p comm is null; CommError if NCCL or CUDA fail to describe
+  ///         @p comm.
+  [[nodiscard]] static NcclCommunicator borrow(ncclComm_t comm, int device, cudaStream_t stream = nullptr,
+                                               const CommOptions& options = {});
 
   /// Takes over @p other's handle, stream and scratch memory; @p other is left empty.
   NcclCommunicator(NcclCommunicator&& other) noexcept;
@@ -75,35 +93,36 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator& operator=(NcclCommunicator&& other) noexcept;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
-  /// Destroys (or, after a failure, aborts) an owned communicator, and frees the
-  /// stream and scratch memory this object made.
+  /// Finalizes and destroys an owned communicator (nothing more after an abort), and
+  /// frees the stream and scratch memory this object made.
   ~NcclCommunicator() override;
 
   [[nodiscard]] int size() const noexcept override { return size_; }
   [[nodiscard]] int rank() const noexcept override { return rank_; }
   /// "nccl".
   [[nodiscard]] std::string_view backend() const noexcept override { return "nccl"; }
-  /// The CUDA device the communicator runs on.
-  [[nodiscard]] int device() const noexcept { return device_; }
+  /// The CUDA device the communicator runs on (-1 for a moved-from object).
+  [[nodiscard]] int device() const noexcept;
   /// The stream the Communicator collectives use.
-  [[nodiscard]] cudaStream_t stream() const noexcept { return stream_; }
-  /// The underlying handle.
-  [[nodiscard]] ncclComm_t native() const noexcept { return comm_; }
+  [[nodiscard]] cudaStream_t stream() const noexcept;
+  /// The underlying handle; null once aborted.
+  [[nodiscard]] ncclComm_t native() const noexcept;
   /// Whether the destructor releases the handle.
-  [[nodiscard]] bool owned() const noexcept { return owned_; }
-  /// Whether an operation failed, so that the destructor aborts instead of destroying.
-  [[nodiscard]] bool failed() const noexcept { return failed_->load(); }
-
-  /// Aborts the communicator now (`ncclCommAbort` if owned): pending operations are
-  /// cancelled, and every later operation throws CommError. Use it when a peer is
-  /// known to be gone; the destructor then has nothing left to release but memory.
-  void abort() noexcept;
+  [[nodiscard]] bool owned() const noexcept;
+  /// The settings this communicator was made with (its deadline and name); empty
+  /// settings for a moved-from object.
+  [[nodiscard]] CommOptions options() const;
+  /// Whether the communicator was aborted, by abort() or after an operation failed or
+  /// timed out; the destructor then releases only memory. Same as aborted().
+  [[nodiscard]] bool failed() const noexcept { return aborted(); }
 
   /// A self communicator whose collectives copy device memory on stream().
   [[nodiscard]] std::unique_ptr<Communicator> self() const override;
 
-  // Collectives on a caller's stream: they return once enqueued. Arguments are
-  // checked by the Communicator functions only; buffers are device memory of device().
+  // Collectives on a caller's stream: they return once enqueued (on a non-blocking
+  // communicator, once NCCL no longer reports ncclInProgress, within the deadline).
+  // Arguments are checked by the Communicator functions only; buffers are device memory
+  // of device().
 
   /// Communicator::all_reduce on @p stream.
   void enqueue_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op,
@@ -119,14 +138,33 @@ class NcclCommunicator final : public Communicator {
   void enqueue_broadcast(void* buffer, std::size_t count, DataType type, int root, cudaStream_t stream) const;
 
  private:
-  NcclCommunicator(ncclComm_t comm, int device, bool owned, cudaStream_t stream);
-  void release() noexcept;
-  // Throws after marking the communicator failed.
-  void check(ncclResult_t code, const char* call) const;
-  // Runs one NCCL call on `stream`, waiting out ncclInProgress of a non-blocking communicator.
+  // The handle and what goes with it. On the heap, so that moves are pointer moves and
+  // NCCL can keep addresses into it (the split's out-pointer, the communicator's name).
+  struct State;
+  // When an operation must be done, and the timeout that set it.
+  struct Deadline;
+
+  explicit NcclCommunicator(std::unique_ptr<State> state);
+  // This communicator's state; throws CommError naming `what` if it was moved from.
+  [[nodiscard]] State& state(std::string_view what) const;
+  // Runs `call(comm)`, one NCCL call, under the handle's lock, and waits until NCCL no
+  // longer reports it in progress.
   template <class Call>
-  void enqueue(const char* what, cudaStream_t stream, Call&& call) const;
-  void synchronize(const char* what) const;
+  void enqueue(std::string_view what, const Deadline& deadline, Call&& call) const;
+  // Polls until NCCL has nothing in progress on this communicator and `stream` (unless
+  // null) is idle; aborts and throws on an error, on abort() or past the deadline.
+  void wait(std::string_view what, cudaStream_t stream, const Deadline& deadline) const;
+  // Aborts, lets the aborted work leave the stream, and throws `error`.
+  template <class E>
+  [[noreturn]] void fail(const E& error) const;
+  // "NCCL communicator "name" (rank r of n)", for messages.
+  [[nodiscard]] std::string describe() const;
+  // One collective of the Communicator interface on stream(), waited for. Host buffers
+  // are staged through device memory: `call(send, recv, comm, stream)` sees device
+  // memory only.
+  template <class Call>
+  void collective(std::string_view what, const void* send, std::size_t send_bytes, void* recv, std::size_t recv_bytes,
+                  Call&& call) const;
 
   [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                        const CommOptions& options) const override;
@@ -137,16 +175,11 @@ class NcclCommunicator final : public Communicator {
   void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
   void do_barrier() const override;
+  void do_abort() const noexcept override;
 
-  ncclComm_t comm_ = nullptr;
-  int device_ = 0;
-  bool owned_ = false;
-  bool owns_stream_ = false;
-  cudaStream_t stream_ = nullptr;
-  void* scratch_ = nullptr;  // one device int for barrier()
+  std::unique_ptr<State> state_;
   int size_ = 0;
   int rank_ = 0;
-  std::unique_ptr<std::atomic<bool>> failed_ = std::make_unique<std::atomic<bool>>(false);
 };
 
 }  // namespace pcx
