@@ -398,6 +398,78 @@ BOOST_AUTO_TEST_CASE(every_collective_matches_a_host_reference) {
   }
 }
 
+// Every collective for one element type, on device memory, against values computed here:
+// rank r contributes r + 1 + i at position i (exact in every type for these sizes).
+template <class T>
+void check_type(const NcclCommunicator& comm, Checks& checks) {
+  const int n = comm.size();
+  const int r = comm.rank();
+  const auto un = static_cast<std::size_t>(n);
+  const int device = comm.device();
+  const std::string type(pcx::to_string(pcx::data_type_of<T>()));
+  const auto value = [](int rank, std::size_t i) { return static_cast<T>(rank + 1 + static_cast<int>(i)); };
+  std::vector<T> mine(2 * un);
+  for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = value(r, i);
+
+  for (const ReduceOp op : {ReduceOp::sum, ReduceOp::max}) {
+    std::vector<T> want(mine.size());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      int total = 0;
+      for (int q = 0; q < n; ++q) total = op == ReduceOp::sum ? total + q + 1 + static_cast<int>(i) : q + 1 + static_cast<int>(i);
+      want[i] = static_cast<T>(total);
+    }
+    DeviceBuffer<T> buffer(device, mine);
+    comm.all_reduce(buffer.span(), op);
+    expect_equal(checks, buffer.host(), want, fmt::format("{} all_reduce {}", type, op == ReduceOp::sum ? "sum" : "max"));
+
+    const DeviceBuffer<T> send(device, mine);
+    const DeviceBuffer<T> block(device, 2);
+    comm.reduce_scatter(std::span<const T>(send.span()), block.span(), op);
+    expect_equal(checks, block.host(), {want[2 * static_cast<std::size_t>(r)], want[2 * static_cast<std::size_t>(r) + 1]},
+                 fmt::format("{} reduce_scatter", type));
+  }
+  std::vector<T> gathered;
+  for (int q = 0; q < n; ++q) gathered.insert(gathered.end(), {value(q, 0), value(q, 1)});
+  const DeviceBuffer<T> pair(device, std::vector<T>{value(r, 0), value(r, 1)});
+  const DeviceBuffer<T> all(device, 2 * un);
+  comm.all_gather(std::span<const T>(pair.span()), all.span());
+  expect_equal(checks, all.host(), gathered, fmt::format("{} all_gather", type));
+
+  std::vector<T> exchanged(2 * un);  // block q comes from rank q, which sent its block r
+  for (std::size_t q = 0; q < un; ++q) {
+    exchanged[2 * q] = value(static_cast<int>(q), 2 * static_cast<std::size_t>(r));
+    exchanged[2 * q + 1] = value(static_cast<int>(q), 2 * static_cast<std::size_t>(r) + 1);
+  }
+  const DeviceBuffer<T> out(device, mine);
+  const DeviceBuffer<T> in(device, 2 * un);
+  comm.all_to_all(std::span<const T>(out.span()), in.span());
+  expect_equal(checks, in.host(), exchanged, fmt::format("{} all_to_all", type));
+
+  DeviceBuffer<T> message(device, mine);
+  comm.broadcast(message.span(), n - 1);
+  std::vector<T> from_last(mine.size());
+  for (std::size_t i = 0; i < from_last.size(); ++i) from_last[i] = value(n - 1, i);
+  expect_equal(checks, message.host(), from_last, fmt::format("{} broadcast", type));
+}
+
+BOOST_AUTO_TEST_CASE(every_collective_of_every_data_type_matches_a_host_reference) {
+  const CallerDevice caller;
+  Checks checks;
+  checks.run("create_world", [&] {
+    const NcclCommunicator world = nccl_world(non_blocking());
+    check_type<std::int8_t>(world, checks);
+    check_type<std::uint8_t>(world, checks);
+    check_type<std::int32_t>(world, checks);
+    check_type<std::uint32_t>(world, checks);
+    check_type<std::int64_t>(world, checks);
+    check_type<std::uint64_t>(world, checks);
+    check_type<float>(world, checks);
+    check_type<double>(world, checks);
+  });
+  caller.check(checks, "the collectives of every type");
+  BOOST_TEST(everyone(checks.ok()));
+}
+
 BOOST_AUTO_TEST_CASE(moves_keep_one_handle) {
   const CallerDevice caller;
   Checks checks;
