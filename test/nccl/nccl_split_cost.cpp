@@ -2,6 +2,7 @@
 // splitShare, and what a whole ParallelContext over NCCL costs. Prints a table on
 // rank 0. Exits 77 where no CUDA device is visible.
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -70,12 +71,16 @@ int main(int argc, char* argv[]) {
     const Cost plain = split_with(false);
     const Cost shared = split_with(true);
     pcx::ParallelConfig config;
+    config.world_size = world.size();
     config.expert_parallel_sizes = {world.size()};
     config.zero_hpz_size = world.size();
     const Cost context = measure(mpi, 3, [&] { return std::make_unique<pcx::ParallelContext>(world, config); });
     if (mpi.rank() == 0) {
-      std::printf("NCCL %d.%d.%d, %d rank(s), device %d\n", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH, world.size(),
-                  world.device());
+      // On the host emulator device memory is its model (PCX_EMU_COMM_MEMORY per
+      // communicator), not a measurement, and times are the emulator's.
+      const bool emulated = dlsym(RTLD_DEFAULT, "pcxemu_live_communicators") != nullptr;
+      std::printf("NCCL %d.%d.%d, %d rank(s), device %d%s\n", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH, world.size(),
+                  world.device(), emulated ? " (host emulator: device memory is its model, times are not GPU times)" : "");
       std::printf("%-44s %12s %16s\n", "what", "median ms", "device MiB each");
       std::printf("%-44s %12.2f %16.1f\n", "ncclCommSplit, splitShare off", plain.milliseconds, plain.mebibytes);
       std::printf("%-44s %12.2f %16.1f\n", "ncclCommSplit, splitShare on", shared.milliseconds, shared.mebibytes);
