@@ -45,13 +45,13 @@
 #if PCX_WITH_NCCL
 #include <cuda_runtime.h>
 
+#include "../common/nccl_devices.hpp"
 #include "pcx/nccl/nccl_communicator.hpp"
 #endif
 
 namespace {
 
 constexpr int kMismatch = 1;
-constexpr int kSkipped = 77;
 constexpr const char* kProgram = "two_contexts";
 constexpr std::size_t kValues = 4;  // values per rank and block in every collective
 constexpr int kMaxReportedMismatches = 10;
@@ -366,21 +366,7 @@ int run_contexts(const Options& options, const pcx::Communicator& world, const p
 // Both contexts over an NCCL world, or an exit status when it cannot be had. Every rank
 // takes the same branch: the outcome is agreed over MPI first.
 int run_on_nccl(const Options& options, const pcx::MpiCommunicator& control) {
-  const int rank = control.rank();
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
-    (void)cudaGetLastError();
-    devices = 0;
-  }
-  std::int32_t without[] = {devices > 0 ? 0 : 1};
-  control.all_reduce(std::span<std::int32_t>(without), pcx::ReduceOp::sum);
-  if (without[0] != 0) {
-    if (rank == 0) {
-      fmt::print(stderr, "{}: skipped: --backend nccl needs a CUDA device on every rank; {} of {} ranks have none\n",
-                 kProgram, without[0], control.size());
-    }
-    return kSkipped;
-  }
+  if (!pcx::samples::every_rank_has_a_device(control, kProgram)) return pcx::samples::kSkipped;
   // create_world agrees on every rank's device before it builds anything, so a
   // ConfigError (more ranks on a node than devices) arrives on every rank alike.
   const pcx::NcclCommunicator world = pcx::NcclCommunicator::create_world(control);
