@@ -4,10 +4,17 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
-#include <iostream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
 #include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
 #include <vector>
 
 #include "pcx/error.hpp"
@@ -16,50 +23,162 @@
 
 namespace {
 
-// Listing every group of a larger world would print more than anyone reads and
-// take memory in proportion; a real cluster is far smaller.
+// Listing every group of a larger world would print more than anyone reads; a real
+// cluster is far smaller.
 constexpr int kMaxListedWorld = 1 << 24;
 // Beyond this a picture of one cell per rank is no longer readable.
 constexpr int kMaxDrawnWorld = 4096;
+// The most pcx-plan writes. A full listing of 2^24 ranks with two expert sizes, hpZ and
+// nodes is about 1.5 GiB; far more means a mistake (hundreds of expert sizes) that would
+// fill a disk.
+constexpr std::uint64_t kMaxOutputBytes = std::uint64_t{4} << 30;
 constexpr int kUsageError = 2;
+constexpr int kFailure = 1;
 
-nlohmann::ordered_json to_json(const pcx::Topology& topology, std::optional<int> rank) {
-  nlohmann::ordered_json out;
-  out["world_size"] = topology.world_size();
-  if (rank) out["rank"] = *rank;
-  auto& groups = out["groups"] = nlohmann::ordered_json::object();
-  for (const pcx::GroupView& view : topology.views()) {
-    groups[view.id.name()] =
-        rank ? nlohmann::ordered_json(view.layout.group_of(*rank)) : nlohmann::ordered_json(view.layout.groups());
+/// stdout could not be written (a full disk, a closed descriptor).
+class WriteError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Everything pcx-plan prints on stdout: a buffer of bounded size in front of the file,
+/// so that memory does not grow with the listing, and every write checked.
+class Output {
+ public:
+  template <typename... T>
+  void print(fmt::format_string<T...> format, T&&... args) {
+    fmt::format_to(std::back_inserter(buffer_), format, std::forward<T>(args)...);
+    if (buffer_.size() >= kFlushAt) drain();
   }
-  return out;
+
+  void put(std::string_view text) {
+    buffer_.append(text.data(), text.data() + text.size());
+    if (buffer_.size() >= kFlushAt) drain();
+  }
+
+  /// The members of group @p colour, ascending, one at a time: a group may hold the
+  /// whole world.
+  void members(const pcx::GroupLayout& layout, int colour, char separator) {
+    for (int i = 0; i < layout.group_size(); ++i) {
+      if (i > 0) buffer_.push_back(separator);
+      const fmt::format_int text(layout.global_rank(colour, i));
+      buffer_.append(text.data(), text.data() + text.size());
+      if (buffer_.size() >= kFlushAt) drain();
+    }
+  }
+
+  /// Writes what is left and flushes; throws WriteError if any byte did not reach the file.
+  void finish() {
+    drain();
+    if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) fail();
+  }
+
+ private:
+  static constexpr std::size_t kFlushAt = std::size_t{1} << 16;
+
+  void drain() {
+    if (std::fwrite(buffer_.data(), 1, buffer_.size(), stdout) != buffer_.size()) fail();
+    buffer_.clear();
+  }
+  [[noreturn]] static void fail() {
+    throw WriteError(fmt::format("cannot write output: {}", std::generic_category().message(errno)));
+  }
+
+  fmt::memory_buffer buffer_;
+};
+
+/// A line on stderr; if even that fails, there is nobody left to tell.
+void report(const std::string& line) { std::fputs(line.c_str(), stderr); }
+
+std::uint64_t decimal_digits(std::uint64_t n) {
+  std::uint64_t digits = 1;
+  for (; n >= 10; n /= 10) ++digits;
+  return digits;
 }
 
-void print_table(const pcx::Topology& topology, std::optional<int> rank) {
-  const pcx::ParallelConfig& config = topology.config();
-  fmt::print("world {} = pipeline {} x data {} x tensor {}", topology.world_size(), topology.pipeline_parallel_size(),
-             topology.data_parallel_size(), topology.tensor_parallel_size());
-  if (!config.expert_parallel_sizes.empty()) {
-    fmt::print(", experts {} ({})", fmt::join(config.expert_parallel_sizes, ","), to_string(config.expert_order));
+/// The digits of 0, 1, ..., world - 1 written out.
+std::uint64_t digits_below(std::uint64_t world) {
+  std::uint64_t total = 0;
+  for (std::uint64_t low = 0, high = 10, digits = 1; low < world; low = high, high *= 10, ++digits) {
+    total += (std::min(high, world) - low) * digits;
   }
-  fmt::print("\n");
+  return total;
+}
+
+/// An upper bound on the bytes the table or JSON listing prints, in O(kinds): every kind
+/// of a full listing names each rank once; a rank's listing names one group per kind.
+std::uint64_t listing_bytes(const pcx::Topology& topology, std::optional<int> rank, bool json) {
+  const auto world = static_cast<std::uint64_t>(topology.world_size());
+  std::uint64_t bytes = 256;  // the header line, or JSON's world size and rank
+  for (const pcx::GroupView& view : topology.views()) {
+    const auto count = static_cast<std::uint64_t>(view.layout.group_count());
+    const auto size = static_cast<std::uint64_t>(view.layout.group_size());
+    bytes += view.id.name().size() + 64;  // the kind's heading, or its JSON key
+    if (rank) {
+      bytes += size * (decimal_digits(world - 1) + 1);
+    } else {
+      // Each member with its separator; each group its brackets, or the table's
+      // "  1234: " and newline.
+      const std::uint64_t per_group = json ? 2 : 5 + std::max<std::uint64_t>(4, decimal_digits(count));
+      bytes += digits_below(world) + world + count * per_group;
+    }
+  }
+  return bytes;
+}
+
+void print_json(Output& out, const pcx::Topology& topology, std::optional<int> rank) {
+  // The same document nlohmann::ordered_json::dump() gave when it held the whole tree.
+  out.print("{{\"world_size\":{}", topology.world_size());
+  if (rank) out.print(",\"rank\":{}", *rank);
+  out.put(",\"groups\":{");
+  bool first_kind = true;
+  for (const pcx::GroupView& view : topology.views()) {
+    const pcx::GroupLayout& layout = view.layout;
+    out.print("{}{}:", first_kind ? "" : ",", nlohmann::json(view.id.name()).dump());
+    first_kind = false;
+    out.put("[");
+    if (rank) {
+      out.members(layout, layout.colour(*rank), ',');
+    } else {
+      for (int colour = 0; colour < layout.group_count(); ++colour) {
+        out.put(colour == 0 ? "[" : ",[");
+        out.members(layout, colour, ',');
+        out.put("]");
+      }
+    }
+    out.put("]");
+  }
+  out.put("}}\n");
+}
+
+void print_table(Output& out, const pcx::Topology& topology, std::optional<int> rank) {
+  const pcx::ParallelConfig& config = topology.config();
+  out.print("world {} = pipeline {} x data {} x tensor {}", topology.world_size(), topology.pipeline_parallel_size(),
+            topology.data_parallel_size(), topology.tensor_parallel_size());
+  if (!config.expert_parallel_sizes.empty()) {
+    out.print(", experts {} ({})", fmt::join(config.expert_parallel_sizes, ","), to_string(config.expert_order));
+  }
+  out.put("\n");
   if (rank) {
-    fmt::print("rank {}\n{:<26} {:>12} {:>12}  members\n", *rank, "kind", "group", "group rank");
+    out.print("rank {}\n{:<26} {:>12} {:>12}  members\n", *rank, "kind", "group", "group rank");
     for (const pcx::GroupView& view : topology.views()) {
       const pcx::GroupLayout& layout = view.layout;
-      fmt::print("{:<26} {:>12} {:>12}  {}\n", view.id.name(),
-                 fmt::format("{} of {}", layout.colour(*rank), layout.group_count()),
-                 fmt::format("{} of {}", layout.group_rank(*rank), layout.group_size()),
-                 fmt::join(layout.group_of(*rank), " "));
+      out.print("{:<26} {:>12} {:>12}  ", view.id.name(),
+                fmt::format("{} of {}", layout.colour(*rank), layout.group_count()),
+                fmt::format("{} of {}", layout.group_rank(*rank), layout.group_size()));
+      out.members(layout, layout.colour(*rank), ' ');
+      out.put("\n");
     }
     return;
   }
   for (const pcx::GroupView& view : topology.views()) {
     const pcx::GroupLayout& layout = view.layout;
-    fmt::print("\n{}: {} group{} of {}\n", view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s",
-               layout.group_size());
+    out.print("\n{}: {} group{} of {}\n", view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s",
+              layout.group_size());
     for (int colour = 0; colour < layout.group_count(); ++colour) {
-      fmt::print("  {:>4}: {}\n", colour, fmt::join(layout.group(colour), " "));
+      out.print("  {:>4}: ", colour);
+      out.members(layout, colour, ' ');
+      out.put("\n");
     }
   }
 }
@@ -88,7 +207,7 @@ const pcx::GroupView& colouring_view(const pcx::Topology& topology, const std::s
 
 // Ranks as cells, one row per node, filled by the colour of their group; with a rank
 // given, the members of its group are outlined.
-void print_svg(const pcx::Topology& topology, const pcx::GroupView& view, std::optional<int> rank) {
+void print_svg(Output& out, const pcx::Topology& topology, const pcx::GroupView& view, std::optional<int> rank) {
   constexpr int kCell = 44;
   constexpr int kMargin = 16;
   constexpr int kTitle = 52;
@@ -100,18 +219,18 @@ void print_svg(const pcx::Topology& topology, const pcx::GroupView& view, std::o
   const pcx::GroupLayout& layout = view.layout;
   const std::vector<int> highlighted = rank ? layout.group_of(*rank) : std::vector<int>{};
 
-  fmt::print(
+  out.print(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
       "font-family=\"sans-serif\" font-size=\"12\">\n",
       width, height);
-  fmt::print("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-  fmt::print("<text x=\"{}\" y=\"22\" font-size=\"15\">world {} = pipeline {} x data {} x tensor {}</text>\n", kMargin,
-             world, topology.pipeline_parallel_size(), topology.data_parallel_size(), topology.tensor_parallel_size());
-  fmt::print("<text x=\"{}\" y=\"42\">coloured by {}: {} group{} of {}; cell: rank / group</text>\n", kMargin,
-             view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s", layout.group_size());
+  out.put("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+  out.print("<text x=\"{}\" y=\"22\" font-size=\"15\">world {} = pipeline {} x data {} x tensor {}</text>\n", kMargin,
+            world, topology.pipeline_parallel_size(), topology.data_parallel_size(), topology.tensor_parallel_size());
+  out.print("<text x=\"{}\" y=\"42\">coloured by {}: {} group{} of {}; cell: rank / group</text>\n", kMargin,
+            view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s", layout.group_size());
   for (int row = 0; row < rows; ++row) {
     const int y = kTitle + row * kCell;
-    fmt::print("<text x=\"{}\" y=\"{}\">node {}</text>\n", kMargin, y + kCell / 2 + 4, row);
+    out.print("<text x=\"{}\" y=\"{}\">node {}</text>\n", kMargin, y + kCell / 2 + 4, row);
   }
   for (int r = 0; r < world; ++r) {
     const int x = kMargin + 64 + (r % per_row) * kCell;
@@ -121,21 +240,23 @@ void print_svg(const pcx::Topology& topology, const pcx::GroupView& view, std::o
     const double hue = 360.0 * colour / layout.group_count();
     const int lightness = colour % 2 == 0 ? 72 : 58;
     const bool outlined = std::ranges::binary_search(highlighted, r);
-    fmt::print(
+    out.print(
         "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"4\" fill=\"hsl({:.0f},65%,{}%)\" "
         "stroke=\"{}\" stroke-width=\"{}\"/>\n",
         x + 2, y + 2, kCell - 4, kCell - 4, hue, lightness, outlined ? "black" : "#555", outlined ? 3 : 1);
-    fmt::print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", x + kCell / 2, y + 20, r);
-    fmt::print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">g{}</text>\n", x + kCell / 2, y + 34,
-               colour);
+    out.print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", x + kCell / 2, y + 20, r);
+    out.print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">g{}</text>\n", x + kCell / 2, y + 34,
+              colour);
   }
-  fmt::print("</svg>\n");
+  out.put("</svg>\n");
 }
 
 int run(const std::vector<std::string>& args) {
   const pcx::cli::PlanOptions options = pcx::cli::parse_plan_options(args);
+  Output out;
   if (options.help) {
-    std::cout << pcx::cli::help_text("pcx-plan");
+    out.put(pcx::cli::help_text("pcx-plan"));
+    out.finish();
     return 0;
   }
   const pcx::Topology topology(options.config);
@@ -147,18 +268,32 @@ int run(const std::vector<std::string>& args) {
     throw pcx::ConfigError(fmt::format("--world: {} is more than pcx-plan lists (at most {} ranks)",
                                        topology.world_size(), kMaxListedWorld));
   }
-  for (const std::string& note : topology.clamp_notes()) fmt::print(stderr, "pcx-plan: note: {}\n", note);
-  if (options.format == pcx::cli::Format::svg) {
-    if (topology.world_size() > kMaxDrawnWorld) {
-      throw pcx::ConfigError(fmt::format("--format svg: {} ranks are more than a picture shows (at most {})",
-                                         topology.world_size(), kMaxDrawnWorld));
-    }
-    print_svg(topology, colouring_view(topology, options.colour_by), options.rank);
-  } else if (options.format == pcx::cli::Format::json) {
-    std::cout << to_json(topology, options.rank).dump() << '\n';
-  } else {
-    print_table(topology, options.rank);
+  // Every refusal comes before the first byte of output and the first note.
+  const bool svg = options.format == pcx::cli::Format::svg;
+  const bool json = options.format == pcx::cli::Format::json;
+  if (svg && topology.world_size() > kMaxDrawnWorld) {
+    throw pcx::ConfigError(fmt::format("--format svg: {} ranks are more than a picture shows (at most {})",
+                                       topology.world_size(), kMaxDrawnWorld));
   }
+  const pcx::GroupView* colouring = svg ? &colouring_view(topology, options.colour_by) : nullptr;
+  if (const std::uint64_t bytes = svg ? 0 : listing_bytes(topology, options.rank, json); bytes > kMaxOutputBytes) {
+    constexpr double kGiB = 1 << 30;
+    throw pcx::ConfigError(
+        fmt::format("--format {}: this listing would be up to {} bytes ({:.1f} GiB), over pcx-plan's limit of {} "
+                    "bytes ({:.0f} GiB); {}",
+                    json ? "json" : "table", bytes, static_cast<double>(bytes) / kGiB, kMaxOutputBytes,
+                    static_cast<double>(kMaxOutputBytes) / kGiB,
+                    options.rank ? "list fewer expert parallel sizes" : "list one rank's groups with --rank R"));
+  }
+  for (const std::string& note : topology.clamp_notes()) report(fmt::format("pcx-plan: note: {}\n", note));
+  if (svg) {
+    print_svg(out, topology, *colouring, options.rank);
+  } else if (json) {
+    print_json(out, topology, options.rank);
+  } else {
+    print_table(out, topology, options.rank);
+  }
+  out.finish();
   return 0;
 }
 
@@ -168,10 +303,13 @@ int main(int argc, char** argv) {
   try {
     return run(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const pcx::Error& e) {
-    fmt::print(stderr, "pcx-plan: error: {}\n", e.what());
+    report(fmt::format("pcx-plan: error: {}\n", e.what()));
     return kUsageError;
+  } catch (const WriteError& e) {
+    report(fmt::format("pcx-plan: error: {}\n", e.what()));
+    return kFailure;
   } catch (const std::bad_alloc&) {
-    fmt::print(stderr, "pcx-plan: error: out of memory\n");
-    return 1;
+    report("pcx-plan: error: out of memory\n");
+    return kFailure;
   }
 }

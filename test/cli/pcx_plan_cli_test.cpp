@@ -5,7 +5,13 @@
 // exit status, both streams and, for JSON, the full structure of the output. Group
 // lists are checked three ways: against the SPEC's rank formulas (an oracle written
 // here, independent of the library), against the library's Topology (exact order),
-// and against the seed's golden tables in test/data/seed_golden.md.
+// and against the seed's golden tables in test/data/seed_golden.md. The JSON text is
+// also compared byte for byte with nlohmann's dump() of the whole document, which is
+// what pcx-plan printed before it streamed.
+//
+// The output suite sends stdout elsewhere (/dev/null, /dev/full, a closed descriptor, a
+// pipe nobody reads) and, for its memory check only, runs pcx-plan under /bin/sh's
+// `ulimit -v`.
 
 #define BOOST_TEST_MODULE pcx_plan_cli
 #include <boost/test/unit_test.hpp>
@@ -44,6 +50,15 @@
 #include "pcx/topology.hpp"
 
 extern char** environ;
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PCX_HAS_ADDRESS_SANITIZER 1
+#endif
+#endif
+#ifndef PCX_HAS_ADDRESS_SANITIZER
+#define PCX_HAS_ADDRESS_SANITIZER 0
+#endif
 
 namespace {
 
@@ -113,6 +128,11 @@ class SpawnActions {
       throw_errno(rc, "posix_spawn_file_actions_addopen");
     }
   }
+  void close(int fd) {
+    if (const int rc = ::posix_spawn_file_actions_addclose(&actions_, fd); rc != 0) {
+      throw_errno(rc, "posix_spawn_file_actions_addclose");
+    }
+  }
   void dup2(int from, int to) {
     if (const int rc = ::posix_spawn_file_actions_adddup2(&actions_, from, to); rc != 0) {
       throw_errno(rc, "posix_spawn_file_actions_adddup2");
@@ -145,20 +165,42 @@ struct Outcome {
   }
 };
 
-/// Runs pcx-plan with @p args: stdin from /dev/null, stdout and stderr into pipes read
-/// concurrently (so neither can fill up and block the child) until both are closed.
-Outcome run_plan(const std::vector<std::string>& args, std::chrono::milliseconds limit = 60s) {
+/// Where a run's stdout goes.
+enum class Stdout {
+  pipe,         // read into Outcome::out
+  dev_null,     // /dev/null: for large listings whose text is not checked
+  dev_full,     // every write fails with ENOSPC
+  closed,       // no descriptor 1 at all
+  reader_gone,  // a pipe whose read end is closed as soon as the child starts
+};
+
+/// Runs pcx-plan with @p args: stdin from /dev/null, stdout as @p to, stderr into a pipe;
+/// the pipes are read concurrently (so neither can fill up and block the child) until
+/// both are closed. With @p address_space_kib, pcx-plan runs under `ulimit -v` (through
+/// /bin/sh, which sets the limit and execs it): its memory, and not the test's, is limited.
+Outcome run_plan(const std::vector<std::string>& args, Stdout to = Stdout::pipe,
+                 std::optional<long> address_space_kib = std::nullopt, std::chrono::milliseconds limit = 60s) {
+  constexpr std::array<std::string_view, 5> kStdoutNames{"", " >/dev/null", " >/dev/full", " >&-", " | (closed)"};
   Outcome outcome;
-  outcome.command = fmt::format("pcx-plan {}", fmt::join(args, " "));
+  outcome.command = fmt::format("pcx-plan {}{}", fmt::join(args, " "), kStdoutNames.at(static_cast<std::size_t>(to)));
 
   Pipe out_pipe, err_pipe;
   SpawnActions actions;
   actions.open(STDIN_FILENO, "/dev/null", O_RDONLY);
-  actions.dup2(out_pipe.write_end.get(), STDOUT_FILENO);
+  switch (to) {
+    case Stdout::pipe:
+    case Stdout::reader_gone: actions.dup2(out_pipe.write_end.get(), STDOUT_FILENO); break;
+    case Stdout::dev_null: actions.open(STDOUT_FILENO, "/dev/null", O_WRONLY); break;
+    case Stdout::dev_full: actions.open(STDOUT_FILENO, "/dev/full", O_WRONLY); break;
+    case Stdout::closed: actions.close(STDOUT_FILENO); break;
+  }
   actions.dup2(err_pipe.write_end.get(), STDERR_FILENO);
 
   std::vector<std::string> storage;
-  storage.reserve(args.size() + 1);
+  if (address_space_kib) {
+    storage = {"/bin/sh", "-c", fmt::format("ulimit -v {} && exec \"$0\" \"$@\"", *address_space_kib)};
+    outcome.command = fmt::format("ulimit -v {}; {}", *address_space_kib, outcome.command);
+  }
   storage.emplace_back(kPlanPath);
   storage.insert(storage.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -173,12 +215,15 @@ Outcome run_plan(const std::vector<std::string>& args, std::chrono::milliseconds
   // Only the child may hold the write ends, or the reads below never see end of file.
   out_pipe.write_end.reset();
   err_pipe.write_end.reset();
+  if (to == Stdout::reader_gone) out_pipe.read_end.reset();
 
-  std::array<pollfd, 2> fds{{{out_pipe.read_end.get(), POLLIN, 0}, {err_pipe.read_end.get(), POLLIN, 0}}};
+  // A pipe that is not read has fd -1 here, which poll ignores.
+  const int out_fd = to == Stdout::pipe ? out_pipe.read_end.get() : -1;
+  std::array<pollfd, 2> fds{{{out_fd, POLLIN, 0}, {err_pipe.read_end.get(), POLLIN, 0}}};
   const std::array<std::string*, 2> sinks{&outcome.out, &outcome.err};
   std::array<char, 1 << 16> buffer{};
   const auto deadline = std::chrono::steady_clock::now() + limit;
-  int open = 2;
+  int open = out_fd < 0 ? 1 : 2;
   while (open > 0) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
@@ -324,6 +369,30 @@ std::string expected_notes(const pcx::ParallelConfig& c) {
   return notes;
 }
 
+/// The JSON document as pcx-plan wrote it before it streamed: the whole tree built as an
+/// nlohmann::ordered_json and dumped. The streamed output must equal it byte for byte.
+std::string reference_json(const pcx::ParallelConfig& c, std::optional<int> rank) {
+  const pcx::Topology topology(c);
+  Json out;
+  out["world_size"] = topology.world_size();
+  if (rank) out["rank"] = *rank;
+  auto& groups = out["groups"] = Json::object();
+  for (const pcx::GroupView& view : topology.views()) {
+    groups[view.id.name()] = rank ? Json(view.layout.group_of(*rank)) : Json(view.layout.groups());
+  }
+  return out.dump() + '\n';
+}
+
+/// Requires @p o's stdout to be reference_json(c, rank), naming the first difference.
+void check_same_json(const Outcome& o, const pcx::ParallelConfig& c, std::optional<int> rank) {
+  const std::string want = reference_json(c, rank);
+  const auto [got_at, want_at] = std::ranges::mismatch(o.out, want);
+  const auto at = static_cast<std::size_t>(got_at - o.out.begin());
+  BOOST_CHECK_MESSAGE(o.out == want, o.command << ": JSON differs from nlohmann's dump() at byte " << at << " of "
+                                               << want.size() << ": got '" << o.out.substr(at, 40) << "', expected '"
+                                               << want.substr(at, 40) << "'");
+}
+
 Json parse_json(const Outcome& o) {
   BOOST_CHECK_MESSAGE(!o.out.empty() && o.out.back() == '\n' && std::ranges::count(o.out, '\n') == 1,
                       "JSON output should be one line: " << o.describe());
@@ -399,12 +468,14 @@ void check_rank_listing(const pcx::ParallelConfig& c, int rank, const Json& j,
 void check_config(const pcx::ParallelConfig& c, int rank) {
   const Outcome full = run_ok(with(to_args(c), {"--format", "json"}));
   BOOST_CHECK_MESSAGE(full.err == expected_notes(c), "unexpected stderr: " << full.describe());
+  check_same_json(full, c, std::nullopt);
   const auto listed = check_full_listing(c, parse_json(full));
   std::vector<std::string> order;
   for (const auto& kind : spec_layout(c)) order.push_back(kind.first);
 
   const Outcome one = run_ok(with(to_args(c), {"--format", "json", "--rank", std::to_string(rank)}));
   BOOST_CHECK_MESSAGE(one.err == expected_notes(c), "unexpected stderr: " << one.describe());
+  check_same_json(one, c, rank);
   check_rank_listing(c, rank, parse_json(one), listed, order);
 }
 
@@ -587,6 +658,7 @@ BOOST_AUTO_TEST_CASE(agrees_with_topology_on_random_configurations) {
       const pcx::Topology topology(c);
       const Outcome full = run_ok(with(to_args(c), {"--format", "json"}));
       BOOST_CHECK_MESSAGE(full.err == expected_notes(c), "unexpected stderr: " << full.describe());
+      check_same_json(full, c, std::nullopt);
       const Json j = parse_json(full);
       check_full_listing(c, j);  // structure, and the SPEC's formulas
       std::vector<std::string> names;
@@ -603,6 +675,7 @@ BOOST_AUTO_TEST_CASE(agrees_with_topology_on_random_configurations) {
       }
 
       const Outcome one = run_ok(with(to_args(c), {"--format", "json", "--rank", std::to_string(rank)}));
+      check_same_json(one, c, rank);
       const Json k = parse_json(one);
       for (const pcx::GroupView& view : topology.views()) {
         const std::string name = view.id.name();
@@ -759,6 +832,98 @@ BOOST_AUTO_TEST_CASE(choices_and_ranges) {
 BOOST_AUTO_TEST_CASE(missing_value_before_another_flag) {
   check_usage_error({"--world", "8", "--tp", "--pp", "2"}, {"--tp"});
   check_usage_error({"--world", "--tp", "2"}, {"--world"});
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------
+// Large listings, the output limit, and write errors
+
+BOOST_AUTO_TEST_SUITE(output)
+
+// Several times the 64 KiB pcx-plan buffers, so the document is written in many pieces.
+BOOST_AUTO_TEST_CASE(large_json_is_the_same_document) {
+  const pcx::ParallelConfig c = config(65536, 8, 4, {8, 64}, pcx::ExpertOrder::data_first, 8, 8);
+  check_same_json(run_ok(with(to_args(c), {"--format", "json"})), c, std::nullopt);
+  check_same_json(run_ok(with(to_args(c), {"--format", "json", "--rank", "40000"})), c, 40000);
+}
+
+// 2^21 ranks in eleven kinds is about 175 MB of JSON, which pcx-plan once held as a tree of
+// about 1 GB; streamed, it runs in 128 MiB of address space (libraries included) whatever
+// the world size.
+BOOST_AUTO_TEST_CASE(memory_does_not_grow_with_the_listing) {
+#if defined(__SANITIZE_ADDRESS__) || PCX_HAS_ADDRESS_SANITIZER
+  BOOST_TEST_MESSAGE("skipped: AddressSanitizer reserves far more address space than any ulimit -v allows");
+#else
+  constexpr long kAddressSpaceKib = 128 * 1024;
+  const pcx::ParallelConfig c = config(1 << 21, 8, 4, {8, 64}, pcx::ExpertOrder::expert_first, 8, 8);
+  const std::vector<std::vector<std::string>> formats{
+      {"--format", "json"}, {"--format", "table"}, {"--format", "json", "--rank", "1234567"}};
+  for (const std::vector<std::string>& format : formats) {
+    std::vector<std::string> args = to_args(c);
+    args.insert(args.end(), format.begin(), format.end());
+    const Outcome o = run_plan(args, Stdout::dev_null, kAddressSpaceKib);
+    BOOST_TEST_CONTEXT(o.describe()) {
+      BOOST_TEST(o.exited_with(0));
+      BOOST_TEST(o.err.empty());
+    }
+  }
+#endif
+}
+
+// 2^24 ranks with every power of two as an expert parallel size: 54 kinds, about 7 GiB.
+// Refused from arithmetic on the sizes, before any note or byte of output, in no time.
+BOOST_AUTO_TEST_CASE(a_listing_over_the_limit_is_refused_before_anything_is_written) {
+  std::vector<int> eps;
+  for (int ep = 1; ep <= 1 << 24; ep *= 2) eps.push_back(ep);
+  const std::vector<std::string> huge{"--world",    "16777216", "--ep", fmt::format("{}", fmt::join(eps, ",")),
+                                      "--zero-hpz", "33554432"};  // clamped: a note, were it listed
+  for (const std::string format : {"json", "table"}) {
+    const auto start = std::chrono::steady_clock::now();
+    check_usage_error(with(huge, {"--format", format}), {"--format " + format, "GiB", "4294967296", "--rank"});
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    BOOST_TEST(took.count() < 10000, "refusing took " << took.count() << " ms");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_full_disk_is_an_error) {
+  const std::string full = "pcx-plan: error: cannot write output: No space left on device\n";
+  const std::vector<std::vector<std::string>> cases{
+      {"--world", "8", "--format", "json"},  // one buffer: the final flush fails
+      {"--world", "8", "--format", "json", "--rank", "3"},
+      {"--world", "8"},
+      {"--world", "65536", "--tp", "8", "--ep", "8", "--format", "json"},  // fails after the first 64 KiB
+      {"--world", "65536", "--tp", "8", "--ep", "8"},
+      {"--world", "64", "--format", "svg"},
+      {"--help"},
+  };
+  for (const std::vector<std::string>& args : cases) {
+    const Outcome o = run_plan(args, Stdout::dev_full);
+    BOOST_TEST_CONTEXT(o.describe()) {
+      BOOST_TEST(o.exited_with(1));
+      BOOST_TEST(o.err == full);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_closed_stdout_is_an_error) {
+  const std::string prefix = "pcx-plan: error: cannot write output: ";
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"--world", "8", "--format", "json"},
+                                               std::vector<std::string>{"--world", "65536", "--tp", "8"}}) {
+    const Outcome o = run_plan(args, Stdout::closed);
+    BOOST_TEST_CONTEXT(o.describe()) {
+      BOOST_TEST(o.exited_with(1));
+      BOOST_TEST(o.err.starts_with(prefix));
+      BOOST_TEST(std::ranges::count(o.err, '\n') == 1);
+    }
+  }
+  // A reader that goes away mid-listing (more than a pipe holds): SIGPIPE ends pcx-plan as
+  // it ends any filter in a shell pipeline, or, where SIGPIPE is ignored, exit 1 with the
+  // message. Never exit 0.
+  const Outcome o = run_plan({"--world", "65536", "--tp", "8"}, Stdout::reader_gone);
+  BOOST_TEST_CONTEXT(o.describe()) {
+    BOOST_TEST((o.signal == SIGPIPE || (o.exited_with(1) && o.err.starts_with(prefix))));
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
