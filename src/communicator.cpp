@@ -14,6 +14,26 @@ void check_buffer(const void* buffer, std::size_t count, std::string_view what) 
   }
 }
 
+// Checked here once, so that every backend switches over valid values only.
+void check_op(ReduceOp op) {
+  if (op != ReduceOp::sum && op != ReduceOp::max) {
+    throw ConfigError(fmt::format("reduce operation {} is not a pcx::ReduceOp", static_cast<int>(op)));
+  }
+}
+
+// A valid type, and a buffer of `blocks` blocks of `count` elements whose byte count
+// fits in a size_t (backends multiply without checking).
+void check_elements(std::string_view operation, std::size_t count, DataType type, std::size_t blocks) {
+  if (size_of(type) == 0) {
+    throw ConfigError(fmt::format("data type {} is not a pcx::DataType", static_cast<int>(type)));
+  }
+  std::size_t bytes = 0;
+  if (__builtin_mul_overflow(count, size_of(type), &bytes) || __builtin_mul_overflow(bytes, blocks, &bytes)) {
+    throw ConfigError(fmt::format("{} of {} {} elements{} overflows a byte count", operation, count, to_string(type),
+                                  blocks > 1 ? fmt::format(" per member, {} members,", blocks) : ""));
+  }
+}
+
 }  // namespace
 
 std::size_t size_of(DataType type) noexcept {
@@ -45,7 +65,7 @@ std::string_view to_string(DataType type) noexcept {
 }
 
 std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size, const CommOptions& options) const {
-  check_not_aborted("split");
+  check_usable("split");
   if (colour == kNoColour) return do_split(colour, 0, 0, options);
   if (colour < 0) {
     throw ConfigError(
@@ -68,49 +88,56 @@ std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size,
 }
 
 std::unique_ptr<Communicator> Communicator::dup(const CommOptions& options) const {
-  check_not_aborted("dup");
+  check_usable("dup");
   return do_dup(options);
 }
 
 void Communicator::all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
-  check_not_aborted("all_reduce");
+  check_usable("all_reduce");
+  check_op(op);
+  check_elements("all_reduce", count, type, 1);
   check_buffer(send, count, "all_reduce send buffer");
   check_buffer(recv, count, "all_reduce receive buffer");
   do_all_reduce(send, recv, count, type, op);
 }
 
 void Communicator::all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
-  check_not_aborted("all_to_all");
+  check_usable("all_to_all");
+  check_elements("all_to_all", count, type, member_count());
   check_buffer(send, count, "all_to_all send buffer");
   check_buffer(recv, count, "all_to_all receive buffer");
   do_all_to_all(send, recv, count, type);
 }
 
 void Communicator::all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
-  check_not_aborted("all_gather");
+  check_usable("all_gather");
+  check_elements("all_gather", count, type, member_count());
   check_buffer(send, count, "all_gather send buffer");
   check_buffer(recv, count, "all_gather receive buffer");
   do_all_gather(send, recv, count, type);
 }
 
 void Communicator::reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
-  check_not_aborted("reduce_scatter");
+  check_usable("reduce_scatter");
+  check_op(op);
+  check_elements("reduce_scatter", count, type, member_count());
   check_buffer(send, count, "reduce_scatter send buffer");
   check_buffer(recv, count, "reduce_scatter receive buffer");
   do_reduce_scatter(send, recv, count, type, op);
 }
 
 void Communicator::broadcast(void* buffer, std::size_t count, DataType type, int root) const {
-  check_not_aborted("broadcast");
+  check_usable("broadcast");
   if (root < 0 || root >= size()) {
     throw ConfigError(fmt::format("broadcast root {} is outside [0, {})", root, size()));
   }
+  check_elements("broadcast", count, type, 1);
   check_buffer(buffer, count, "broadcast buffer");
   do_broadcast(buffer, count, type, root);
 }
 
 void Communicator::barrier() const {
-  check_not_aborted("barrier");
+  check_usable("barrier");
   do_barrier();
 }
 
@@ -118,7 +145,11 @@ void Communicator::abort() const noexcept {
   if (!aborted_.exchange(true)) do_abort();
 }
 
-void Communicator::check_not_aborted(std::string_view operation) const {
+void Communicator::check_usable(std::string_view operation) const {
+  // Size 0 is the state a backend leaves a moved-from object in; a real group has a member.
+  if (size() == 0) {
+    throw ConfigError(fmt::format("{} on a moved-from {} communicator", operation, backend()));
+  }
   if (aborted()) {
     throw CommError(
         fmt::format("{} on an aborted {} communicator (rank {} of {})", operation, backend(), rank(), size()), -1);

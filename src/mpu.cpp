@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -19,9 +20,11 @@ ParallelConfig megatron_config(int world, int tensor, int pipeline) {
 }
 
 // Ranks that ask for other sizes would make splits that do not match: compare the sizes
-// over the world first (the maximum of -v is minus the minimum of v).
+// over the world first (the maximum of -v is minus the minimum of v). A tensor size above
+// the world means the world, as the layout clamps it, so the clamped sizes are compared.
 ParallelConfig agreed_config(const Communicator& world, int tensor, int pipeline) {
-  std::vector<std::int64_t> extremes = {tensor, pipeline, -std::int64_t{tensor}, -std::int64_t{pipeline}};
+  const std::int64_t clamped = std::min(tensor, std::max(world.size(), 1));
+  std::vector<std::int64_t> extremes = {clamped, pipeline, -clamped, -std::int64_t{pipeline}};
   world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
   if (extremes[0] != -extremes[2] || extremes[1] != -extremes[3]) {
     throw ConfigMismatch(

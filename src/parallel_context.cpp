@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <utility>
 
 #include "pcx/error.hpp"
 
@@ -120,6 +121,10 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
 // Local checks, then one all-reduce over the world so that every rank learns whether
 // all ranks agree and accept the configuration before any of them starts to split.
 Topology agree(const Communicator& world, const ParallelConfig& config, const Mpu* mpu) {
+  if (world.size() == 0) {
+    throw ConfigError(
+        fmt::format("a ParallelContext cannot be built over a moved-from {} communicator", world.backend()));
+  }
   std::optional<Topology> topology;
   std::string error;
   try {
@@ -230,6 +235,35 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
   }
 }
 
+ParallelContext::ParallelContext(ParallelContext&& other) noexcept
+    : mpu_(std::move(other.mpu_)),
+      topology_(std::move(other.topology_)),
+      rank_(std::exchange(other.rank_, -1)),
+      groups_(std::move(other.groups_)),
+      data_(std::exchange(other.data_, nullptr)),
+      sequence_(std::exchange(other.sequence_, nullptr)),
+      sequence_data_(std::exchange(other.sequence_data_, nullptr)) {}
+
+ParallelContext& ParallelContext::operator=(ParallelContext&& other) noexcept {
+  if (this != &other) {
+    // Groups first (newest first), then the MPU whose groups data_ may point into, as the
+    // destructor does.
+    groups_ = std::move(other.groups_);
+    mpu_ = std::move(other.mpu_);
+    topology_ = std::move(other.topology_);
+    rank_ = std::exchange(other.rank_, -1);
+    data_ = std::exchange(other.data_, nullptr);
+    sequence_ = std::exchange(other.sequence_, nullptr);
+    sequence_data_ = std::exchange(other.sequence_data_, nullptr);
+  }
+  return *this;
+}
+
+const ParallelContext& ParallelContext::built() const {
+  if (empty()) throw ConfigError("this ParallelContext was moved from");
+  return *this;
+}
+
 void ParallelContext::abort() const noexcept {
   // Children before the world clone they were split from: the reverse of creation, as
   // in the destructor.
@@ -245,13 +279,14 @@ const ProcessGroup* ParallelContext::find(const GroupId& id) const noexcept {
 }
 
 const ProcessGroup& ParallelContext::group(const GroupId& id) const {
-  if (const ProcessGroup* found = find(id)) return *found;
+  if (const ProcessGroup* found = built().find(id)) return *found;
   std::vector<std::string> names;
   for (const GroupId& held : group_ids()) names.push_back(held.name());
   throw GroupNotFound(fmt::format("this context has no {} group (it has: {})", id.name(), fmt::join(names, ", ")));
 }
 
 std::vector<GroupId> ParallelContext::group_ids() const {
+  (void)built();
   std::vector<GroupId> ids;
   for (const Entry& entry : groups_.entries) ids.push_back(entry.id);
   return ids;
@@ -265,8 +300,8 @@ const ProcessGroup& ParallelContext::expert_data_parallel_group(int ep) const {
   return group({GroupKind::expert_data_parallel, ep});
 }
 
-std::optional<int> ParallelContext::max_expert_parallel_size() const noexcept {
-  const std::vector<int>& sizes = topology_.config().expert_parallel_sizes;
+std::optional<int> ParallelContext::max_expert_parallel_size() const {
+  const std::vector<int>& sizes = topology().config().expert_parallel_sizes;
   if (sizes.empty()) return std::nullopt;
   return std::ranges::max(sizes);
 }

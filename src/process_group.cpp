@@ -25,6 +25,9 @@ ProcessGroup::ProcessGroup(std::vector<int> ranks, std::unique_ptr<Communicator>
   check_communicator(communicator_, listed_.size());
   std::vector<int> sorted = listed_;
   std::ranges::sort(sorted);
+  if (!sorted.empty() && sorted.front() < 0) {
+    throw ConfigError(fmt::format("rank {} in a process group is negative; global ranks start at 0", sorted.front()));
+  }
   if (const auto twice = std::ranges::adjacent_find(sorted); twice != sorted.end()) {
     throw ConfigError(fmt::format("rank {} is listed twice in a process group", *twice));
   }

@@ -18,10 +18,10 @@ namespace pcx {
 /// Element types of the untyped collectives.
 enum class DataType { int8, uint8, int32, uint32, int64, uint64, float32, float64 };
 
-/// Size in bytes of one element of @p type.
+/// Size in bytes of one element of @p type; 0 for a value that is not a DataType.
 [[nodiscard]] std::size_t size_of(DataType type) noexcept;
 
-/// "int8", "float32", ...
+/// "int8", "float32", ...; "unknown" for a value that is not a DataType.
 [[nodiscard]] std::string_view to_string(DataType type) noexcept;
 
 /// Reductions of all_reduce and reduce_scatter.
@@ -106,10 +106,14 @@ struct CommOptions {
 ///
 /// Every collective and split is collective over the communicator: each member must
 /// call it, in the same order. The public functions check their arguments (throwing
-/// ConfigError for a count, root or buffer size that cannot be right) and then call
-/// the backend. Backend failures throw CommError. Collectives are `const`: they use
-/// the communicator without changing what it is, so a const ProcessGroup can run them.
-/// After abort(), every operation throws CommError.
+/// ConfigError for a count, root or buffer size that cannot be right, a DataType or
+/// ReduceOp value outside the enumeration, or a buffer whose size in bytes overflows a
+/// `std::size_t`) and then call the backend, which so sees valid values only. Backend
+/// failures throw CommError. Collectives are `const`: they use the communicator without
+/// changing what it is, so a const ProcessGroup can run them.
+/// After abort(), every operation throws CommError. A moved-from backend object is
+/// empty: size() 0, rank() -1, and every operation (split, dup, collectives) throws
+/// ConfigError.
 class Communicator {
  public:
   /// Colour for split() of a rank that joins no child.
@@ -254,8 +258,9 @@ class Communicator {
   /// nothing, for backends that hold nothing an abort must give up.
   virtual void do_abort() const noexcept {}
 
-  /// Throws CommError naming @p operation if the communicator was aborted.
-  void check_not_aborted(std::string_view operation) const;
+  /// Throws ConfigError naming @p operation if the communicator is empty (size() 0, as
+  /// a moved-from backend object is), CommError if it was aborted.
+  void check_usable(std::string_view operation) const;
 
  private:
   [[nodiscard]] std::size_t member_count() const noexcept { return static_cast<std::size_t>(size()); }

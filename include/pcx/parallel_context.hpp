@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "pcx/communicator.hpp"
@@ -43,6 +44,10 @@ struct ContextOptions {
 ///
 /// All getters are const and safe to call from many threads. Any number of contexts
 /// may live in one process; they share nothing.
+///
+/// A moved-from context is empty: it holds no groups, world_size() is 0 and rank() -1,
+/// abort() does nothing, and every other getter throws ConfigError ("this
+/// ParallelContext was moved from"); it may be destroyed or assigned to.
 class ParallelContext {
  public:
   /// Builds every group of @p config over @p world.
@@ -52,29 +57,31 @@ class ParallelContext {
   ///        must then agree with the MPU); without one they must be 1.
   /// @param mpu the model parallel unit, or null: then data parallel is the world clone
   /// @param options logger
-  /// @throws ConfigError for a configuration that breaks a rule (same on every rank),
-  ///         ConfigMismatch when ranks disagree, CommError naming the group kind and
-  ///         rank when the backend fails.
+  /// @throws ConfigError for a configuration that breaks a rule (same on every rank) or
+  ///         a moved-from (empty) @p world, ConfigMismatch when ranks disagree, CommError
+  ///         naming the group kind and rank when the backend fails.
   ParallelContext(const Communicator& world, ParallelConfig config, std::shared_ptr<const Mpu> mpu = nullptr,
                   ContextOptions options = {});
 
-  /// Takes over @p other's groups; @p other may only be destroyed or assigned to.
-  ParallelContext(ParallelContext&& other) noexcept = default;
-  /// Releases this context's groups, then takes over @p other's.
-  ParallelContext& operator=(ParallelContext&& other) noexcept = default;
+  /// Takes over @p other's groups; @p other is left empty (see the class).
+  ParallelContext(ParallelContext&& other) noexcept;
+  /// Releases this context's groups (newest first, then its MPU), then takes over
+  /// @p other's; @p other is left empty.
+  ParallelContext& operator=(ParallelContext&& other) noexcept;
   ParallelContext(const ParallelContext&) = delete;
   ParallelContext& operator=(const ParallelContext&) = delete;
   ~ParallelContext() = default;
 
   /// The validated layout (tensor and pipeline sizes as the MPU reports them).
-  [[nodiscard]] const Topology& topology() const noexcept { return topology_; }
-  /// Number of ranks in the world.
-  [[nodiscard]] int world_size() const noexcept { return topology_.world_size(); }
-  /// This process's global rank.
+  /// @throws ConfigError if the context was moved from, as every getter below.
+  [[nodiscard]] const Topology& topology() const { return built().topology_; }
+  /// Number of ranks in the world; 0 once moved from.
+  [[nodiscard]] int world_size() const noexcept { return empty() ? 0 : topology_.world_size(); }
+  /// This process's global rank; -1 once moved from.
   [[nodiscard]] int rank() const noexcept { return rank_; }
 
   /// The clone of the world: all ranks on a communicator of their own.
-  [[nodiscard]] const ProcessGroup& world_group() const noexcept { return groups_.entries.front().group; }
+  [[nodiscard]] const ProcessGroup& world_group() const { return built().groups_.entries.front().group; }
 
   /// The caller's expert parallel group of size @p ep.
   /// @throws GroupNotFound if the configuration has no such expert parallel size.
@@ -83,7 +90,7 @@ class ParallelContext {
   /// @throws GroupNotFound if the configuration has no such expert parallel size.
   [[nodiscard]] const ProcessGroup& expert_data_parallel_group(int ep) const;
   /// The largest configured expert parallel size, if any.
-  [[nodiscard]] std::optional<int> max_expert_parallel_size() const noexcept;
+  [[nodiscard]] std::optional<int> max_expert_parallel_size() const;
   /// The expert parallel group of the largest expert parallel size.
   /// @throws GroupNotFound if no expert parallel size is configured.
   [[nodiscard]] const ProcessGroup& max_expert_parallel_group() const;
@@ -94,28 +101,28 @@ class ParallelContext {
   /// @throws GroupNotFound as expert_data_parallel_group().
   [[nodiscard]] int expert_broadcast_source_rank(int ep) const { return expert_data_parallel_group(ep).front(); }
   /// Tensor parallel size the expert groups were built with (1 without an MPU).
-  [[nodiscard]] int expert_tensor_parallel_size() const noexcept { return topology_.tensor_parallel_size(); }
+  [[nodiscard]] int expert_tensor_parallel_size() const { return topology().tensor_parallel_size(); }
 
   /// The MPU's data parallel group, or the world clone without an MPU.
-  [[nodiscard]] const ProcessGroup& data_parallel_group() const noexcept { return *data_; }
+  [[nodiscard]] const ProcessGroup& data_parallel_group() const { return *built().data_; }
   /// Size of data_parallel_group().
-  [[nodiscard]] int data_parallel_size() const noexcept { return data_->size(); }
+  [[nodiscard]] int data_parallel_size() const { return data_parallel_group().size(); }
   /// The MPU's model parallel size, or 1 without an MPU.
-  [[nodiscard]] int model_parallel_size() const noexcept { return mpu_ ? mpu_->model_parallel_size() : 1; }
+  [[nodiscard]] int model_parallel_size() const { return built().mpu_ ? mpu_->model_parallel_size() : 1; }
   /// The MPU's sequence parallel group, or nullptr when it has none.
-  [[nodiscard]] const ProcessGroup* sequence_parallel_group() const noexcept { return sequence_; }
+  [[nodiscard]] const ProcessGroup* sequence_parallel_group() const { return built().sequence_; }
   /// Size of the sequence parallel group, 1 without one.
-  [[nodiscard]] int sequence_parallel_size() const noexcept { return sequence_ ? sequence_->size() : 1; }
+  [[nodiscard]] int sequence_parallel_size() const { return built().sequence_ ? sequence_->size() : 1; }
   /// Rank in the sequence parallel group, 0 without one.
-  [[nodiscard]] int sequence_parallel_rank() const noexcept { return sequence_ ? sequence_->rank() : 0; }
+  [[nodiscard]] int sequence_parallel_rank() const { return built().sequence_ ? sequence_->rank() : 0; }
   /// The MPU's sequence data parallel group, else data_parallel_group().
-  [[nodiscard]] const ProcessGroup& sequence_data_parallel_group() const noexcept { return *sequence_data_; }
+  [[nodiscard]] const ProcessGroup& sequence_data_parallel_group() const { return *built().sequence_data_; }
   /// Global rank of group rank 0 of sequence_data_parallel_group().
-  [[nodiscard]] int broadcast_source_rank() const { return sequence_data_->front(); }
+  [[nodiscard]] int broadcast_source_rank() const { return sequence_data_parallel_group().front(); }
 
   /// Whether ZeRO hpZ parameter partition groups were configured.
-  [[nodiscard]] bool has_zero_param_intra_group() const noexcept {
-    return find({GroupKind::zero_param_intra}) != nullptr;
+  [[nodiscard]] bool has_zero_param_intra_group() const {
+    return built().find({GroupKind::zero_param_intra}) != nullptr;
   }
   /// The caller's ZeRO hpZ parameter partition group.
   /// @throws GroupNotFound if no hpZ size was configured.
@@ -134,7 +141,7 @@ class ParallelContext {
   /// Kinds this context built, in creation order (world clone first).
   [[nodiscard]] std::vector<GroupId> group_ids() const;
   /// The MPU the context was built from, or null.
-  [[nodiscard]] const Mpu* mpu() const noexcept { return mpu_.get(); }
+  [[nodiscard]] const Mpu* mpu() const { return built().mpu_.get(); }
 
   /// Aborts every communicator this context owns (the world clone and every group it
   /// split), newest first, with Communicator::abort(): call it on every rank once one
@@ -152,22 +159,34 @@ class ParallelContext {
     GroupId id;
     ProcessGroup group;
   };
-  // Releases its groups in reverse order of creation, also when a constructor fails.
+  // Releases its groups in reverse order of creation, also when a constructor fails or
+  // a context is assigned to; a moved-from one holds none.
   struct Groups {
     std::vector<Entry> entries;
     Groups() = default;
-    Groups(Groups&&) noexcept = default;
-    Groups& operator=(Groups&&) noexcept = default;
-    ~Groups() {
+    Groups(Groups&& other) noexcept : entries(std::exchange(other.entries, {})) {}
+    Groups& operator=(Groups&& other) noexcept {
+      if (this != &other) {
+        release();
+        entries = std::exchange(other.entries, {});
+      }
+      return *this;
+    }
+    ~Groups() { release(); }
+    void release() noexcept {
       while (!entries.empty()) entries.pop_back();
     }
   };
 
+  // A built context always holds the world clone; only a moved-from one is empty.
+  [[nodiscard]] bool empty() const noexcept { return groups_.entries.empty(); }
+  // This context; throws ConfigError if it was moved from.
+  [[nodiscard]] const ParallelContext& built() const;
   [[nodiscard]] const ProcessGroup* find(const GroupId& id) const noexcept;
 
   std::shared_ptr<const Mpu> mpu_;
   Topology topology_;
-  int rank_ = 0;
+  int rank_ = -1;
   Groups groups_;
   const ProcessGroup* data_ = nullptr;
   const ProcessGroup* sequence_ = nullptr;

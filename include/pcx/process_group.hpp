@@ -23,7 +23,7 @@ class ProcessGroup {
   /// @param ranks global ranks of the members, in group-rank order
   /// @param communicator the members' communicator, of the same size
   /// @throws ConfigError if @p communicator is null, its size differs from the number of
-  ///         ranks, or a rank is listed twice.
+  ///         ranks, a rank is negative, or a rank is listed twice.
   ProcessGroup(std::vector<int> ranks, std::unique_ptr<Communicator> communicator);
   /// Group @p colour of @p layout.
   /// @param layout the groups of a grid

@@ -10,6 +10,7 @@
 namespace pcx {
 namespace {
 
+// Communicator's public functions let only enumerated types through.
 MPI_Datatype mpi_type(DataType type) {
   switch (type) {
     case DataType::int8: return MPI_INT8_T;
@@ -19,9 +20,9 @@ MPI_Datatype mpi_type(DataType type) {
     case DataType::int64: return MPI_INT64_T;
     case DataType::uint64: return MPI_UINT64_T;
     case DataType::float32: return MPI_FLOAT;
-    case DataType::float64: return MPI_DOUBLE;
+    case DataType::float64: break;
   }
-  throw ConfigError("unknown data type");
+  return MPI_DOUBLE;
 }
 
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
@@ -92,6 +93,12 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned
 MpiCommunicator MpiCommunicator::borrow(MPI_Comm comm) { return MpiCommunicator(comm, false); }
 
 MpiCommunicator MpiCommunicator::adopt(MPI_Comm comm) {
+  // Owning a predefined communicator would change its error handler for the whole
+  // process and free it. (MPI_COMM_NULL is refused by the constructor.)
+  if (comm == MPI_COMM_WORLD || comm == MPI_COMM_SELF) {
+    throw ConfigError(fmt::format("MpiCommunicator::adopt cannot own {}; borrow it instead",
+                                  comm == MPI_COMM_WORLD ? "MPI_COMM_WORLD" : "MPI_COMM_SELF"));
+  }
   MpiCommunicator owner(comm, true);
   // Ours from now on: report errors instead of letting MPI abort the job.
   check_mpi(MPI_Comm_set_errhandler(owner.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
@@ -102,16 +109,16 @@ MpiCommunicator::MpiCommunicator(MpiCommunicator&& other) noexcept
     : Communicator(std::move(other)),
       comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
       owned_(std::exchange(other.owned_, false)),
-      size_(other.size_),
-      rank_(other.rank_) {}
+      size_(std::exchange(other.size_, 0)),
+      rank_(std::exchange(other.rank_, -1)) {}
 
 MpiCommunicator& MpiCommunicator::operator=(MpiCommunicator&& other) noexcept {
   if (this != &other) {
     release();
     comm_ = std::exchange(other.comm_, MPI_COMM_NULL);
     owned_ = std::exchange(other.owned_, false);
-    size_ = other.size_;
-    rank_ = other.rank_;
+    size_ = std::exchange(other.size_, 0);
+    rank_ = std::exchange(other.rank_, -1);
   }
   return *this;
 }

@@ -34,10 +34,17 @@ ncclDataType_t nccl_type(DataType type) {
     case DataType::float32: return ncclFloat32;
     case DataType::float64: return ncclFloat64;
   }
-  throw ConfigError("unknown data type");
+  // The enqueue_* functions reach here without the Communicator's argument checks.
+  throw ConfigError(fmt::format("data type {} is not a pcx::DataType", static_cast<int>(type)));
 }
 
-ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
+ncclRedOp_t nccl_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return ncclSum;
+    case ReduceOp::max: return ncclMax;
+  }
+  throw ConfigError(fmt::format("reduce operation {} is not a pcx::ReduceOp", static_cast<int>(op)));
+}
 
 [[maybe_unused]] std::string nccl_version_text() { return fmt::format("{}.{}.{}", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH); }
 

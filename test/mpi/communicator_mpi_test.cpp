@@ -1,6 +1,8 @@
 // MpiCommunicator under mpiexec: ownership, splits and every collective's numbers.
 #define BOOST_TEST_MODULE mpi_communicator
+#include <functional>
 #include <numeric>
+#include <string_view>
 
 #include "mpi_fixture.hpp"
 #include "pcx/error.hpp"
@@ -111,5 +113,54 @@ BOOST_AUTO_TEST_CASE(bad_arguments_throw_before_communicating_on_every_rank) {
   BOOST_CHECK_THROW((void)world.split(0, 0, world.size() + 1), pcx::ConfigError);
   BOOST_CHECK_THROW((void)world.split(0, 1, 1), pcx::ConfigError);
   BOOST_CHECK_THROW((void)world.split(-5, 0, 1), pcx::ConfigError);
+  BOOST_TEST(everyone(true));
+}
+
+BOOST_AUTO_TEST_CASE(a_moved_from_communicator_is_empty_and_refuses_every_use) {
+  MpiCommunicator first = MpiCommunicator::world();
+  const MpiCommunicator second = std::move(first);
+  bool ok = first.size() == 0 && first.rank() == -1 && first.native() == MPI_COMM_NULL && second.size() > 0;
+  const auto refused = [&](const std::function<void()>& use) {
+    try {
+      use();
+    } catch (const pcx::ConfigError& e) {
+      return std::string_view(e.what()).find("moved-from mpi communicator") != std::string_view::npos;
+    } catch (...) {
+    }
+    return false;
+  };
+  std::int32_t value = 1;
+  ok = refused([&] { first.all_reduce(std::span<std::int32_t>(&value, 1), ReduceOp::sum); }) && ok;
+  ok = refused([&] { first.broadcast(std::span<std::int32_t>(&value, 1), 0); }) && ok;
+  ok = refused([&] { first.barrier(); }) && ok;
+  ok = refused([&] { (void)first.split(0, 0, 1); }) && ok;
+  ok = refused([&] { (void)first.dup(); }) && ok;
+  MpiCommunicator third = MpiCommunicator::world();
+  third = std::move(first);  // an empty one assigned is empty
+  ok = third.size() == 0 && third.rank() == -1 && ok;
+  BOOST_TEST(everyone(ok));
+}
+
+BOOST_AUTO_TEST_CASE(adopt_refuses_the_predefined_communicators) {
+  const auto names = [](const char* name) {
+    return [name](const pcx::Error& e) { return std::string_view(e.what()).find(name) != std::string_view::npos; };
+  };
+  BOOST_CHECK_EXCEPTION(MpiCommunicator::adopt(MPI_COMM_WORLD), pcx::ConfigError, names("MPI_COMM_WORLD"));
+  BOOST_CHECK_EXCEPTION(MpiCommunicator::adopt(MPI_COMM_SELF), pcx::ConfigError, names("MPI_COMM_SELF"));
+  BOOST_CHECK_EXCEPTION(MpiCommunicator::adopt(MPI_COMM_NULL), pcx::ConfigError, names("MPI_COMM_NULL"));
+  // The world keeps MPI's own error handler.
+  MPI_Errhandler handler = MPI_ERRHANDLER_NULL;
+  MPI_Comm_get_errhandler(MPI_COMM_WORLD, &handler);
+  const bool fatal = handler == MPI_ERRORS_ARE_FATAL;
+  MPI_Errhandler_free(&handler);
+  BOOST_TEST(everyone(fatal));
+}
+
+BOOST_AUTO_TEST_CASE(enums_outside_their_range_throw_before_communicating_on_every_rank) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  std::int32_t value = 1;
+  BOOST_CHECK_THROW(world.all_reduce(&value, &value, 1, pcx::DataType::int32, static_cast<ReduceOp>(7)),
+                    pcx::ConfigError);
+  BOOST_CHECK_THROW(world.broadcast(&value, 1, static_cast<pcx::DataType>(42), 0), pcx::ConfigError);
   BOOST_TEST(everyone(true));
 }

@@ -260,3 +260,44 @@ BOOST_AUTO_TEST_CASE(a_rank_that_rejects_the_configuration_fails_every_rank) {
                                                      : fmt::format("rank {} rejected the configuration", n - 1);
   BOOST_TEST(message.find(expected) != std::string::npos, message);
 }
+
+BOOST_AUTO_TEST_CASE(grid_mpus_with_tensor_sizes_above_the_world_agree) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  // n and 2n both mean the whole world, as the layout clamps the tensor size.
+  const int tensor = world.rank() == 0 ? n : 2 * n;
+  std::string error;
+  int built = 0;
+  try {
+    built = pcx::GridMpu(world, tensor).tensor_parallel_size();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  BOOST_TEST(everyone(built == n), error);
+}
+
+BOOST_AUTO_TEST_CASE(a_moved_from_world_or_context_is_refused) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  MpiCommunicator emptied = MpiCommunicator::world();
+  const MpiCommunicator taker = std::move(emptied);
+  bool ok = false;
+  try {
+    ParallelContext(emptied, make_config({1}));  // throws before communicating
+  } catch (const pcx::ConfigError& e) {
+    ok = std::string_view(e.what()).find("moved-from mpi communicator") != std::string_view::npos;
+  }
+
+  ParallelContext first(world, make_config({n}));
+  ParallelContext second = std::move(first);
+  ok = first.world_size() == 0 && first.rank() == -1 && ok;
+  try {
+    (void)first.data_parallel_group();
+    ok = false;
+  } catch (const pcx::ConfigError&) {
+  }
+  ok = context_works(second) && ok;
+  second = ParallelContext(world, make_config({1}));
+  ok = context_works(second) && ok;
+  BOOST_TEST(everyone(ok));
+}

@@ -9,6 +9,7 @@
 
 #include "pcx/error.hpp"
 #include "pcx/parallel_context.hpp"
+#include "pcx/self_communicator.hpp"
 #include "pcx/testing/fake_communicator.hpp"
 #include "pcx/testing/mock_mpu.hpp"
 
@@ -348,4 +349,75 @@ BOOST_AUTO_TEST_CASE(process_groups_compare_members_with_a_layout) {
   BOOST_CHECK_THROW((void)implied.global_rank(4), pcx::ConfigError);
   BOOST_CHECK_THROW(ProcessGroup(layout, 2, std::make_unique<FakeCommunicator>(world, 3, 0, 0)), pcx::ConfigError);
   BOOST_CHECK_THROW(fake_group(world, {1, 1}, 1), pcx::ConfigError);
+}
+
+BOOST_AUTO_TEST_CASE(values_outside_the_enumerations_and_byte_overflows_are_config_errors_naming_them) {
+  const auto world = std::make_shared<FakeWorld>(4);
+  const FakeCommunicator comm(world, 1);
+  const pcx::SelfCommunicator self;
+  std::vector<std::int32_t> values = {1, 2, 3, 4};
+  const auto says = [](std::string_view part) {
+    return [part](const pcx::Error& e) { return message_has(e, {part}); };
+  };
+  BOOST_CHECK_EXCEPTION(comm.all_reduce(std::span<std::int32_t>(values), static_cast<pcx::ReduceOp>(7)),
+                        pcx::ConfigError, says("reduce operation 7 is not a pcx::ReduceOp"));
+  std::vector<std::int32_t> block(1);
+  BOOST_CHECK_EXCEPTION(comm.reduce_scatter(std::span<const std::int32_t>(values), std::span<std::int32_t>(block),
+                                            static_cast<pcx::ReduceOp>(-1)),
+                        pcx::ConfigError, says("reduce operation -1 is not a pcx::ReduceOp"));
+  const auto unknown = static_cast<pcx::DataType>(42);
+  for (const pcx::Communicator* c : std::initializer_list<const pcx::Communicator*>{&comm, &self}) {
+    BOOST_CHECK_EXCEPTION(c->all_reduce(values.data(), block.data(), 1, unknown, pcx::ReduceOp::sum), pcx::ConfigError,
+                          says("data type 42 is not a pcx::DataType"));
+    BOOST_CHECK_EXCEPTION(c->all_to_all(values.data(), values.data(), 1, unknown), pcx::ConfigError,
+                          says("data type 42"));
+    BOOST_CHECK_EXCEPTION(c->broadcast(values.data(), 1, unknown, 0), pcx::ConfigError, says("data type 42"));
+  }
+  // 2^62 float64 elements are 2^65 bytes; the buffers are never touched.
+  const std::size_t huge = std::size_t{1} << 62;
+  BOOST_CHECK_EXCEPTION(comm.all_gather(values.data(), values.data(), huge, pcx::DataType::float64), pcx::ConfigError,
+                        says("all_gather of 4611686018427387904 float64 elements"));
+  BOOST_CHECK_EXCEPTION(self.all_reduce(values.data(), block.data(), huge, pcx::DataType::float64, pcx::ReduceOp::sum),
+                        pcx::ConfigError, says("all_reduce of 4611686018427387904 float64 elements overflows"));
+  // 2^62 bytes fit, but not four blocks of them.
+  BOOST_CHECK_EXCEPTION(comm.all_to_all(values.data(), values.data(), huge, pcx::DataType::int8), pcx::ConfigError,
+                        says("overflows a byte count"));
+  BOOST_TEST(world->operation_count() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_process_group_with_a_negative_rank_is_rejected_naming_it) {
+  const auto world = std::make_shared<FakeWorld>(4);
+  BOOST_CHECK_EXCEPTION(fake_group(world, {2, -3, 1}, 1), pcx::ConfigError,
+                        [](const pcx::Error& e) { return message_has(e, {"rank -3"}); });
+}
+
+BOOST_AUTO_TEST_CASE(a_moved_from_context_is_empty_and_its_getters_throw) {
+  const auto world = std::make_shared<FakeWorld>(8);
+  const FakeCommunicator comm(world, 2);
+  ParallelContext first(comm, make_config(8, 1, 1, {4}));
+  const ProcessGroup* world_clone = &first.world_group();
+  ParallelContext second = std::move(first);
+  BOOST_TEST(&second.world_group() == world_clone);
+  BOOST_TEST(&second.data_parallel_group() == world_clone);
+  BOOST_TEST(first.world_size() == 0);
+  BOOST_TEST(first.rank() == -1);
+  const auto moved_from = [](const pcx::Error& e) { return message_has(e, {"this ParallelContext was moved from"}); };
+  BOOST_CHECK_EXCEPTION((void)first.world_group(), pcx::ConfigError, moved_from);
+  BOOST_CHECK_EXCEPTION((void)first.data_parallel_group(), pcx::ConfigError, moved_from);
+  BOOST_CHECK_EXCEPTION((void)first.sequence_data_parallel_group(), pcx::ConfigError, moved_from);
+  BOOST_CHECK_EXCEPTION((void)first.expert_parallel_group(4), pcx::ConfigError, moved_from);
+  BOOST_CHECK_EXCEPTION((void)first.topology(), pcx::ConfigError, moved_from);
+  BOOST_CHECK_EXCEPTION((void)first.group_ids(), pcx::ConfigError, moved_from);
+  BOOST_CHECK_EXCEPTION((void)first.model_parallel_size(), pcx::ConfigError, moved_from);
+  first.abort();  // nothing to abort
+  BOOST_TEST(!second.world_group().communicator().aborted());
+
+  // Assignment releases the old groups before taking over the new ones.
+  const int live_with_one = world->live_communicators();
+  second = ParallelContext(comm, make_config(8, 1, 1, {2}));
+  BOOST_TEST(world->live_communicators() == live_with_one);
+  BOOST_TEST(second.expert_parallel_group(2).size() == 2);
+  first = std::move(second);
+  BOOST_TEST(first.expert_parallel_group(2).size() == 2);
+  BOOST_CHECK_THROW((void)second.world_group(), pcx::ConfigError);
 }

@@ -37,22 +37,27 @@ class MpiCommunicator final : public Communicator {
   /// Uses @p comm without owning it; the caller keeps it alive and frees it.
   /// @throws ConfigError if @p comm is MPI_COMM_NULL; CommError if MPI fails.
   [[nodiscard]] static MpiCommunicator borrow(MPI_Comm comm);
-  /// Takes ownership of @p comm: it is freed when the communicator is destroyed.
-  /// @throws ConfigError if @p comm is MPI_COMM_NULL; CommError if MPI fails.
+  /// Takes ownership of @p comm: it is freed when the communicator is destroyed, and
+  /// its error handler becomes MPI_ERRORS_RETURN.
+  /// @throws ConfigError if @p comm is MPI_COMM_WORLD, MPI_COMM_SELF or MPI_COMM_NULL
+  ///         (borrow those); CommError if MPI fails.
   [[nodiscard]] static MpiCommunicator adopt(MPI_Comm comm);
   /// Borrows MPI_COMM_WORLD.
   [[nodiscard]] static MpiCommunicator world() { return borrow(MPI_COMM_WORLD); }
 
-  /// Takes over @p other's handle; @p other is left empty.
+  /// Takes over @p other's handle; @p other is left empty: size() 0, rank() -1,
+  /// native() MPI_COMM_NULL, and every operation on it throws ConfigError.
   MpiCommunicator(MpiCommunicator&& other) noexcept;
-  /// Releases this handle, then takes over @p other's.
+  /// Releases this handle, then takes over @p other's; @p other is left empty.
   MpiCommunicator& operator=(MpiCommunicator&& other) noexcept;
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;
   /// Frees an owned communicator (unless MPI is already finalized).
   ~MpiCommunicator() override;
 
+  /// Number of members; 0 once moved from.
   [[nodiscard]] int size() const noexcept override { return size_; }
+  /// This process's rank among the members; -1 once moved from.
   [[nodiscard]] int rank() const noexcept override { return rank_; }
   /// "mpi".
   [[nodiscard]] std::string_view backend() const noexcept override { return "mpi"; }
@@ -78,7 +83,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owned_ = false;
   int size_ = 0;
-  int rank_ = 0;
+  int rank_ = -1;
 };
 
 /// Throws CommError naming @p call and MPI's error text unless @p code is MPI_SUCCESS.
