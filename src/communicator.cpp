@@ -2,8 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <vector>
+
 #include "pcx/error.hpp"
-#include "pcx/self_communicator.hpp"
 
 namespace pcx {
 namespace {
@@ -16,7 +17,7 @@ void check_buffer(const void* buffer, std::size_t count, std::string_view what) 
 
 // Checked here once, so that every backend switches over valid values only.
 void check_op(ReduceOp op) {
-  if (op != ReduceOp::sum && op != ReduceOp::max) {
+  if (to_string(op) == "unknown") {
     throw ConfigError(fmt::format("reduce operation {} is not a pcx::ReduceOp", static_cast<int>(op)));
   }
 }
@@ -40,6 +41,8 @@ std::size_t size_of(DataType type) noexcept {
   switch (type) {
     case DataType::int8:
     case DataType::uint8: return 1;
+    case DataType::float16:
+    case DataType::bfloat16: return 2;
     case DataType::int32:
     case DataType::uint32:
     case DataType::float32: return 4;
@@ -58,30 +61,58 @@ std::string_view to_string(DataType type) noexcept {
     case DataType::uint32: return "uint32";
     case DataType::int64: return "int64";
     case DataType::uint64: return "uint64";
+    case DataType::float16: return "float16";
+    case DataType::bfloat16: return "bfloat16";
     case DataType::float32: return "float32";
     case DataType::float64: return "float64";
   }
   return "unknown";
 }
 
-std::unique_ptr<Communicator> Communicator::split(int colour, int key, int size, const CommOptions& options) const {
-  check_usable("split");
-  if (colour == kNoColour) return do_split(colour, 0, 0, options);
-  if (colour < 0) {
-    throw ConfigError(
-        fmt::format("split colour {} is negative (use kNoColour, {}, to join no group)", colour, kNoColour));
+std::string_view to_string(ReduceOp op) noexcept {
+  switch (op) {
+    case ReduceOp::sum: return "sum";
+    case ReduceOp::prod: return "prod";
+    case ReduceOp::min: return "min";
+    case ReduceOp::max: return "max";
+    case ReduceOp::avg: return "avg";
   }
+  return "unknown";
+}
+
+namespace {
+
+void check_colour(int colour) {
+  if (colour < 0 && colour != Communicator::kNoColour) {
+    throw ConfigError(fmt::format("split colour {} is negative (use kNoColour, {}, to join no group)", colour,
+                                  Communicator::kNoColour));
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> Communicator::split(int colour, int key, const CommOptions& options) const {
+  check_usable("split");
+  check_colour(colour);
+  return do_split(colour, colour == kNoColour ? 0 : key, 0, options);
+}
+
+std::unique_ptr<Communicator> Communicator::split_checked(int colour, int rank, int size,
+                                                          const CommOptions& options) const {
+  check_usable("split");
+  check_colour(colour);
+  if (colour == kNoColour) return do_split(colour, 0, 0, options);
   if (size < 1 || size > this->size()) {
     throw ConfigError(fmt::format("split size {} is outside [1, {}]", size, this->size()));
   }
-  if (key < 0 || key >= size) {
-    throw ConfigError(fmt::format("split key {} is outside [0, {}), the ranks of a child of {}", key, size, size));
+  if (rank < 0 || rank >= size) {
+    throw ConfigError(fmt::format("split rank {} is outside [0, {}), the ranks of a child of {}", rank, size, size));
   }
-  auto child = do_split(colour, key, size, options);
-  if (child && (child->size() != size || child->rank() != key)) {
+  auto child = do_split(colour, rank, size, options);
+  if (child && (child->size() != size || child->rank() != rank)) {
     throw CommError(fmt::format("split colour {} gave a child of {} members in which this process is rank {}, "
                                 "not {} and {}: ranks disagree on the colours",
-                                colour, child->size(), child->rank(), size, key),
+                                colour, child->size(), child->rank(), size, rank),
                     -1);
   }
   return child;
@@ -107,6 +138,30 @@ void Communicator::all_to_all(const void* send, void* recv, std::size_t count, D
   check_buffer(send, count, "all_to_all send buffer");
   check_buffer(recv, count, "all_to_all receive buffer");
   do_all_to_all(send, recv, count, type);
+}
+
+void Communicator::all_to_all_v(const void* send, std::span<const std::size_t> send_counts, void* recv,
+                                std::span<const std::size_t> recv_counts, DataType type) const {
+  check_usable("all_to_all_v");
+  const std::size_t send_total = total(send_counts, "all_to_all_v send counts");
+  const std::size_t recv_total = total(recv_counts, "all_to_all_v receive counts");
+  const auto offsets = [](std::span<const std::size_t> counts) {
+    std::vector<std::size_t> prefix;
+    prefix.reserve(counts.size());
+    std::size_t sum = 0;
+    for (const std::size_t count : counts) {
+      prefix.push_back(sum);
+      sum += count;
+    }
+    return prefix;
+  };
+  const std::vector<std::size_t> send_offsets = offsets(send_counts);
+  const std::vector<std::size_t> recv_offsets = offsets(recv_counts);
+  check_elements("all_to_all_v send buffer", send_total, type, 1);
+  check_elements("all_to_all_v receive buffer", recv_total, type, 1);
+  check_buffer(send, send_total, "all_to_all_v send buffer");
+  check_buffer(recv, recv_total, "all_to_all_v receive buffer");
+  do_all_to_all_v(send, send_counts, send_offsets, recv, recv_counts, recv_offsets, type);
 }
 
 void Communicator::all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
@@ -136,6 +191,22 @@ void Communicator::broadcast(void* buffer, std::size_t count, DataType type, int
   do_broadcast(buffer, count, type, root);
 }
 
+void Communicator::send(const void* buffer, std::size_t count, DataType type, int peer) const {
+  check_usable("send");
+  check_peer("send", peer);
+  check_elements("send", count, type, 1);
+  check_buffer(buffer, count, "send buffer");
+  do_send(buffer, count, type, peer);
+}
+
+void Communicator::recv(void* buffer, std::size_t count, DataType type, int peer) const {
+  check_usable("recv");
+  check_peer("recv", peer);
+  check_elements("recv", count, type, 1);
+  check_buffer(buffer, count, "receive buffer");
+  do_recv(buffer, count, type, peer);
+}
+
 void Communicator::barrier() const {
   check_usable("barrier");
   do_barrier();
@@ -156,11 +227,30 @@ void Communicator::check_usable(std::string_view operation) const {
   }
 }
 
-std::unique_ptr<Communicator> Communicator::self() const { return std::make_unique<SelfCommunicator>(); }
-
 void Communicator::check_length(std::size_t expected, std::size_t actual, std::string_view what) {
   if (expected != actual) {
     throw ConfigError(fmt::format("{} holds {} elements but {} are needed", what, actual, expected));
+  }
+}
+
+std::size_t Communicator::total(std::span<const std::size_t> counts, std::string_view what) const {
+  if (counts.size() != member_count()) {
+    throw ConfigError(fmt::format("{} has {} entries, not one per member ({})", what, counts.size(), size()));
+  }
+  std::size_t sum = 0;
+  for (const std::size_t count : counts) {
+    if (__builtin_add_overflow(sum, count, &sum)) throw ConfigError(fmt::format("{} overflow a size_t", what));
+  }
+  return sum;
+}
+
+void Communicator::check_peer(std::string_view operation, int peer) const {
+  if (peer < 0 || peer >= size()) {
+    throw ConfigError(fmt::format("{} peer {} is outside [0, {})", operation, peer, size()));
+  }
+  if (peer == rank()) {
+    throw ConfigError(fmt::format("{} peer {} is the caller itself: a member cannot {} to itself", operation, peer,
+                                  operation == "send" ? "send" : "receive from"));
   }
 }
 

@@ -70,7 +70,7 @@ ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout, c
   // Group sizes are the same for every rank of a layout, so either every rank
   // splits or none does: skipping the collective here cannot leave a peer waiting.
   if (layout.group_size() == 1) return ProcessGroup(layout, colour, parent.self());
-  return ProcessGroup(layout, colour, parent.split(colour, layout.group_rank(rank), layout.group_size(), options));
+  return ProcessGroup(layout, colour, parent.split_checked(colour, layout.group_rank(rank), layout.group_size(), options));
 }
 
 }  // namespace pcx

@@ -4,19 +4,23 @@
 
 #include <atomic>
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <ranges>
 #include <string_view>
 #include <type_traits>
+
+#include "pcx/half.hpp"
 
 namespace pcx {
 
 /// Element types of the untyped collectives.
-enum class DataType { int8, uint8, int32, uint32, int64, uint64, float32, float64 };
+enum class DataType { int8, uint8, int32, uint32, int64, uint64, float16, bfloat16, float32, float64 };
 
 /// Size in bytes of one element of @p type; 0 for a value that is not a DataType.
 [[nodiscard]] std::size_t size_of(DataType type) noexcept;
@@ -24,55 +28,64 @@ enum class DataType { int8, uint8, int32, uint32, int64, uint64, float32, float6
 /// "int8", "float32", ...; "unknown" for a value that is not a DataType.
 [[nodiscard]] std::string_view to_string(DataType type) noexcept;
 
-/// Reductions of all_reduce and reduce_scatter.
-enum class ReduceOp { sum, max };
+/// Reductions of all_reduce and reduce_scatter. `avg` is the sum divided by the number
+/// of members (integers: the sum divided after, truncating, as NCCL's ncclAvg does).
+/// 16-bit floating-point elements are reduced in float, one member at a time.
+enum class ReduceOp { sum, prod, min, max, avg };
+
+/// "sum", "prod", ...; "unknown" for a value that is not a ReduceOp.
+[[nodiscard]] std::string_view to_string(ReduceOp op) noexcept;
 
 /// The DataType of a C++ element type, for the typed collectives.
 template <class T>
-inline constexpr bool kIsElement = false;
+inline constexpr std::optional<DataType> kDataTypeOf = std::nullopt;
 /// @cond
 template <>
-inline constexpr bool kIsElement<std::int8_t> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<std::int8_t> = DataType::int8;
 template <>
-inline constexpr bool kIsElement<std::uint8_t> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<std::uint8_t> = DataType::uint8;
 template <>
-inline constexpr bool kIsElement<std::int32_t> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<std::int32_t> = DataType::int32;
 template <>
-inline constexpr bool kIsElement<std::uint32_t> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<std::uint32_t> = DataType::uint32;
 template <>
-inline constexpr bool kIsElement<std::int64_t> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<std::int64_t> = DataType::int64;
 template <>
-inline constexpr bool kIsElement<std::uint64_t> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<std::uint64_t> = DataType::uint64;
 template <>
-inline constexpr bool kIsElement<float> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<float16> = DataType::float16;
 template <>
-inline constexpr bool kIsElement<double> = true;
+inline constexpr std::optional<DataType> kDataTypeOf<bfloat16> = DataType::bfloat16;
+template <>
+inline constexpr std::optional<DataType> kDataTypeOf<float> = DataType::float32;
+template <>
+inline constexpr std::optional<DataType> kDataTypeOf<double> = DataType::float64;
 /// @endcond
 
 /// An element type the typed collectives accept.
 template <class T>
-concept Element = kIsElement<T>;
+concept Element = kDataTypeOf<T>.has_value();
 
 /// The DataType of element type @p T.
 template <Element T>
 [[nodiscard]] constexpr DataType data_type_of() noexcept {
-  if constexpr (std::is_same_v<T, std::int8_t>)
-    return DataType::int8;
-  else if constexpr (std::is_same_v<T, std::uint8_t>)
-    return DataType::uint8;
-  else if constexpr (std::is_same_v<T, std::int32_t>)
-    return DataType::int32;
-  else if constexpr (std::is_same_v<T, std::uint32_t>)
-    return DataType::uint32;
-  else if constexpr (std::is_same_v<T, std::int64_t>)
-    return DataType::int64;
-  else if constexpr (std::is_same_v<T, std::uint64_t>)
-    return DataType::uint64;
-  else if constexpr (std::is_same_v<T, float>)
-    return DataType::float32;
-  else
-    return DataType::float64;
+  return *kDataTypeOf<T>;
 }
+
+/// A buffer the typed collectives read: any contiguous sized range of Elements (a
+/// `std::vector`, `std::array`, `std::span`, C array, ...).
+template <class R>
+concept ElementRange = std::ranges::contiguous_range<R> && std::ranges::sized_range<R> &&
+                       Element<std::ranges::range_value_t<R>>;
+
+/// A buffer the typed collectives write: an ElementRange whose elements are not const.
+template <class R>
+concept MutableElementRange =
+    ElementRange<R> && !std::is_const_v<std::remove_reference_t<std::ranges::range_reference_t<R>>>;
+
+/// Element type of an ElementRange.
+template <ElementRange R>
+using element_of = std::ranges::range_value_t<R>;
 
 /// Settings of a communicator that a split or dup creates. Each backend uses the
 /// fields that apply to it and ignores the others; a field the backend's library is
@@ -106,7 +119,7 @@ struct CommOptions {
 ///
 /// Every collective and split is collective over the communicator: each member must
 /// call it, in the same order. The public functions check their arguments (throwing
-/// ConfigError for a count, root or buffer size that cannot be right, a DataType or
+/// ConfigError for a count, root, peer or buffer size that cannot be right, a DataType or
 /// ReduceOp value outside the enumeration, or a buffer whose size in bytes overflows a
 /// `std::size_t`) and then call the backend, which so sees valid values only. Backend
 /// failures throw CommError. Collectives are `const`: they use the communicator without
@@ -114,6 +127,12 @@ struct CommOptions {
 /// After abort(), every operation throws CommError. A moved-from backend object is
 /// empty: size() 0, rank() -1, and every operation (split, dup, collectives) throws
 /// ConfigError.
+///
+/// Threads: size(), rank(), backend(), aborted() and abort() may be called from any
+/// thread at any time. Operations (splits, dups, collectives) of one communicator must
+/// not run concurrently, as MPI and NCCL require the same order on every member;
+/// operations of different communicators may, on the MPI backend when MPI was
+/// initialized with MPI_THREAD_MULTIPLE, and on the NCCL backend always.
 class Communicator {
  public:
   /// Colour for split() of a rank that joins no child.
@@ -125,21 +144,28 @@ class Communicator {
   [[nodiscard]] virtual int size() const noexcept = 0;
   /// This process's index among the members, in [0, size()).
   [[nodiscard]] virtual int rank() const noexcept = 0;
-  /// Name of the backend: "mpi", "nccl", "self", "fake".
+  /// Name of the backend: "mpi", "nccl", "self", "fake", "thread".
   [[nodiscard]] virtual std::string_view backend() const noexcept = 0;
 
-  /// Splits into children: members with the same @p colour form one child, ranked by
-  /// @p key. The caller states the @p size it expects its child to have, and @p key
-  /// must be its rank there; a backend whose child has another size (because ranks
-  /// disagreed on the colours) throws. @p options configure the child.
-  /// @return the caller's child, or nullptr when @p colour is kNoColour (then @p key
+  /// Splits into children as `MPI_Comm_split` and `ncclCommSplit` do: members with the
+  /// same @p colour form one child, ranked by @p key, ties broken by rank here.
+  /// @return the caller's child, or nullptr when @p colour is kNoColour.
+  /// @throws ConfigError if @p colour is negative but not kNoColour, or an option is
+  ///         invalid for the backend (and on FakeCommunicator, which cannot know the
+  ///         child's size: use split_checked()); CommError from the backend; Timeout
+  ///         past options.timeout.
+  [[nodiscard]] std::unique_ptr<Communicator> split(int colour, int key, const CommOptions& options = {}) const;
+
+  /// split() where the caller knows its child: it will have @p size members, of which
+  /// the caller is rank @p rank (passed to the backend as the key). A child of another
+  /// shape means that ranks disagreed on the colours: CommError, not a wrong group.
+  /// @return the caller's child, or nullptr when @p colour is kNoColour (then @p rank
   ///         and @p size are ignored).
   /// @throws ConfigError if @p colour is negative but not kNoColour, @p size is not in
-  ///         [1, size()], @p key is not in [0, @p size), or an option is invalid for the
-  ///         backend; CommError from the backend or for a child of another size;
-  ///         Timeout past options.timeout.
-  [[nodiscard]] std::unique_ptr<Communicator> split(int colour, int key, int size,
-                                                    const CommOptions& options = {}) const;
+  ///         [1, size()] or @p rank not in [0, @p size); otherwise as split(), and
+  ///         CommError for a child of another size or rank.
+  [[nodiscard]] std::unique_ptr<Communicator> split_checked(int colour, int rank, int size,
+                                                            const CommOptions& options = {}) const;
 
   /// A new communicator with the same members and ranks.
   /// @throws ConfigError, CommError or Timeout as split().
@@ -151,6 +177,16 @@ class Communicator {
   /// Member i sends block j of @p send (@p count elements each) to member j, which
   /// stores it as block i of @p recv. Buffers hold size() * count elements.
   void all_to_all(const void* send, void* recv, std::size_t count, DataType type) const;
+  /// all_to_all with uneven blocks (`MPI_Alltoallv`): member i sends @p send_counts[j]
+  /// elements to member j, which receives them as its block i of @p recv_counts[i]
+  /// elements. Blocks lie back to back in member order in both buffers, and
+  /// @p recv_counts[i] must equal what member i sends to the caller (every member
+  /// learns its receive counts first, usually with an all_to_all of the send counts).
+  /// @throws ConfigError if a count list does not have size() entries or the buffers
+  ///         overflow a byte count; a receive count that disagrees with its sender is
+  ///         CommError on MPI and undefined on NCCL.
+  void all_to_all_v(const void* send, std::span<const std::size_t> send_counts, void* recv,
+                    std::span<const std::size_t> recv_counts, DataType type) const;
   /// Block i of @p recv (size() * count elements) receives member i's @p send (@p count).
   void all_gather(const void* send, void* recv, std::size_t count, DataType type) const;
   /// Reduces @p send (size() * count elements) over all members; member i receives
@@ -159,6 +195,15 @@ class Communicator {
   /// Copies @p count elements of member @p root's @p buffer to every member's @p buffer.
   /// @throws ConfigError if @p root is outside [0, size()).
   void broadcast(void* buffer, std::size_t count, DataType type, int root) const;
+  /// Sends @p count elements to member @p peer, which calls recv() with the same count;
+  /// returns once the buffer may be reused (NCCL: once the peer received it). Messages
+  /// between two members arrive in the order they were sent. Not collective: only the
+  /// two members take part.
+  /// @throws ConfigError if @p peer is outside [0, size()) or is the caller.
+  void send(const void* buffer, std::size_t count, DataType type, int peer) const;
+  /// Receives @p count elements from member @p peer's send().
+  /// @throws ConfigError as send(); CommError if the peer sent another count (MPI).
+  void recv(void* buffer, std::size_t count, DataType type, int peer) const;
   /// Returns once every member has called it.
   void barrier() const;
 
@@ -177,43 +222,79 @@ class Communicator {
   [[nodiscard]] bool aborted() const noexcept { return aborted_.load(); }
 
   /// A communicator of this process alone, for buffers of the same kind as this
-  /// backend's (host memory, or device memory for NCCL). It holds no backend
-  /// resources and is not collective.
-  [[nodiscard]] virtual std::unique_ptr<Communicator> self() const;
+  /// backend's (host memory, or device memory for NCCL): what a group of one member
+  /// gets instead of a split. It is not collective.
+  [[nodiscard]] virtual std::unique_ptr<Communicator> self() const = 0;
+
+  /// The backend's own handle, for calls pcx does not wrap: the address of an
+  /// `MPI_Comm` when backend() is "mpi", of an `ncclComm_t` when it is "nccl", null
+  /// otherwise (a group of one member has none). Prefer pcx::mpi_handle() and
+  /// pcx::nccl_handle(), which check the backend and return the handle itself.
+  [[nodiscard]] virtual const void* native_handle() const noexcept { return nullptr; }
 
   /// Typed all_reduce; @p send and @p recv have the same length.
-  template <Element T>
-  void all_reduce(std::span<const T> send, std::span<T> recv, ReduceOp op) const {
-    check_length(send.size(), recv.size(), "all_reduce receive buffer");
-    all_reduce(send.data(), recv.data(), send.size(), data_type_of<T>(), op);
+  template <ElementRange S, MutableElementRange R>
+    requires std::same_as<element_of<S>, element_of<R>>
+  void all_reduce(const S& send, R&& recv, ReduceOp op) const {
+    check_length(std::ranges::size(send), std::ranges::size(recv), "all_reduce receive buffer");
+    all_reduce(std::ranges::data(send), std::ranges::data(recv), std::ranges::size(send), data_type_of<element_of<S>>(),
+               op);
   }
   /// Typed all_reduce in place.
-  template <Element T>
-  void all_reduce(std::span<T> buffer, ReduceOp op) const {
-    all_reduce(buffer.data(), buffer.data(), buffer.size(), data_type_of<T>(), op);
+  template <MutableElementRange R>
+  void all_reduce(R&& buffer, ReduceOp op) const {
+    all_reduce(std::ranges::data(buffer), std::ranges::data(buffer), std::ranges::size(buffer),
+               data_type_of<element_of<R>>(), op);
   }
-  /// Typed all_to_all; both spans hold size() equal blocks.
-  template <Element T>
-  void all_to_all(std::span<const T> send, std::span<T> recv) const {
-    check_length(send.size(), recv.size(), "all_to_all receive buffer");
-    all_to_all(send.data(), recv.data(), block(send.size(), "all_to_all"), data_type_of<T>());
+  /// Typed all_to_all; both buffers hold size() equal blocks.
+  template <ElementRange S, MutableElementRange R>
+    requires std::same_as<element_of<S>, element_of<R>>
+  void all_to_all(const S& send, R&& recv) const {
+    check_length(std::ranges::size(send), std::ranges::size(recv), "all_to_all receive buffer");
+    all_to_all(std::ranges::data(send), std::ranges::data(recv), block(std::ranges::size(send), "all_to_all"),
+               data_type_of<element_of<S>>());
   }
-  /// Typed all_gather; @p recv holds size() blocks of send.size() elements.
-  template <Element T>
-  void all_gather(std::span<const T> send, std::span<T> recv) const {
-    check_length(send.size() * member_count(), recv.size(), "all_gather receive buffer");
-    all_gather(send.data(), recv.data(), send.size(), data_type_of<T>());
+  /// Typed all_to_all_v; each buffer holds exactly the sum of its counts.
+  template <ElementRange S, MutableElementRange R>
+    requires std::same_as<element_of<S>, element_of<R>>
+  void all_to_all_v(const S& send, std::span<const std::size_t> send_counts, R&& recv,
+                    std::span<const std::size_t> recv_counts) const {
+    check_length(total(send_counts, "all_to_all_v send counts"), std::ranges::size(send), "all_to_all_v send buffer");
+    check_length(total(recv_counts, "all_to_all_v receive counts"), std::ranges::size(recv),
+                 "all_to_all_v receive buffer");
+    all_to_all_v(std::ranges::data(send), send_counts, std::ranges::data(recv), recv_counts,
+                 data_type_of<element_of<S>>());
   }
-  /// Typed reduce_scatter; @p send holds size() blocks of recv.size() elements.
-  template <Element T>
-  void reduce_scatter(std::span<const T> send, std::span<T> recv, ReduceOp op) const {
-    check_length(recv.size() * member_count(), send.size(), "reduce_scatter send buffer");
-    reduce_scatter(send.data(), recv.data(), recv.size(), data_type_of<T>(), op);
+  /// Typed all_gather; @p recv holds size() blocks of the length of @p send.
+  template <ElementRange S, MutableElementRange R>
+    requires std::same_as<element_of<S>, element_of<R>>
+  void all_gather(const S& send, R&& recv) const {
+    check_length(std::ranges::size(send) * member_count(), std::ranges::size(recv), "all_gather receive buffer");
+    all_gather(std::ranges::data(send), std::ranges::data(recv), std::ranges::size(send),
+               data_type_of<element_of<S>>());
+  }
+  /// Typed reduce_scatter; @p send holds size() blocks of the length of @p recv.
+  template <ElementRange S, MutableElementRange R>
+    requires std::same_as<element_of<S>, element_of<R>>
+  void reduce_scatter(const S& send, R&& recv, ReduceOp op) const {
+    check_length(std::ranges::size(recv) * member_count(), std::ranges::size(send), "reduce_scatter send buffer");
+    reduce_scatter(std::ranges::data(send), std::ranges::data(recv), std::ranges::size(recv),
+                   data_type_of<element_of<S>>(), op);
   }
   /// Typed broadcast from member @p root.
-  template <Element T>
-  void broadcast(std::span<T> buffer, int root) const {
-    broadcast(buffer.data(), buffer.size(), data_type_of<T>(), root);
+  template <MutableElementRange R>
+  void broadcast(R&& buffer, int root) const {
+    broadcast(std::ranges::data(buffer), std::ranges::size(buffer), data_type_of<element_of<R>>(), root);
+  }
+  /// Typed send of the whole of @p buffer to member @p peer.
+  template <ElementRange S>
+  void send(const S& buffer, int peer) const {
+    send(std::ranges::data(buffer), std::ranges::size(buffer), data_type_of<element_of<S>>(), peer);
+  }
+  /// Typed recv filling the whole of @p buffer from member @p peer.
+  template <MutableElementRange R>
+  void recv(R&& buffer, int peer) const {
+    recv(std::ranges::data(buffer), std::ranges::size(buffer), data_type_of<element_of<R>>(), peer);
   }
 
  protected:
@@ -236,7 +317,8 @@ class Communicator {
 
   // Backend hooks, called after the public functions checked the arguments.
 
-  /// split() for the backend, whose child must have @p size members (unchecked for kNoColour).
+  /// split() for the backend. @p size is the child's size when the caller stated it
+  /// (split_checked, with @p key its rank there), 0 when it did not.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                                const CommOptions& options) const = 0;
   /// dup() for the backend.
@@ -245,12 +327,22 @@ class Communicator {
   virtual void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const = 0;
   /// all_to_all() for the backend.
   virtual void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const = 0;
+  /// all_to_all_v() for the backend: @p send_counts and @p recv_counts have size()
+  /// entries, and @p send_offsets and @p recv_offsets (in elements) are their prefix sums.
+  virtual void do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                               std::span<const std::size_t> send_offsets, void* recv,
+                               std::span<const std::size_t> recv_counts, std::span<const std::size_t> recv_offsets,
+                               DataType type) const = 0;
   /// all_gather() for the backend.
   virtual void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const = 0;
   /// reduce_scatter() for the backend.
   virtual void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const = 0;
   /// broadcast() for the backend; @p root is in range.
   virtual void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const = 0;
+  /// send() for the backend; @p peer is another member.
+  virtual void do_send(const void* buffer, std::size_t count, DataType type, int peer) const = 0;
+  /// recv() for the backend; @p peer is another member.
+  virtual void do_recv(void* buffer, std::size_t count, DataType type, int peer) const = 0;
   /// barrier() for the backend.
   virtual void do_barrier() const = 0;
   /// abort() for the backend: called once, from any thread, possibly while another
@@ -265,8 +357,11 @@ class Communicator {
  private:
   [[nodiscard]] std::size_t member_count() const noexcept { return static_cast<std::size_t>(size()); }
   static void check_length(std::size_t expected, std::size_t actual, std::string_view what);
+  // The sum of counts, which must have one entry per member; throws on overflow.
+  [[nodiscard]] std::size_t total(std::span<const std::size_t> counts, std::string_view what) const;
   // The per-member block of a buffer of total elements; throws unless size() divides it.
   [[nodiscard]] std::size_t block(std::size_t total, std::string_view what) const;
+  void check_peer(std::string_view operation, int peer) const;
 
   // Set once by abort(); mutable because abort() is const, as the collectives are.
   mutable std::atomic<bool> aborted_{false};

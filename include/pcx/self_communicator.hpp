@@ -27,6 +27,8 @@ class SelfCommunicator final : public Communicator {
   [[nodiscard]] int rank() const noexcept override { return 0; }
   /// "self".
   [[nodiscard]] std::string_view backend() const noexcept override { return "self"; }
+  /// A copy of this communicator (same copy function).
+  [[nodiscard]] std::unique_ptr<Communicator> self() const override;
 
  private:
   [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
@@ -34,9 +36,15 @@ class SelfCommunicator final : public Communicator {
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                       std::span<const std::size_t> send_offsets, void* recv, std::span<const std::size_t> recv_counts,
+                       std::span<const std::size_t> recv_offsets, DataType type) const override;
   void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
   void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
+  // A group of one has no peer, so Communicator::send and recv never get here.
+  void do_send(const void*, std::size_t, DataType, int) const override {}
+  void do_recv(void*, std::size_t, DataType, int) const override {}
   void do_barrier() const override {}
   void copy(const void* send, void* recv, std::size_t count, DataType type) const;
 

@@ -4,13 +4,18 @@
 
 #include <climits>
 #include <utility>
+#include <vector>
 
+#include "../elementwise.hpp"
 #include "pcx/error.hpp"
+#include "pcx/self_communicator.hpp"
 
 namespace pcx {
 namespace {
 
-// Communicator's public functions let only enumerated types through.
+// Communicator's public functions let only enumerated types through. MPI has no 16-bit
+// floating-point type: they travel as 16-bit integers, and reductions over them use
+// operations of pcx's own (see Reduction).
 MPI_Datatype mpi_type(DataType type) {
   switch (type) {
     case DataType::int8: return MPI_INT8_T;
@@ -19,21 +24,82 @@ MPI_Datatype mpi_type(DataType type) {
     case DataType::uint32: return MPI_UINT32_T;
     case DataType::int64: return MPI_INT64_T;
     case DataType::uint64: return MPI_UINT64_T;
+    case DataType::float16:
+    case DataType::bfloat16: return MPI_UINT16_T;
     case DataType::float32: return MPI_FLOAT;
     case DataType::float64: break;
   }
   return MPI_DOUBLE;
 }
 
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+template <DataType Type, ReduceOp Op>
+void reduce_16_bit_floats(void* in, void* inout, int* length, MPI_Datatype*) {
+  detail::accumulate(inout, in, static_cast<std::size_t>(*length), Type, Op);
+}
 
-// MPI counts are ints.
+template <DataType Type>
+MPI_User_function* user_function(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::prod: return &reduce_16_bit_floats<Type, ReduceOp::prod>;
+    case ReduceOp::min: return &reduce_16_bit_floats<Type, ReduceOp::min>;
+    case ReduceOp::max: return &reduce_16_bit_floats<Type, ReduceOp::max>;
+    case ReduceOp::sum:
+    case ReduceOp::avg: break;
+  }
+  return &reduce_16_bit_floats<Type, ReduceOp::sum>;
+}
+
+// The MPI operation of a reduction: MPI's own, or for 16-bit floats one created for the
+// call and freed after it (no state outlives a call). avg is a sum that the caller then
+// divides.
+class Reduction {
+ public:
+  Reduction(ReduceOp op, DataType type) {
+    if (type == DataType::float16 || type == DataType::bfloat16) {
+      MPI_User_function* function = type == DataType::float16 ? user_function<DataType::float16>(op)
+                                                              : user_function<DataType::bfloat16>(op);
+      check_mpi(MPI_Op_create(function, 1, &op_), "MPI_Op_create");
+      owned_ = true;
+      return;
+    }
+    switch (op) {
+      case ReduceOp::prod: op_ = MPI_PROD; break;
+      case ReduceOp::min: op_ = MPI_MIN; break;
+      case ReduceOp::max: op_ = MPI_MAX; break;
+      case ReduceOp::sum:
+      case ReduceOp::avg: op_ = MPI_SUM; break;
+    }
+  }
+  ~Reduction() {
+    if (owned_) MPI_Op_free(&op_);
+  }
+  Reduction(const Reduction&) = delete;
+  Reduction& operator=(const Reduction&) = delete;
+  [[nodiscard]] MPI_Op get() const noexcept { return op_; }
+
+ private:
+  MPI_Op op_ = MPI_OP_NULL;
+  bool owned_ = false;
+};
+
+// MPI counts and displacements are ints.
 int mpi_count(std::size_t count) {
   if (count > static_cast<std::size_t>(INT_MAX)) {
     throw ConfigError(fmt::format("count {} exceeds what MPI takes in one call ({})", count, INT_MAX));
   }
   return static_cast<int>(count);
 }
+
+std::vector<int> mpi_counts(std::span<const std::size_t> counts) {
+  std::vector<int> converted;
+  converted.reserve(counts.size());
+  for (const std::size_t count : counts) converted.push_back(mpi_count(count));
+  return converted;
+}
+
+// One message stream per pair of members; each communicator is a context of its own, so
+// no other traffic shares the tag.
+constexpr int kTag = 0;
 
 const void* send_or_in_place(const void* send, const void* recv) { return send == recv ? MPI_IN_PLACE : send; }
 
@@ -148,15 +214,32 @@ std::unique_ptr<Communicator> MpiCommunicator::do_dup(const CommOptions& options
   return named(adopt(copy), options.name);
 }
 
+std::unique_ptr<Communicator> MpiCommunicator::self() const { return std::make_unique<SelfCommunicator>(); }
+
 void MpiCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
-  check_mpi(MPI_Allreduce(send_or_in_place(send, recv), recv, mpi_count(count), mpi_type(type), mpi_op(op), comm_),
+  const Reduction reduction(op, type);
+  check_mpi(MPI_Allreduce(send_or_in_place(send, recv), recv, mpi_count(count), mpi_type(type), reduction.get(), comm_),
             "MPI_Allreduce");
+  if (op == ReduceOp::avg) detail::finish_average(recv, count, type, size_);
 }
 
 void MpiCommunicator::do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
   const int n = mpi_count(count);
   check_mpi(MPI_Alltoall(send_or_in_place(send, recv), n, mpi_type(type), recv, n, mpi_type(type), comm_),
             "MPI_Alltoall");
+}
+
+void MpiCommunicator::do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                                      std::span<const std::size_t> send_offsets, void* recv,
+                                      std::span<const std::size_t> recv_counts,
+                                      std::span<const std::size_t> recv_offsets, DataType type) const {
+  const std::vector<int> sends = mpi_counts(send_counts);
+  const std::vector<int> send_displacements = mpi_counts(send_offsets);
+  const std::vector<int> receives = mpi_counts(recv_counts);
+  const std::vector<int> receive_displacements = mpi_counts(recv_offsets);
+  check_mpi(MPI_Alltoallv(send, sends.data(), send_displacements.data(), mpi_type(type), recv, receives.data(),
+                          receive_displacements.data(), mpi_type(type), comm_),
+            "MPI_Alltoallv");
 }
 
 void MpiCommunicator::do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
@@ -166,12 +249,39 @@ void MpiCommunicator::do_all_gather(const void* send, void* recv, std::size_t co
 
 void MpiCommunicator::do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
                                         ReduceOp op) const {
-  check_mpi(MPI_Reduce_scatter_block(send, recv, mpi_count(count), mpi_type(type), mpi_op(op), comm_),
+  const Reduction reduction(op, type);
+  check_mpi(MPI_Reduce_scatter_block(send, recv, mpi_count(count), mpi_type(type), reduction.get(), comm_),
             "MPI_Reduce_scatter_block");
+  if (op == ReduceOp::avg) detail::finish_average(recv, count, type, size_);
 }
 
 void MpiCommunicator::do_broadcast(void* buffer, std::size_t count, DataType type, int root) const {
   check_mpi(MPI_Bcast(buffer, mpi_count(count), mpi_type(type), root, comm_), "MPI_Bcast");
+}
+
+void MpiCommunicator::do_send(const void* buffer, std::size_t count, DataType type, int peer) const {
+  check_mpi(MPI_Send(buffer, mpi_count(count), mpi_type(type), peer, kTag, comm_), "MPI_Send");
+}
+
+void MpiCommunicator::do_recv(void* buffer, std::size_t count, DataType type, int peer) const {
+  MPI_Status status;
+  check_mpi(MPI_Recv(buffer, mpi_count(count), mpi_type(type), peer, kTag, comm_, &status), "MPI_Recv");
+  // A longer message is MPI_ERR_TRUNCATE; a shorter one MPI accepts, pcx does not.
+  int received = 0;
+  check_mpi(MPI_Get_count(&status, mpi_type(type), &received), "MPI_Get_count");
+  if (static_cast<std::size_t>(received) != count) {
+    throw CommError(fmt::format("recv from member {} expected {} {} elements but {} were sent", peer, count,
+                                to_string(type), received),
+                    MPI_ERR_COUNT);
+  }
+}
+
+MPI_Comm mpi_handle(const Communicator& communicator) {
+  if (communicator.backend() == "mpi") return *static_cast<const MPI_Comm*>(communicator.native_handle());
+  if (communicator.backend() == "self") return MPI_COMM_SELF;
+  throw ConfigError(fmt::format("mpi_handle of a {} communicator: only MPI communicators and groups of one member "
+                                "have an MPI_Comm",
+                                communicator.backend()));
 }
 
 void MpiCommunicator::do_barrier() const { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }

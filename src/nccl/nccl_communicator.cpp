@@ -7,13 +7,17 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <mutex>
 #include <new>
 #include <thread>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include <unistd.h>
 
 #include "pcx/error.hpp"
 #include "pcx/self_communicator.hpp"
@@ -31,6 +35,8 @@ ncclDataType_t nccl_type(DataType type) {
     case DataType::uint32: return ncclUint32;
     case DataType::int64: return ncclInt64;
     case DataType::uint64: return ncclUint64;
+    case DataType::float16: return ncclFloat16;
+    case DataType::bfloat16: return ncclBfloat16;
     case DataType::float32: return ncclFloat32;
     case DataType::float64: return ncclFloat64;
   }
@@ -41,7 +47,10 @@ ncclDataType_t nccl_type(DataType type) {
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
     case ReduceOp::sum: return ncclSum;
+    case ReduceOp::prod: return ncclProd;
+    case ReduceOp::min: return ncclMin;
     case ReduceOp::max: return ncclMax;
+    case ReduceOp::avg: return ncclAvg;
   }
   throw ConfigError(fmt::format("reduce operation {} is not a pcx::ReduceOp", static_cast<int>(op)));
 }
@@ -220,12 +229,36 @@ class Staging {
   bool copy_recv_back_ = false;
 };
 
-// The ranks of the caller's node, from an MPI shared-memory split.
-MpiCommunicator node_of(const MpiCommunicator& bootstrap) {
-  MPI_Comm node = MPI_COMM_NULL;
-  check_mpi(MPI_Comm_split_type(bootstrap.native(), MPI_COMM_TYPE_SHARED, bootstrap.rank(), MPI_INFO_NULL, &node),
-            "MPI_Comm_split_type");
-  return MpiCommunicator::adopt(node);
+// Which host this process runs on, as NCCL tells hosts apart (src/misc/utils.cc
+// getHostHash): NCCL_HOSTID if set, else the host name followed by the boot id, so that
+// containers with one host name on several machines differ. FNV-1a of that text.
+std::uint64_t host_hash() {
+  std::string id;
+  if (const char* configured = std::getenv("NCCL_HOSTID"); configured != nullptr) {
+    id = configured;
+  } else {
+    std::array<char, 256> name{};
+    if (gethostname(name.data(), name.size() - 1) == 0) id = name.data();
+    std::ifstream boot("/proc/sys/kernel/random/boot_id");
+    std::string boot_id;
+    if (boot >> boot_id) id += boot_id;
+  }
+  std::uint64_t hash = 14695981039346656037ULL;
+  for (const char c : id) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+  return hash;
+}
+
+// The ranks of the caller's host, ascending: one all-gather of host hashes over the
+// bootstrap communicator, which needs nothing of MPI.
+std::vector<int> node_of(const Communicator& bootstrap) {
+  const std::array<std::uint64_t, 1> mine = {host_hash()};
+  std::vector<std::uint64_t> hosts(static_cast<std::size_t>(bootstrap.size()));
+  bootstrap.all_gather(mine, hosts);
+  std::vector<int> node;
+  for (int r = 0; r < bootstrap.size(); ++r) {
+    if (hosts[static_cast<std::size_t>(r)] == mine[0]) node.push_back(r);
+  }
+  return node;
 }
 
 // The device of a rank that did not name one: its index on the node. Where each rank sees
@@ -243,15 +276,17 @@ int default_device(int local_rank, int devices, int rank) {
 constexpr std::size_t kBusIdBytes = 32;
 
 // Two ranks of a node on one GPU would serialize, or deadlock in NCCL (which refuses them
-// as "Duplicate GPU detected", src/init.cc): the ranks of the node compare the PCI bus
-// ids of their devices. Collective over `node`; a rank that has no device yet (an
-// empty id) takes part all the same.
-void distinct_devices(const MpiCommunicator& node, const std::array<char, kBusIdBytes>& mine, int rank) {
-  std::vector<char> all(kBusIdBytes * static_cast<std::size_t>(node.size()));
-  node.all_gather(mine.data(), all.data(), kBusIdBytes, DataType::int8);
+// as "Duplicate GPU detected", src/init.cc): the ranks compare the PCI bus ids of their
+// devices with those of the other ranks of their node. Collective over `bootstrap`; a
+// rank that has no device yet (an empty id) takes part all the same.
+void distinct_devices(const Communicator& bootstrap, const std::vector<int>& node,
+                      const std::array<char, kBusIdBytes>& mine) {
+  std::vector<char> all(kBusIdBytes * static_cast<std::size_t>(bootstrap.size()));
+  bootstrap.all_gather(mine.data(), all.data(), kBusIdBytes, DataType::int8);
   const auto id = [&](int r) { return std::string_view(all.data() + kBusIdBytes * static_cast<std::size_t>(r)); };
-  for (int r = 0; r < node.size(); ++r) {
-    if (r != node.rank() && !id(r).empty() && id(r) == id(node.rank())) {
+  const int rank = bootstrap.rank();
+  for (const int r : node) {
+    if (r != rank && !id(r).empty() && id(r) == id(rank)) {
       throw ConfigError(fmt::format("rank {} and rank {} of its node would share the CUDA device at PCI {}: give each "
                                     "rank its own device (NcclWorldOptions::device, or CUDA_VISIBLE_DEVICES)",
                                     rank, r, id(r)));
@@ -259,20 +294,48 @@ void distinct_devices(const MpiCommunicator& node, const std::array<char, kBusId
   }
 }
 
-// The NCCL calls of an all-to-all with equal blocks: one send and one receive per peer,
-// in one group.
-ncclResult_t all_to_all_calls(const void* send, void* recv, std::size_t count, ncclDataType_t type,
-                              std::size_t block_bytes, int peers, ncclComm_t comm, cudaStream_t stream) {
+// One block of an all-to-all: how many elements go to (or come from) a peer, and where
+// they lie in the buffer, in elements.
+struct Block {
+  std::size_t count;
+  std::size_t offset;
+};
+
+// The NCCL calls of an all-to-all: one send and one receive per peer, in one group (the
+// pattern of NCCL's user guide, "Point-to-point communication: all-to-all"). Blocks of
+// no elements are left out on both sides alike, since a receive count equals its
+// sender's count. `sends(peer)` and `receives(peer)` give the blocks.
+template <class Sends, class Receives>
+ncclResult_t all_to_all_calls(const void* send, void* recv, Sends&& sends, Receives&& receives, ncclDataType_t type,
+                              std::size_t element, int peers, ncclComm_t comm, cudaStream_t stream) {
   const auto ok = [](ncclResult_t code) { return code == ncclSuccess || code == ncclInProgress; };
   ncclResult_t code = ncclGroupStart();
   if (!ok(code)) return code;
   for (int peer = 0; peer < peers && ok(code); ++peer) {
-    const std::size_t offset = block_bytes * static_cast<std::size_t>(peer);
-    code = ncclSend(static_cast<const std::byte*>(send) + offset, count, type, peer, comm, stream);
-    if (ok(code)) code = ncclRecv(static_cast<std::byte*>(recv) + offset, count, type, peer, comm, stream);
+    const Block out = sends(peer);
+    const Block in = receives(peer);
+    if (out.count > 0) {
+      code = ncclSend(static_cast<const std::byte*>(send) + out.offset * element, out.count, type, peer, comm, stream);
+    }
+    if (ok(code) && in.count > 0) {
+      code = ncclRecv(static_cast<std::byte*>(recv) + in.offset * element, in.count, type, peer, comm, stream);
+    }
   }
   const ncclResult_t ended = ncclGroupEnd();  // also after an error: every ncclGroupStart needs its end
   return ok(code) ? ended : code;
+}
+
+// The blocks of an all-to-all of `count` elements per peer.
+auto equal_blocks(std::size_t count) {
+  return [count](int peer) { return Block{count, count * static_cast<std::size_t>(peer)}; };
+}
+
+// The blocks of an all_to_all_v.
+auto listed_blocks(std::span<const std::size_t> counts, std::span<const std::size_t> offsets) {
+  return [counts, offsets](int peer) {
+    const auto index = static_cast<std::size_t>(peer);
+    return Block{counts[index], offsets[index]};
+  };
 }
 
 }  // namespace
@@ -354,7 +417,7 @@ void check_cuda(cudaError_t code, const char* call) {
                   static_cast<int>(code));
 }
 
-NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap, const NcclWorldOptions& options) {
+NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, const NcclWorldOptions& options) {
   // Everything that can fail on one rank alone happens before the broadcast, and the
   // ranks agree on the outcome, so no rank waits for a peer that has given up. Any
   // exception counts, whatever its type: none may skip the agreement.
@@ -376,13 +439,14 @@ NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap
   };
   try {
     (void)make_config(options.communicator);
-    const MpiCommunicator node = node_of(bootstrap);
+    const std::vector<int> node = node_of(bootstrap);
+    const auto local_rank = static_cast<int>(std::ranges::find(node, rank) - node.begin());
     std::array<char, kBusIdBytes> bus_id{};
     try {
       int devices = 0;
       check_cuda(cudaGetDeviceCount(&devices), fmt::format("cudaGetDeviceCount on rank {}", rank).c_str());
       if (devices < 1) throw CommError("no CUDA device is visible", static_cast<int>(cudaErrorNoDevice));
-      device = options.device.value_or(default_device(node.rank(), devices, rank));
+      device = options.device.value_or(default_device(local_rank, devices, rank));
       if (device < 0 || device >= devices) {
         throw ConfigError(
             fmt::format("rank {}: CUDA device {} is outside the {} visible devices", rank, device, devices));
@@ -393,7 +457,7 @@ NcclCommunicator NcclCommunicator::create_world(const MpiCommunicator& bootstrap
       failed();
     }
     // A rank that has no device still takes part in the comparison, with an empty id.
-    distinct_devices(node, local_error ? std::array<char, kBusIdBytes>{} : bus_id, rank);
+    distinct_devices(bootstrap, node, local_error ? std::array<char, kBusIdBytes>{} : bus_id);
     if (!local_error && rank == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
   } catch (...) {
     if (!local_error) failed();
@@ -648,8 +712,41 @@ void NcclCommunicator::enqueue_all_to_all(const void* send, void* recv, std::siz
                                           cudaStream_t stream) const {
   const ncclDataType_t element = nccl_type(type);
   enqueue("ncclSend/ncclRecv (all-to-all)", Deadline::of(state("all-to-all").options), [&](ncclComm_t comm) {
-    return all_to_all_calls(send, recv, count, element, count * size_of(type), size_, comm, stream);
+    return all_to_all_calls(send, recv, equal_blocks(count), equal_blocks(count), element, size_of(type), size_, comm,
+                            stream);
   });
+}
+
+void NcclCommunicator::enqueue_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                                            std::span<const std::size_t> send_offsets, void* recv,
+                                            std::span<const std::size_t> recv_counts,
+                                            std::span<const std::size_t> recv_offsets, DataType type,
+                                            cudaStream_t stream) const {
+  const ncclDataType_t element = nccl_type(type);
+  const auto members = static_cast<std::size_t>(size_);
+  if (send_counts.size() != members || send_offsets.size() != members || recv_counts.size() != members ||
+      recv_offsets.size() != members) {
+    throw ConfigError(fmt::format("enqueue_all_to_all_v needs {} counts and offsets of each kind, one per member",
+                                  members));
+  }
+  enqueue("ncclSend/ncclRecv (all_to_all_v)", Deadline::of(state("all_to_all_v").options), [&](ncclComm_t comm) {
+    return all_to_all_calls(send, recv, listed_blocks(send_counts, send_offsets),
+                            listed_blocks(recv_counts, recv_offsets), element, size_of(type), size_, comm, stream);
+  });
+}
+
+void NcclCommunicator::enqueue_send(const void* buffer, std::size_t count, DataType type, int peer,
+                                    cudaStream_t stream) const {
+  const ncclDataType_t element = nccl_type(type);
+  enqueue("ncclSend", Deadline::of(state("ncclSend").options),
+          [&](ncclComm_t comm) { return ncclSend(buffer, count, element, peer, comm, stream); });
+}
+
+void NcclCommunicator::enqueue_recv(void* buffer, std::size_t count, DataType type, int peer,
+                                    cudaStream_t stream) const {
+  const ncclDataType_t element = nccl_type(type);
+  enqueue("ncclRecv", Deadline::of(state("ncclRecv").options),
+          [&](ncclComm_t comm) { return ncclRecv(buffer, count, element, peer, comm, stream); });
 }
 
 void NcclCommunicator::enqueue_all_gather(const void* send, void* recv, std::size_t count, DataType type,
@@ -689,7 +786,23 @@ void NcclCommunicator::do_all_to_all(const void* send, void* recv, std::size_t c
   const std::size_t bytes = block * static_cast<std::size_t>(size_);
   collective("ncclSend/ncclRecv (all-to-all)", send, bytes, recv, bytes,
              [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
-               return all_to_all_calls(from, to, count, element, block, size_, comm, s);
+               return all_to_all_calls(from, to, equal_blocks(count), equal_blocks(count), element, size_of(type), size_,
+                                       comm, s);
+             });
+}
+
+void NcclCommunicator::do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                                       std::span<const std::size_t> send_offsets, void* recv,
+                                       std::span<const std::size_t> recv_counts,
+                                       std::span<const std::size_t> recv_offsets, DataType type) const {
+  const ncclDataType_t element = nccl_type(type);
+  const std::size_t last = send_counts.size() - 1;
+  collective("ncclSend/ncclRecv (all_to_all_v)", send, (send_offsets[last] + send_counts[last]) * size_of(type), recv,
+             (recv_offsets[last] + recv_counts[last]) * size_of(type),
+             [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
+               return all_to_all_calls(from, to, listed_blocks(send_counts, send_offsets),
+                                       listed_blocks(recv_counts, recv_offsets), element, size_of(type), size_, comm,
+                                       s);
              });
 }
 
@@ -719,6 +832,35 @@ void NcclCommunicator::do_broadcast(void* buffer, std::size_t count, DataType ty
              [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
                return ncclBroadcast(from, to, count, element, root, comm, s);
              });
+}
+
+void NcclCommunicator::do_send(const void* buffer, std::size_t count, DataType type, int peer) const {
+  const ncclDataType_t element = nccl_type(type);
+  collective("ncclSend", buffer, count * size_of(type), nullptr, 0,
+             [&](const void* from, void*, ncclComm_t comm, cudaStream_t s) {
+               return ncclSend(from, count, element, peer, comm, s);
+             });
+}
+
+void NcclCommunicator::do_recv(void* buffer, std::size_t count, DataType type, int peer) const {
+  const ncclDataType_t element = nccl_type(type);
+  collective("ncclRecv", nullptr, 0, buffer, count * size_of(type),
+             [&](const void*, void* to, ncclComm_t comm, cudaStream_t s) {
+               return ncclRecv(to, count, element, peer, comm, s);
+             });
+}
+
+const void* NcclCommunicator::native_handle() const noexcept { return state_ ? &state_->comm : nullptr; }
+
+ncclComm_t nccl_handle(const Communicator& communicator) {
+  if (communicator.backend() == "nccl") {
+    const void* handle = communicator.native_handle();
+    return handle != nullptr ? *static_cast<const ncclComm_t*>(handle) : nullptr;
+  }
+  if (communicator.backend() == "self") return nullptr;
+  throw ConfigError(fmt::format("nccl_handle of a {} communicator: only NCCL communicators and groups of one member "
+                                "have an ncclComm_t slot",
+                                communicator.backend()));
 }
 
 void NcclCommunicator::do_barrier() const {

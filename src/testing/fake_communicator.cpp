@@ -7,35 +7,22 @@
 #include <cstring>
 #include <map>
 
+#include "../elementwise.hpp"
 #include "pcx/error.hpp"
 #include "pcx/testing/mock_mpu.hpp"
 
 namespace pcx::testing {
 namespace {
 
-template <class F>
-void with_type(DataType type, F&& f) {
-  switch (type) {
-    case DataType::int8: return f(std::int8_t{});
-    case DataType::uint8: return f(std::uint8_t{});
-    case DataType::int32: return f(std::int32_t{});
-    case DataType::uint32: return f(std::uint32_t{});
-    case DataType::int64: return f(std::int64_t{});
-    case DataType::uint64: return f(std::uint64_t{});
-    case DataType::float32: return f(float{});
-    case DataType::float64: return f(double{});
-  }
-}
-
-// The result of reducing `members` copies of send[0, count) into recv.
+// The result of reducing `members` copies of send[0, count) into recv, one member at a
+// time as a real reduction would.
 void reduce_copies(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op, int members) {
-  with_type(type, [&](auto zero) {
-    using T = decltype(zero);
-    const auto* in = static_cast<const T*>(send);
-    auto* out = static_cast<T*>(recv);
-    for (std::size_t i = 0; i < count; ++i)
-      out[i] = op == ReduceOp::sum ? static_cast<T>(in[i] * static_cast<T>(members)) : in[i];
-  });
+  const auto* first = static_cast<const std::byte*>(send);
+  const std::vector<std::byte> input(first, first + count * size_of(type));
+  if (!input.empty()) std::memmove(recv, input.data(), input.size());
+  if (op == ReduceOp::min || op == ReduceOp::max) return;
+  for (int member = 1; member < members; ++member) detail::accumulate(recv, input.data(), count, type, op);
+  if (op == ReduceOp::avg) detail::finish_average(recv, count, type, members);
 }
 
 }  // namespace
@@ -138,6 +125,9 @@ FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank)
     : FakeCommunicator(world, world ? world->size() : 1, rank, rank) {}
 
 std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, int size, const CommOptions&) const {
+  if (colour != kNoColour && size == 0) {
+    throw ConfigError("a FakeCommunicator cannot know the size of a split's child: use split_checked");
+  }
   world_->record_split(caller_, colour, key, size);
   if (colour == kNoColour) return nullptr;
   return std::make_unique<FakeCommunicator>(world_, size, key, caller_);
@@ -165,6 +155,28 @@ void FakeCommunicator::do_all_to_all(const void* send, void* recv, std::size_t c
   }
 }
 
+void FakeCommunicator::do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                                       std::span<const std::size_t> send_offsets, void* recv,
+                                       std::span<const std::size_t> recv_counts,
+                                       std::span<const std::size_t> recv_offsets, DataType type) const {
+  world_->record_operation("all_to_all_v");
+  // Every member sends the same blocks with the same counts, so each block received is
+  // our own block.
+  const auto me = static_cast<std::size_t>(rank_);
+  const std::size_t element = size_of(type);
+  const auto* source = static_cast<const std::byte*>(send) + send_offsets[me] * element;
+  const std::vector<std::byte> mine(source, source + send_counts[me] * element);
+  for (std::size_t i = 0; i < recv_counts.size(); ++i) {
+    if (recv_counts[i] != send_counts[me]) {
+      throw CommError(fmt::format("fake all_to_all_v: member {} sends {} elements (every member sends what this one "
+                                  "does) but {} are expected",
+                                  i, send_counts[me], recv_counts[i]),
+                      -1);
+    }
+    if (!mine.empty()) std::memcpy(static_cast<std::byte*>(recv) + recv_offsets[i] * element, mine.data(), mine.size());
+  }
+}
+
 void FakeCommunicator::do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
   world_->record_operation("all_gather");
   const std::size_t bytes = count * size_of(type);
@@ -181,6 +193,14 @@ void FakeCommunicator::do_reduce_scatter(const void* send, void* recv, std::size
 }
 
 void FakeCommunicator::do_broadcast(void*, std::size_t, DataType, int) const { world_->record_operation("broadcast"); }
+
+void FakeCommunicator::do_send(const void*, std::size_t, DataType, int) const { world_->record_operation("send"); }
+
+void FakeCommunicator::do_recv(void*, std::size_t, DataType, int) const { world_->record_operation("recv"); }
+
+std::unique_ptr<Communicator> FakeCommunicator::self() const {
+  return std::make_unique<FakeCommunicator>(world_, 1, 0, caller_);
+}
 
 void FakeCommunicator::do_barrier() const { world_->record_operation("barrier"); }
 

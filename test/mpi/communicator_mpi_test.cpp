@@ -46,7 +46,7 @@ BOOST_AUTO_TEST_CASE(split_by_parity_and_no_colour) {
   std::vector<int> members;
   for (int r = rank % 2; r < world.size(); r += 2) members.push_back(r);
   const int key = rank / 2;
-  const auto half = world.split(rank % 2, key, static_cast<int>(members.size()));
+  const auto half = world.split_checked(rank % 2, key, static_cast<int>(members.size()));
   BOOST_REQUIRE(half != nullptr);
   BOOST_TEST(half->size() == static_cast<int>(members.size()));
   BOOST_TEST(half->rank() == key);
@@ -55,7 +55,7 @@ BOOST_AUTO_TEST_CASE(split_by_parity_and_no_colour) {
   half->all_gather(std::span<const std::int32_t>(&me, 1), std::span<std::int32_t>(seen));
   BOOST_TEST(std::vector<int>(seen.begin(), seen.end()) == members);
 
-  const auto none = world.split(pcx::Communicator::kNoColour, 0, 0);
+  const auto none = world.split_checked(pcx::Communicator::kNoColour, 0, 0);
   BOOST_TEST(none == nullptr);
 }
 
@@ -110,9 +110,9 @@ BOOST_AUTO_TEST_CASE(bad_arguments_throw_before_communicating_on_every_rank) {
                     pcx::ConfigError);
   BOOST_CHECK_THROW(world.broadcast(std::span<std::int32_t>(small), world.size()), pcx::ConfigError);
   BOOST_CHECK_THROW(world.all_reduce(nullptr, small.data(), 1, pcx::DataType::int32, ReduceOp::sum), pcx::ConfigError);
-  BOOST_CHECK_THROW((void)world.split(0, 0, world.size() + 1), pcx::ConfigError);
-  BOOST_CHECK_THROW((void)world.split(0, 1, 1), pcx::ConfigError);
-  BOOST_CHECK_THROW((void)world.split(-5, 0, 1), pcx::ConfigError);
+  BOOST_CHECK_THROW((void)world.split_checked(0, 0, world.size() + 1), pcx::ConfigError);
+  BOOST_CHECK_THROW((void)world.split_checked(0, 1, 1), pcx::ConfigError);
+  BOOST_CHECK_THROW((void)world.split_checked(-5, 0, 1), pcx::ConfigError);
   BOOST_TEST(everyone(true));
 }
 
@@ -133,7 +133,7 @@ BOOST_AUTO_TEST_CASE(a_moved_from_communicator_is_empty_and_refuses_every_use) {
   ok = refused([&] { first.all_reduce(std::span<std::int32_t>(&value, 1), ReduceOp::sum); }) && ok;
   ok = refused([&] { first.broadcast(std::span<std::int32_t>(&value, 1), 0); }) && ok;
   ok = refused([&] { first.barrier(); }) && ok;
-  ok = refused([&] { (void)first.split(0, 0, 1); }) && ok;
+  ok = refused([&] { (void)first.split_checked(0, 0, 1); }) && ok;
   ok = refused([&] { (void)first.dup(); }) && ok;
   MpiCommunicator third = MpiCommunicator::world();
   third = std::move(first);  // an empty one assigned is empty

@@ -183,7 +183,7 @@ BOOST_AUTO_TEST_CASE(a_split_that_never_completes_times_out_everywhere, *boost::
       const auto start = Clock::now();
       try {
         const auto split = [&] {
-          (void)world.split(joins ? 0 : pcx::Communicator::kNoColour, joins ? world.rank() : 0,
+          (void)world.split_checked(joins ? 0 : pcx::Communicator::kNoColour, joins ? world.rank() : 0,
                             nocolour ? world.size() - 1 : world.size(), short_deadline("pcx-test:hanging-split"));
         };
         if (world.rank() == last) {

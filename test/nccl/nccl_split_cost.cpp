@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "pcx/error.hpp"
+#include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/nccl/nccl_communicator.hpp"
 #include "pcx/parallel_context.hpp"
 
@@ -66,7 +67,7 @@ int main(int argc, char* argv[]) {
     const auto split_with = [&](bool share) {
       pcx::CommOptions options;
       options.share_resources = share;
-      return measure(mpi, kRepeats, [&] { return world.split(0, world.rank(), world.size(), options); });
+      return measure(mpi, kRepeats, [&] { return world.split_checked(0, world.rank(), world.size(), options); });
     };
     const Cost plain = split_with(false);
     const Cost shared = split_with(true);

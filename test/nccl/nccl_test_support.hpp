@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "pcx/error.hpp"
+#include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/nccl/nccl_communicator.hpp"
 #include "pcx/parallel_context.hpp"
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "pcx/error.hpp"
+#include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/nccl/nccl_communicator.hpp"
 
 int main(int argc, char* argv[]) {

@@ -103,7 +103,7 @@ BOOST_AUTO_TEST_CASE(splits_make_children_with_their_own_options_and_nocolour_ma
       if (parity_options.timeout.count() > 0) parity_options.timeout = std::chrono::seconds(20);
       std::vector<int> members;
       for (int i = r % 2; i < n; i += 2) members.push_back(i);
-      const auto parity = world.split(r % 2, r / 2, static_cast<int>(members.size()), parity_options);
+      const auto parity = world.split_checked(r % 2, r / 2, static_cast<int>(members.size()), parity_options);
       caller.check(checks, "split");
       checks.expect(parity != nullptr && parity->size() == static_cast<int>(members.size()) && parity->rank() == r / 2,
                     "wrong parity child");
@@ -123,7 +123,7 @@ BOOST_AUTO_TEST_CASE(splits_make_children_with_their_own_options_and_nocolour_ma
       // Rank 0 joins no child (NCCL_SPLIT_NOCOLOR); the others form one. The parent is
       // usable right after: the split is complete on it.
       const bool joins = r != 0;
-      const auto rest = world.split(joins ? 0 : pcx::Communicator::kNoColour, joins ? r - 1 : 0, n - 1);
+      const auto rest = world.split_checked(joins ? 0 : pcx::Communicator::kNoColour, joins ? r - 1 : 0, n - 1);
       caller.check(checks, "split with NCCL_SPLIT_NOCOLOR");
       checks.expect((rest != nullptr) == joins, fmt::format("rank {} {} a child", r, rest ? "got" : "did not get"));
       std::int32_t everyone_value = 1;

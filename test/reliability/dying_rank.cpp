@@ -65,7 +65,7 @@ class Dying final : public pcx::Communicator {
       std::fflush(stderr);
       std::_Exit(plan_->exit_code);
     }
-    return wrap(inner_->split(colour, key, size, options));
+    return wrap(size == 0 ? inner_->split(colour, key, options) : inner_->split_checked(colour, key, size, options));
   }
   [[nodiscard]] std::unique_ptr<pcx::Communicator> do_dup(const pcx::CommOptions& options) const override {
     return wrap(inner_->dup(options));
@@ -77,6 +77,11 @@ class Dying final : public pcx::Communicator {
   void do_all_to_all(const void* send, void* recv, std::size_t count, pcx::DataType type) const override {
     inner_->all_to_all(send, recv, count, type);
   }
+  void do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts, std::span<const std::size_t>,
+                       void* recv, std::span<const std::size_t> recv_counts, std::span<const std::size_t>,
+                       pcx::DataType type) const override {
+    inner_->all_to_all_v(send, send_counts, recv, recv_counts, type);
+  }
   void do_all_gather(const void* send, void* recv, std::size_t count, pcx::DataType type) const override {
     inner_->all_gather(send, recv, count, type);
   }
@@ -86,6 +91,12 @@ class Dying final : public pcx::Communicator {
   }
   void do_broadcast(void* buffer, std::size_t count, pcx::DataType type, int root) const override {
     inner_->broadcast(buffer, count, type, root);
+  }
+  void do_send(const void* buffer, std::size_t count, pcx::DataType type, int peer) const override {
+    inner_->send(buffer, count, type, peer);
+  }
+  void do_recv(void* buffer, std::size_t count, pcx::DataType type, int peer) const override {
+    inner_->recv(buffer, count, type, peer);
   }
   void do_barrier() const override { inner_->barrier(); }
 

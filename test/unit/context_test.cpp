@@ -320,14 +320,14 @@ BOOST_AUTO_TEST_CASE(fake_collectives_behave_as_if_every_member_passed_the_same_
 
 BOOST_AUTO_TEST_CASE(fake_world_verify_catches_splits_no_real_job_could_make) {
   const auto world = std::make_shared<FakeWorld>(4);
-  (void)FakeCommunicator(world, 0).split(7, 0, 2);
-  (void)FakeCommunicator(world, 1).split(7, 1, 2);
+  (void)FakeCommunicator(world, 0).split_checked(7, 0, 2);
+  (void)FakeCommunicator(world, 1).split_checked(7, 1, 2);
   BOOST_CHECK_NO_THROW(world->verify());
-  (void)FakeCommunicator(world, 0).split(3, 0, 2);
-  (void)FakeCommunicator(world, 2).split(3, 0, 2);  // the same key twice
+  (void)FakeCommunicator(world, 0).split_checked(3, 0, 2);
+  (void)FakeCommunicator(world, 2).split_checked(3, 0, 2);  // the same key twice
   BOOST_CHECK_THROW(world->verify(), pcx::Error);
-  (void)FakeCommunicator(world, 0).split(5, 0, 2);
-  (void)FakeCommunicator(world, 1).split(5, 1, 3);  // another size
+  (void)FakeCommunicator(world, 0).split_checked(5, 0, 2);
+  (void)FakeCommunicator(world, 1).split_checked(5, 1, 3);  // another size
   BOOST_CHECK_THROW(world->verify(), pcx::Error);
 }
 

@@ -65,6 +65,10 @@ class MpiCommunicator final : public Communicator {
   [[nodiscard]] MPI_Comm native() const noexcept { return comm_; }
   /// Whether the destructor frees the handle.
   [[nodiscard]] bool owned() const noexcept { return owned_; }
+  /// A SelfCommunicator (host memory).
+  [[nodiscard]] std::unique_ptr<Communicator> self() const override;
+  /// The address of native().
+  [[nodiscard]] const void* native_handle() const noexcept override { return &comm_; }
 
  private:
   MpiCommunicator(MPI_Comm comm, bool owned);
@@ -75,9 +79,14 @@ class MpiCommunicator final : public Communicator {
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                       std::span<const std::size_t> send_offsets, void* recv, std::span<const std::size_t> recv_counts,
+                       std::span<const std::size_t> recv_offsets, DataType type) const override;
   void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
   void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
+  void do_send(const void* buffer, std::size_t count, DataType type, int peer) const override;
+  void do_recv(void* buffer, std::size_t count, DataType type, int peer) const override;
   void do_barrier() const override;
 
   MPI_Comm comm_ = MPI_COMM_NULL;
@@ -85,6 +94,11 @@ class MpiCommunicator final : public Communicator {
   int size_ = 0;
   int rank_ = -1;
 };
+
+/// The `MPI_Comm` of @p communicator: its handle for an MPI communicator (still owned by
+/// it), `MPI_COMM_SELF` for a group of one member (a SelfCommunicator).
+/// @throws ConfigError for a communicator of another backend.
+[[nodiscard]] MPI_Comm mpi_handle(const Communicator& communicator);
 
 /// Throws CommError naming @p call and MPI's error text unless @p code is MPI_SUCCESS.
 void check_mpi(int code, const char* call);

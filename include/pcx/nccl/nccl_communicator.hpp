@@ -1,17 +1,17 @@
 #pragma once
 /// @file nccl_communicator.hpp
-/// @brief The NCCL backend: an RAII owner of an `ncclComm_t`, bootstrapped over MPI,
-///        whose children come from `ncclCommSplit`.
+/// @brief The NCCL backend: an RAII owner of an `ncclComm_t`, bootstrapped over any
+///        host communicator (MPI in practice), whose children come from `ncclCommSplit`.
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "pcx/communicator.hpp"
-#include "pcx/mpi/mpi_communicator.hpp"
 
 namespace pcx {
 
@@ -23,8 +23,9 @@ void check_cuda(cudaError_t code, const char* call);
 
 /// How to build an NCCL world communicator.
 struct NcclWorldOptions {
-  /// CUDA device of this rank. Absent: the rank's index on its node (from an MPI
-  /// shared-memory split), which must be below the number of visible devices.
+  /// CUDA device of this rank. Absent: the rank's index among the bootstrap ranks of its
+  /// host (hosts told apart as NCCL does: host name and boot id, or NCCL_HOSTID), which
+  /// must be below the number of visible devices.
   std::optional<int> device;
   /// Settings of the world communicator (deadline, CTAs, name, ...).
   CommOptions communicator;
@@ -54,16 +55,17 @@ struct NcclWorldOptions {
 /// current CUDA device as it found it.
 class NcclCommunicator final : public Communicator {
  public:
-  /// Builds the world over @p bootstrap: chooses the device, rank 0 makes the unique
-  /// id, MPI broadcasts it, every rank calls `ncclCommInitRankConfig`. Before the
-  /// broadcast every rank learns, by one MPI all-reduce, whether all ranks found a
-  /// device and accepted the options, so a failure on any rank fails every rank
-  /// instead of hanging.
+  /// Builds the world over @p bootstrap, a communicator of host memory (an
+  /// MpiCommunicator in practice) whose ranks become the NCCL ranks: chooses the device,
+  /// rank 0 makes the unique id, @p bootstrap broadcasts it, every rank calls
+  /// `ncclCommInitRankConfig`. Before the broadcast every rank learns, by one all-reduce
+  /// over @p bootstrap, whether all ranks found a device and accepted the options, so a
+  /// failure on any rank fails every rank instead of hanging.
   /// @throws ConfigError on every rank for an option this NCCL does not support or a
   ///         device that is not there (also: more ranks on a node than visible devices,
   ///         when no device is given); CommError (no CUDA device, NCCL or MPI failure);
   ///         Timeout past the deadline.
-  [[nodiscard]] static NcclCommunicator create_world(const MpiCommunicator& bootstrap,
+  [[nodiscard]] static NcclCommunicator create_world(const Communicator& bootstrap,
                                                      const NcclWorldOptions& options = {});
   /// Initializes one rank of a communicator whose unique id the caller distributed by
   /// other means (create_world() does it over MPI): `ncclCommInitRankConfig` on
@@ -118,6 +120,9 @@ class NcclCommunicator final : public Communicator {
 
   /// A self communicator whose collectives copy device memory on stream().
   [[nodiscard]] std::unique_ptr<Communicator> self() const override;
+  /// The address of the handle native() returns; null for a moved-from object. Read it
+  /// while no other thread may abort the communicator.
+  [[nodiscard]] const void* native_handle() const noexcept override;
 
   // Collectives on a caller's stream: they return once enqueued (on a non-blocking
   // communicator, once NCCL no longer reports ncclInProgress, within the deadline).
@@ -129,6 +134,16 @@ class NcclCommunicator final : public Communicator {
                           cudaStream_t stream) const;
   /// Communicator::all_to_all on @p stream.
   void enqueue_all_to_all(const void* send, void* recv, std::size_t count, DataType type, cudaStream_t stream) const;
+  /// Communicator::all_to_all_v on @p stream, with the offsets (in elements) of every
+  /// block given: one entry per member in each list.
+  void enqueue_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                            std::span<const std::size_t> send_offsets, void* recv,
+                            std::span<const std::size_t> recv_counts, std::span<const std::size_t> recv_offsets,
+                            DataType type, cudaStream_t stream) const;
+  /// Communicator::send on @p stream.
+  void enqueue_send(const void* buffer, std::size_t count, DataType type, int peer, cudaStream_t stream) const;
+  /// Communicator::recv on @p stream.
+  void enqueue_recv(void* buffer, std::size_t count, DataType type, int peer, cudaStream_t stream) const;
   /// Communicator::all_gather on @p stream.
   void enqueue_all_gather(const void* send, void* recv, std::size_t count, DataType type, cudaStream_t stream) const;
   /// Communicator::reduce_scatter on @p stream.
@@ -171,9 +186,14 @@ class NcclCommunicator final : public Communicator {
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                       std::span<const std::size_t> send_offsets, void* recv, std::span<const std::size_t> recv_counts,
+                       std::span<const std::size_t> recv_offsets, DataType type) const override;
   void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
   void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
+  void do_send(const void* buffer, std::size_t count, DataType type, int peer) const override;
+  void do_recv(void* buffer, std::size_t count, DataType type, int peer) const override;
   void do_barrier() const override;
   void do_abort() const noexcept override;
 
@@ -181,5 +201,11 @@ class NcclCommunicator final : public Communicator {
   int size_ = 0;
   int rank_ = 0;
 };
+
+/// The `ncclComm_t` of @p communicator: its handle for an NCCL communicator (still owned
+/// by it; null once aborted), null for a group of one member (a SelfCommunicator), which
+/// has none.
+/// @throws ConfigError for a communicator of another backend.
+[[nodiscard]] ncclComm_t nccl_handle(const Communicator& communicator);
 
 }  // namespace pcx

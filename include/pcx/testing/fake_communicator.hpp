@@ -73,7 +73,9 @@ class FakeWorld {
 /// A communicator of a simulated world. Splits and dups are recorded in its
 /// FakeWorld and return fakes of the right size and rank; collectives behave as if
 /// every member passed the same buffer as this one (an all-reduce sum multiplies by
-/// the size, a maximum returns the input, an all-gather repeats it).
+/// the size, a maximum returns the input, an all-gather repeats it); recv leaves its
+/// buffer as it is. Groups of one member are fakes too (self()), so their operations
+/// count as well.
 class FakeCommunicator final : public Communicator {
  public:
   /// Member @p rank of a communicator of @p size members, made by world rank
@@ -91,6 +93,8 @@ class FakeCommunicator final : public Communicator {
   [[nodiscard]] int rank() const noexcept override { return rank_; }
   /// "fake".
   [[nodiscard]] std::string_view backend() const noexcept override { return "fake"; }
+  /// A fake of one member made by the same caller.
+  [[nodiscard]] std::unique_ptr<Communicator> self() const override;
 
  private:
   [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
@@ -98,9 +102,14 @@ class FakeCommunicator final : public Communicator {
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
+  void do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
+                       std::span<const std::size_t> send_offsets, void* recv, std::span<const std::size_t> recv_counts,
+                       std::span<const std::size_t> recv_offsets, DataType type) const override;
   void do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const override;
   void do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_broadcast(void* buffer, std::size_t count, DataType type, int root) const override;
+  void do_send(const void* buffer, std::size_t count, DataType type, int peer) const override;
+  void do_recv(void* buffer, std::size_t count, DataType type, int peer) const override;
   void do_barrier() const override;
 
   std::shared_ptr<FakeWorld> world_;

@@ -19,17 +19,17 @@ int main() {
     const pcx::GroupLayout& experts = topology.layout({pcx::GroupKind::expert_parallel, 4});
     const std::vector<int> expected = {1, 3, 5, 7};
     if (experts.group_of(5) != expected) {
-      std::fprintf(stderr, "pcx_consumer: wrong expert parallel group for rank 5\n");
+      std::fprintf(stderr, "core_consumer: wrong expert parallel group for rank 5\n");
       return 1;
     }
-    std::printf("pcx_consumer: rank 5 is in expert parallel group %d of %d\n", experts.colour(5),
+    std::printf("core_consumer: rank 5 is in expert parallel group %d of %d\n", experts.colour(5),
                 experts.group_count());
     return 0;
   } catch (const pcx::Error& e) {
-    std::fprintf(stderr, "pcx_consumer: %s\n", e.what());
+    std::fprintf(stderr, "core_consumer: %s\n", e.what());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "pcx_consumer: unexpected exception: %s\n", e.what());
+    std::fprintf(stderr, "core_consumer: unexpected exception: %s\n", e.what());
     return 1;
   }
 }
