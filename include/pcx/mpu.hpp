@@ -12,8 +12,8 @@ namespace pcx {
 /// injected Megatron `mpu`.
 ///
 /// Global ranks in the groups are ranks of the world communicator the context is
-/// built on. Sequence parallel capabilities are optional: an MPU without them
-/// returns nullptr, which is normal.
+/// built on. Groups other than data parallel are optional: an MPU that does not have
+/// or expose one returns nullptr, which is normal.
 class Mpu {
  public:
   virtual ~Mpu() = default;
@@ -29,6 +29,10 @@ class Mpu {
   [[nodiscard]] virtual const ProcessGroup& data_parallel_group() const = 0;
   /// Model parallel size (Megatron's `get_model_parallel_world_size`).
   [[nodiscard]] virtual int model_parallel_size() const = 0;
+  /// The caller's tensor parallel group, or nullptr when the MPU does not expose it.
+  [[nodiscard]] virtual const ProcessGroup* tensor_parallel_group() const { return nullptr; }
+  /// The caller's pipeline parallel group, or nullptr when the MPU does not expose it.
+  [[nodiscard]] virtual const ProcessGroup* pipeline_parallel_group() const { return nullptr; }
   /// The caller's sequence parallel group, or nullptr without sequence parallelism.
   [[nodiscard]] virtual const ProcessGroup* sequence_parallel_group() const { return nullptr; }
   /// The caller's sequence data parallel group, or nullptr without one.
@@ -59,10 +63,8 @@ class GridMpu final : public Mpu {
   [[nodiscard]] int pipeline_parallel_size() const override { return topology_.pipeline_parallel_size(); }
   [[nodiscard]] const ProcessGroup& data_parallel_group() const override { return data_; }
   [[nodiscard]] int model_parallel_size() const override { return tensor_parallel_size() * pipeline_parallel_size(); }
-  /// The caller's tensor parallel group.
-  [[nodiscard]] const ProcessGroup& tensor_parallel_group() const noexcept { return tensor_; }
-  /// The caller's pipeline parallel group.
-  [[nodiscard]] const ProcessGroup& pipeline_parallel_group() const noexcept { return pipeline_; }
+  [[nodiscard]] const ProcessGroup* tensor_parallel_group() const override { return &tensor_; }
+  [[nodiscard]] const ProcessGroup* pipeline_parallel_group() const override { return &pipeline_; }
 
  private:
   Topology topology_;

@@ -86,9 +86,9 @@ const pcx::ProcessGroup& group_of(const pcx::ParallelContext& context, const pcx
                                   const pcx::GroupId& id, const pcx::ProcessGroup& alone) {
   switch (id.kind) {
     case pcx::GroupKind::tensor_parallel:
-      return mpu ? mpu->tensor_parallel_group() : alone;
+      return mpu ? *mpu->tensor_parallel_group() : alone;
     case pcx::GroupKind::pipeline_parallel:
-      return mpu ? mpu->pipeline_parallel_group() : alone;
+      return mpu ? *mpu->pipeline_parallel_group() : alone;
     default:
       return context.group(id);
   }

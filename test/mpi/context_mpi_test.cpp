@@ -99,11 +99,11 @@ BOOST_AUTO_TEST_CASE(every_group_of_every_configuration_communicates_as_laid_out
                                       mpu);
         BOOST_TEST(context.expert_tensor_parallel_size() == tp);
         if (mpu) {
-          ok = group_works(mpu->tensor_parallel_group(),
+          ok = group_works(*mpu->tensor_parallel_group(),
                            context.topology().layout({GroupKind::tensor_parallel}).group_of(world.rank()),
                            world.rank()) &&
                ok;
-          ok = group_works(mpu->pipeline_parallel_group(),
+          ok = group_works(*mpu->pipeline_parallel_group(),
                            context.topology().layout({GroupKind::pipeline_parallel}).group_of(world.rank()),
                            world.rank()) &&
                ok;
