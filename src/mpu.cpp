@@ -35,9 +35,21 @@ ParallelConfig agreed_config(const Communicator& world, int tensor, int pipeline
   return megatron_config(world.size(), tensor, pipeline);
 }
 
+CommOptions duplicate_options() {
+  CommOptions options;
+  options.name = "pcx:grid_mpu";
+  return options;
+}
+
 }  // namespace
 
+// The agreement and the splits run on a duplicate of the caller's world, whose errors are
+// returned as exceptions whatever the world's own error handling (MPI_COMM_WORLD aborts
+// the job by default); the duplicate lives until the delegated constructor returns.
 GridMpu::GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size)
+    : GridMpu(*world.dup(duplicate_options()), tensor_parallel_size, pipeline_parallel_size, Duplicate{}) {}
+
+GridMpu::GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size, Duplicate)
     : topology_(agreed_config(world, tensor_parallel_size, pipeline_parallel_size)),
       tensor_(make_group(world, topology_.layout({GroupKind::tensor_parallel}))),
       pipeline_(make_group(world, topology_.layout({GroupKind::pipeline_parallel}))),

@@ -272,14 +272,21 @@ void ParallelContext::abort() const noexcept {
   }
 }
 
-const ProcessGroup* ParallelContext::find(const GroupId& id) const noexcept {
-  if (id.kind == GroupKind::data_parallel) return data_;
+const ProcessGroup* ParallelContext::find_group(const GroupId& id) const noexcept {
+  switch (id.kind) {
+    case GroupKind::data_parallel: return data_;
+    case GroupKind::sequence_parallel: return sequence_;
+    case GroupKind::sequence_data_parallel: return sequence_data_;
+    case GroupKind::tensor_parallel: return mpu_ ? mpu_->tensor_parallel_group() : nullptr;
+    case GroupKind::pipeline_parallel: return mpu_ ? mpu_->pipeline_parallel_group() : nullptr;
+    default: break;
+  }
   const auto it = std::ranges::find(groups_.entries, id, &Entry::id);
   return it == groups_.entries.end() ? nullptr : &it->group;
 }
 
 const ProcessGroup& ParallelContext::group(const GroupId& id) const {
-  if (const ProcessGroup* found = built().find(id)) return *found;
+  if (const ProcessGroup* found = built().find_group(id)) return *found;
   std::vector<std::string> names;
   for (const GroupId& held : group_ids()) names.push_back(held.name());
   throw GroupNotFound(fmt::format("this context has no {} group (it has: {})", id.name(), fmt::join(names, ", ")));
@@ -287,8 +294,12 @@ const ProcessGroup& ParallelContext::group(const GroupId& id) const {
 
 std::vector<GroupId> ParallelContext::group_ids() const {
   (void)built();
-  std::vector<GroupId> ids;
-  for (const Entry& entry : groups_.entries) ids.push_back(entry.id);
+  std::vector<GroupId> ids = {groups_.entries.front().id};
+  for (const GroupKind kind : {GroupKind::tensor_parallel, GroupKind::pipeline_parallel, GroupKind::data_parallel,
+                               GroupKind::sequence_parallel, GroupKind::sequence_data_parallel}) {
+    if (find_group({kind}) != nullptr) ids.push_back({kind});
+  }
+  for (auto entry = groups_.entries.begin() + 1; entry != groups_.entries.end(); ++entry) ids.push_back(entry->id);
   return ids;
 }
 

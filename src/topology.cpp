@@ -24,6 +24,8 @@ std::string_view kind_name(GroupKind kind) noexcept {
     case GroupKind::zero_param_intra: return "zero_param_intra";
     case GroupKind::all_to_all_local: return "all_to_all_local";
     case GroupKind::all_to_all_global: return "all_to_all_global";
+    case GroupKind::sequence_parallel: return "sequence_parallel";
+    case GroupKind::sequence_data_parallel: return "sequence_data_parallel";
   }
   return "unknown";
 }
@@ -41,6 +43,10 @@ ExpertOrder parse_expert_order(std::string_view text) {
 }
 
 void validate(const ParallelConfig& c) {
+  if (c.world_size == 0) {
+    throw ConfigError("world size 0 (the default) stands for the world communicator's size, which a Topology without "
+                      "a communicator does not know: set ParallelConfig::world_size");
+  }
   require_positive(c.world_size, "world size");
   require_positive(c.tensor_parallel_size, "tensor parallel size");
   require_positive(c.pipeline_parallel_size, "pipeline parallel size");

@@ -51,8 +51,9 @@ class Mpu {
 /// parallel groups in Megatron's layout (rank = pipeline × data × tensor, tensor
 /// fastest). Model parallel size is tensor × pipeline.
 ///
-/// Construction is collective over @p world: one all-reduce that compares the sizes of
-/// every rank, then three splits at most, one per kind.
+/// Construction is collective over @p world: one dup, on which one all-reduce compares
+/// the sizes of every rank and three splits at most (one per kind) make the groups; the
+/// dup is then released.
 class GridMpu final : public Mpu {
  public:
   /// @throws ConfigMismatch (on every rank) if ranks ask for other sizes; ConfigError if
@@ -67,6 +68,9 @@ class GridMpu final : public Mpu {
   [[nodiscard]] const ProcessGroup* pipeline_parallel_group() const override { return &pipeline_; }
 
  private:
+  struct Duplicate {};
+  GridMpu(const Communicator& duplicate, int tensor_parallel_size, int pipeline_parallel_size, Duplicate);
+
   Topology topology_;
   ProcessGroup tensor_;
   ProcessGroup pipeline_;

@@ -42,8 +42,13 @@ struct ContextOptions {
 /// If any step throws, everything built so far is released. Groups are released in
 /// reverse order of creation; destroy a context before finalizing its backend.
 ///
+/// One convention for groups that may be absent: the named getters and group() throw
+/// GroupNotFound, find() returns nullptr. The context reaches every kind it built and
+/// every kind its MPU has (tensor, pipeline, data, sequence and sequence data parallel).
+///
 /// All getters are const and safe to call from many threads. Any number of contexts
-/// may live in one process; they share nothing.
+/// may live in one process; they share nothing. Model code holds the context (or the
+/// ProcessGroup references it hands out) no longer than the context lives.
 ///
 /// A moved-from context is empty: it holds no groups, world_size() is 0 and rank() -1,
 /// abort() does nothing, and every other getter throws ConfigError ("this
@@ -109,8 +114,9 @@ class ParallelContext {
   [[nodiscard]] int data_parallel_size() const { return data_parallel_group().size(); }
   /// The MPU's model parallel size, or 1 without an MPU.
   [[nodiscard]] int model_parallel_size() const { return built().mpu_ ? mpu_->model_parallel_size() : 1; }
-  /// The MPU's sequence parallel group, or nullptr when it has none.
-  [[nodiscard]] const ProcessGroup* sequence_parallel_group() const { return built().sequence_; }
+  /// The MPU's sequence parallel group.
+  /// @throws GroupNotFound if the MPU has none (or there is no MPU).
+  [[nodiscard]] const ProcessGroup& sequence_parallel_group() const { return group({GroupKind::sequence_parallel}); }
   /// Size of the sequence parallel group, 1 without one.
   [[nodiscard]] int sequence_parallel_size() const { return built().sequence_ ? sequence_->size() : 1; }
   /// Rank in the sequence parallel group, 0 without one.
@@ -120,10 +126,6 @@ class ParallelContext {
   /// Global rank of group rank 0 of sequence_data_parallel_group().
   [[nodiscard]] int broadcast_source_rank() const { return sequence_data_parallel_group().front(); }
 
-  /// Whether ZeRO hpZ parameter partition groups were configured.
-  [[nodiscard]] bool has_zero_param_intra_group() const {
-    return built().find({GroupKind::zero_param_intra}) != nullptr;
-  }
   /// The caller's ZeRO hpZ parameter partition group.
   /// @throws GroupNotFound if no hpZ size was configured.
   [[nodiscard]] const ProcessGroup& zero_param_intra_group() const { return group({GroupKind::zero_param_intra}); }
@@ -134,11 +136,14 @@ class ParallelContext {
   /// @throws GroupNotFound if no ranks per node were configured or the world is one node.
   [[nodiscard]] const ProcessGroup& all_to_all_global_group() const { return group({GroupKind::all_to_all_global}); }
 
-  /// The caller's group of kind @p id: any kind this context built, the world clone,
-  /// or data parallel.
+  /// The caller's group of kind @p id: any kind this context built or its MPU has.
   /// @throws GroupNotFound if this context has no such kind.
   [[nodiscard]] const ProcessGroup& group(const GroupId& id) const;
-  /// Kinds this context built, in creation order (world clone first).
+  /// The caller's group of kind @p id, or nullptr if this context has no such kind.
+  [[nodiscard]] const ProcessGroup* find(const GroupId& id) const { return built().find_group(id); }
+  /// Every kind group() reaches: the world clone, then the MPU's kinds (tensor and
+  /// pipeline parallel when it exposes them, data parallel always, sequence and sequence
+  /// data parallel when it has them), then the kinds the context split, in creation order.
   [[nodiscard]] std::vector<GroupId> group_ids() const;
   /// The MPU the context was built from, or null.
   [[nodiscard]] const Mpu* mpu() const { return built().mpu_.get(); }
@@ -182,7 +187,7 @@ class ParallelContext {
   [[nodiscard]] bool empty() const noexcept { return groups_.entries.empty(); }
   // This context; throws ConfigError if it was moved from.
   [[nodiscard]] const ParallelContext& built() const;
-  [[nodiscard]] const ProcessGroup* find(const GroupId& id) const noexcept;
+  [[nodiscard]] const ProcessGroup* find_group(const GroupId& id) const noexcept;
 
   std::shared_ptr<const Mpu> mpu_;
   Topology topology_;

@@ -29,7 +29,9 @@ enum class ExpertOrder {
 /// Everything that decides the groups of a world. A regular value; validate()
 /// checks every rule at once, before anything is built.
 struct ParallelConfig {
-  int world_size = 1;              ///< Number of ranks.
+  /// Number of ranks. 0, the default, means the world communicator's size when a
+  /// ParallelContext is built; a Topology on its own (a planner) must be given it.
+  int world_size = 0;
   int tensor_parallel_size = 1;    ///< From the MPU, or 1. Clamped to the world size.
   int pipeline_parallel_size = 1;  ///< From the MPU, or 1.
   /// Expert parallel sizes, one per MoE layer size; each divides the data parallel size.
@@ -63,6 +65,8 @@ enum class GroupKind {
   zero_param_intra,      ///< ZeRO hpZ parameter partition groups.
   all_to_all_local,      ///< The ranks of one node.
   all_to_all_global,     ///< The ranks of one local index across nodes.
+  sequence_parallel,     ///< The MPU's sequence parallel groups, when it has them.
+  sequence_data_parallel,  ///< The MPU's sequence data parallel groups (else data parallel).
 };
 
 /// Names one group kind of a topology: the kind, and for the two expert kinds the

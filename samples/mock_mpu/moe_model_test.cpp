@@ -218,7 +218,7 @@ BOOST_AUTO_TEST_CASE(works_without_an_mpu) {
   BOOST_TEST(shard.expert_ids() == std::vector<int>({2, 3}), boost::test_tools::per_element());
   BOOST_TEST(shard.replicas == 4);
   BOOST_TEST(shard.broadcast_source == 1);
-  BOOST_TEST(context.sequence_parallel_group() == nullptr);
+  BOOST_CHECK_THROW((void)context.sequence_parallel_group(), pcx::GroupNotFound);
   BOOST_TEST(context.sequence_parallel_size() == 1);
 }
 

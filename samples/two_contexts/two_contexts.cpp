@@ -277,7 +277,7 @@ std::string describe(const pcx::ParallelContext& context, int ep) {
   std::string text = fmt::format("expert group [{}], expert data group [{}]",
                                  fmt::join(context.expert_parallel_group(ep).ranks(), ","),
                                  fmt::join(context.expert_data_parallel_group(ep).ranks(), ","));
-  if (context.has_zero_param_intra_group()) {
+  if (context.find({pcx::GroupKind::zero_param_intra}) != nullptr) {
     text += fmt::format(", hpZ group [{}]", fmt::join(context.zero_param_intra_group().ranks(), ","));
   }
   return text;

@@ -156,7 +156,8 @@ BOOST_AUTO_TEST_CASE(getters_follow_the_seed_with_its_bugs_fixed) {
   BOOST_TEST(context.world_group().size() == 16);
   BOOST_TEST(&context.data_parallel_group() == &context.world_group());
   BOOST_TEST(&context.sequence_data_parallel_group() == &context.world_group());
-  BOOST_TEST(context.sequence_parallel_group() == nullptr);
+  BOOST_CHECK_THROW((void)context.sequence_parallel_group(), pcx::GroupNotFound);
+  BOOST_TEST(context.find({pcx::GroupKind::sequence_parallel}) == nullptr);
   BOOST_TEST(context.sequence_parallel_size() == 1);
   BOOST_TEST(context.sequence_parallel_rank() == 0);
   BOOST_TEST(context.model_parallel_size() == 1);
@@ -170,7 +171,7 @@ BOOST_AUTO_TEST_CASE(getters_follow_the_seed_with_its_bugs_fixed) {
   // The seed's (rank // size) * size would say 4; the group's first rank is 1.
   BOOST_TEST(context.expert_parallel_source_rank(4) == 1);
   // hpZ 32 on 16 ranks is clamped to the world.
-  BOOST_TEST(context.has_zero_param_intra_group());
+  BOOST_TEST(context.find({pcx::GroupKind::zero_param_intra}) == &context.zero_param_intra_group());
   BOOST_TEST(context.zero_param_intra_group().size() == 16);
   BOOST_CHECK_THROW((void)context.all_to_all_local_group(), pcx::GroupNotFound);
   BOOST_CHECK_THROW((void)context.expert_parallel_group(8), pcx::GroupNotFound);
@@ -181,7 +182,8 @@ BOOST_AUTO_TEST_CASE(a_context_without_experts_has_no_largest_expert_group) {
   const ParallelContext context(FakeCommunicator(world, 0), make_config(4, 1, 1, {}));
   BOOST_TEST(!context.max_expert_parallel_size().has_value());
   BOOST_CHECK_THROW((void)context.max_expert_parallel_group(), pcx::GroupNotFound);
-  BOOST_TEST(!context.has_zero_param_intra_group());
+  BOOST_TEST(context.find({pcx::GroupKind::zero_param_intra}) == nullptr);
+  BOOST_CHECK_THROW((void)context.zero_param_intra_group(), pcx::GroupNotFound);
 }
 
 BOOST_AUTO_TEST_CASE(mpu_groups_and_sizes_are_used) {

@@ -868,6 +868,9 @@ struct Reference {
         for (int k = 0; k < world / n; ++k) g.push_back(r % n + k * n);
         break;
       }
+      case GroupKind::sequence_parallel:
+      case GroupKind::sequence_data_parallel:
+        throw std::logic_error("a topology has no sequence parallel kinds: they come from an MPU");
     }
     return g;
   }
