@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <climits>
+#include <cstddef>
 #include <utility>
 #include <vector>
 
@@ -264,16 +265,26 @@ void MpiCommunicator::do_send(const void* buffer, std::size_t count, DataType ty
 }
 
 void MpiCommunicator::do_recv(void* buffer, std::size_t count, DataType type, int peer) const {
+  // The message is matched and sized before it is received: one of another count is
+  // received into a buffer of its own and refused naming both counts, instead of MPI's
+  // truncation error (which would end the job on a communicator with MPI's default error
+  // handler) or a short message accepted silently. Mprobe keeps the match to this thread.
+  MPI_Message message = MPI_MESSAGE_NULL;
   MPI_Status status;
-  check_mpi(MPI_Recv(buffer, mpi_count(count), mpi_type(type), peer, kTag, comm_, &status), "MPI_Recv");
-  // A longer message is MPI_ERR_TRUNCATE; a shorter one MPI accepts, pcx does not.
-  int received = 0;
-  check_mpi(MPI_Get_count(&status, mpi_type(type), &received), "MPI_Get_count");
-  if (static_cast<std::size_t>(received) != count) {
-    throw CommError(fmt::format("recv from member {} expected {} {} elements but {} were sent", peer, count,
-                                to_string(type), received),
-                    MPI_ERR_COUNT);
+  check_mpi(MPI_Mprobe(peer, kTag, comm_, &message, &status), "MPI_Mprobe");
+  // Counted in bytes, which any message has (a count in elements may be MPI_UNDEFINED).
+  int bytes = 0;
+  check_mpi(MPI_Get_count(&status, MPI_BYTE, &bytes), "MPI_Get_count");
+  const auto sent = static_cast<std::size_t>(bytes);
+  if (sent == count * size_of(type)) {
+    check_mpi(MPI_Mrecv(buffer, mpi_count(count), mpi_type(type), &message, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    return;
   }
+  std::vector<std::byte> discarded(sent);
+  check_mpi(MPI_Mrecv(discarded.data(), bytes, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv");
+  throw CommError(fmt::format("recv from member {} expected {} {} elements but {} were sent", peer, count,
+                              to_string(type), sent / size_of(type)),
+                  MPI_ERR_COUNT);
 }
 
 MPI_Comm mpi_handle(const Communicator& communicator) {

@@ -1,5 +1,10 @@
-// MpiCommunicator under mpiexec: ownership, splits and every collective's numbers.
+// MpiCommunicator under mpiexec: ownership, handles, splits and every collective's numbers;
+// exchange_mpi_test.cpp and reduction_mpi_test.cpp hold the rest of the cases.
 #define BOOST_TEST_MODULE mpi_communicator
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
 #include <functional>
 #include <numeric>
 #include <string_view>
@@ -162,5 +167,96 @@ BOOST_AUTO_TEST_CASE(enums_outside_their_range_throw_before_communicating_on_eve
   BOOST_CHECK_THROW(world.all_reduce(&value, &value, 1, pcx::DataType::int32, static_cast<ReduceOp>(7)),
                     pcx::ConfigError);
   BOOST_CHECK_THROW(world.broadcast(&value, 1, static_cast<pcx::DataType>(42), 0), pcx::ConfigError);
+  BOOST_TEST(everyone(true));
+}
+
+BOOST_AUTO_TEST_CASE(mpi_handle_is_the_native_communicator_and_comm_self_for_a_group_of_one) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  int same = MPI_UNEQUAL;
+  MPI_Comm_compare(pcx::mpi_handle(world), MPI_COMM_WORLD, &same);
+  BOOST_TEST(same == MPI_IDENT);
+
+  const auto copy = world.dup();
+  const MPI_Comm native = dynamic_cast<const MpiCommunicator&>(*copy).native();
+  MPI_Comm_compare(pcx::mpi_handle(*copy), native, &same);
+  BOOST_TEST(same == MPI_IDENT);
+  MPI_Comm_compare(pcx::mpi_handle(*copy), MPI_COMM_WORLD, &same);
+  BOOST_TEST(same == MPI_CONGRUENT);  // same members and order, another context
+
+  const auto alone = world.self();
+  BOOST_TEST(alone->size() == 1);
+  MPI_Comm_compare(pcx::mpi_handle(*alone), MPI_COMM_SELF, &same);
+  BOOST_TEST(same == MPI_IDENT);
+  BOOST_TEST(everyone(true));
+}
+
+// The child ranks MPI_Comm_split gives: members of a colour ordered by (key, parent rank).
+std::vector<std::int32_t> ordered_by_key(int n, int colour, const std::function<int(int)>& colour_of,
+                                         const std::function<int(int)>& key_of) {
+  std::vector<std::int32_t> members;
+  for (int q = 0; q < n; ++q) {
+    if (colour_of(q) == colour) members.push_back(q);
+  }
+  std::stable_sort(members.begin(), members.end(), [&](int a, int b) { return key_of(a) < key_of(b); });
+  return members;
+}
+
+// The parent ranks of a child's members, in child rank order.
+std::vector<std::int32_t> parents_in(const pcx::Communicator& child, int parent_rank) {
+  std::vector<std::int32_t> parents(static_cast<std::size_t>(child.size()));
+  child.all_gather(std::array<std::int32_t, 1>{parent_rank}, parents);
+  return parents;
+}
+
+BOOST_AUTO_TEST_CASE(split_orders_by_key_and_breaks_ties_by_parent_rank) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const int r = world.rank();
+  const auto one_colour = [](int) { return 0; };
+  const auto reversed = [n](int q) { return n - 1 - q; };
+  const auto reversed_pairs = [n](int q) { return (n - 1 - q) / 2; };  // ties within each pair
+  const auto tied = [](int) { return 7; };
+  const auto parity = [](int q) { return q % 2; };
+  struct Case {
+    const char* name;
+    std::function<int(int)> colour;
+    std::function<int(int)> key;
+  };
+  for (const Case& c : {Case{"reversed", one_colour, reversed}, Case{"reversed pairs", one_colour, reversed_pairs},
+                        Case{"all tied, by parity", parity, tied}, Case{"reversed, by parity", parity, reversed}}) {
+    const auto child = world.split(c.colour(r), c.key(r));
+    BOOST_REQUIRE(child != nullptr);
+    const auto want = ordered_by_key(n, c.colour(r), c.colour, c.key);
+    BOOST_TEST(parents_in(*child, r) == want, c.name);
+    const auto position = std::find(want.begin(), want.end(), r) - want.begin();
+    BOOST_TEST(child->rank() == position, c.name);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(split_checked_of_a_wrong_shape_is_a_comm_error_on_every_rank) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const int r = world.rank();
+  if (n == 1) {
+    BOOST_TEST_MESSAGE("one rank: the only child shape is size 1, rank 0, which is right");
+    const auto child = world.split_checked(0, 0, 1);
+    BOOST_TEST((child != nullptr && child->size() == 1 && child->rank() == 0));
+    return;
+  }
+  const auto names = [](std::string_view part) {
+    return [part](const pcx::Error& e) { return std::string_view(e.what()).find(part) != std::string_view::npos; };
+  };
+  // Split by parity, but every rank claims the whole world: the child has ceil(n / 2).
+  const std::string members = fmt::format("a child of {} members", (n + 1 - r % 2) / 2);
+  BOOST_CHECK_EXCEPTION((void)world.split_checked(r % 2, r / 2, n), pcx::CommError, names(members));
+  // One colour and the right size, but every rank claims the last place: the keys tie
+  // and parent order decides, so only the last rank is where it said.
+  if (r == n - 1) {
+    const auto child = world.split_checked(0, n - 1, n);
+    BOOST_TEST((child != nullptr && child->rank() == n - 1));
+  } else {
+    BOOST_CHECK_EXCEPTION((void)world.split_checked(0, n - 1, n), pcx::CommError,
+                          names(fmt::format("this process is rank {}, not {} and {}", r, n, n - 1)));
+  }
   BOOST_TEST(everyone(true));
 }

@@ -51,5 +51,9 @@ inline ParallelConfig make_config(std::vector<int> eps, ExpertOrder order = {}, 
 
 }  // namespace pcx::test
 
+// Set up once per executable, by the file that defines the test module, when its cases
+// are spread over several files.
+#ifdef BOOST_TEST_MODULE
 using PcxMpiFixture = pcx::test::MpiFixture;
 BOOST_TEST_GLOBAL_FIXTURE(PcxMpiFixture);
+#endif
