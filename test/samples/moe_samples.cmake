@@ -1,12 +1,48 @@
 # Tests of samples/moe_dispatch, samples/two_contexts and samples/mock_mpu. Included from
 # test/samples/CMakeLists.txt, so PcxMpiTest's functions and PCX_BASH are available.
 
-# moe_dispatch: every ep size of 8 ranks in both orders (step 3 of scripts/demo), and
-# one ep size and one order on 4 ranks. Exit status 0 means every number was checked.
+# moe_dispatch: each rank count runs the sample with --dump, and moe_dispatch_check
+# recomputes every token's output and every expert's averaged gradient from the gate and
+# the experts alone (test/samples/check_moe_dispatch.sh).
 if(TARGET moe_dispatch)
-  pcx_add_mpi_executable_test(moe_dispatch TARGET moe_dispatch RANKS 8 TIMEOUT 120 LABELS samples)
-  pcx_add_mpi_executable_test(moe_dispatch.ep2_data_first TARGET moe_dispatch RANKS 4 TIMEOUT 120 LABELS samples
-                              ARGS --ep 2 --expert-order data-first)
+  add_executable(moe_dispatch_check moe_dispatch_check.cpp)
+  target_link_libraries(moe_dispatch_check PRIVATE fmt::fmt pcx_warnings)
+
+  # moe_dispatch.<name>: moe_dispatch on <ranks> ranks with <flags...>, checked. TAMPER:
+  # a changed value of the dump must fail the check. RANK_ENV reaches the ranks only.
+  function(_pcx_moe_dispatch_test name ranks)
+    cmake_parse_arguments(PARSE_ARGV 2 arg "TAMPER" "TIMEOUT" "LABELS;RANK_ENV;ARGS")
+    set(env_flags)
+    foreach(variable IN LISTS arg_RANK_ENV)
+      if(MPI_CXX_LIBRARY_VERSION_STRING MATCHES "Open MPI")
+        list(APPEND env_flags -x ${variable})
+      else()
+        string(REPLACE "=" ";" pair "${variable}")
+        list(APPEND env_flags -genv ${pair})
+      endif()
+    endforeach()
+    set(tamper)
+    if(arg_TAMPER)
+      set(tamper --tamper)
+    endif()
+    add_test(NAME moe_dispatch.${name}
+             COMMAND ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/check_moe_dispatch.sh ${tamper}
+                     $<TARGET_FILE:moe_dispatch_check> ${ranks} ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ranks}
+                     ${PCX_MPIEXEC_EXTRA_FLAGS} ${env_flags} ${MPIEXEC_PREFLAGS} $<TARGET_FILE:moe_dispatch>
+                     ${MPIEXEC_POSTFLAGS} -- ${arg_ARGS})
+    set_tests_properties(moe_dispatch.${name} PROPERTIES
+      TIMEOUT ${arg_TIMEOUT}
+      PROCESSORS ${ranks}
+      LABELS "mpi;samples;${arg_LABELS}"
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+  endfunction()
+
+  # Every rank count with its own layout: experts per rank, k, and the expert order vary.
+  _pcx_moe_dispatch_test(ranks1 1 TIMEOUT 60)
+  _pcx_moe_dispatch_test(ranks2 2 TIMEOUT 60 ARGS --experts-per-rank 3 --top-k 3 --tokens 50)
+  _pcx_moe_dispatch_test(ranks4 4 TIMEOUT 60 ARGS --ep 2 --expert-order data-first --hidden 5)
+  _pcx_moe_dispatch_test(ranks8 8 TIMEOUT 60 ARGS --ep 4 --experts-per-rank 2 --top-k 4 --tokens 100)
+  _pcx_moe_dispatch_test(check_catches_changed_values 2 TAMPER TIMEOUT 60 ARGS --ep 2 --steps 1)
 
   # Input that must fail on every rank with one error line, the same status everywhere, and no hang.
   function(_pcx_moe_dispatch_failure_test name ranks status pattern)
@@ -16,25 +52,25 @@ if(TARGET moe_dispatch)
                      ${MPIEXEC_PREFLAGS} $<TARGET_FILE:moe_dispatch> ${MPIEXEC_POSTFLAGS} -- ${ARGN})
     set_tests_properties(moe_dispatch.error.${name} PROPERTIES
       TIMEOUT 60
-      PROCESSORS 1
+      PROCESSORS ${ranks}
       LABELS "mpi;samples"
       ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
   endfunction()
-  _pcx_moe_dispatch_failure_test(tokens_not_multiple_of_ep 8 2 "--tokens 3 is not a multiple of expert parallel size 2"
-                                 --tokens 3 --ep 2)
-  _pcx_moe_dispatch_failure_test(ep_does_not_divide 8 2 "expert parallel size 3 does not divide data parallel size 8"
+  _pcx_moe_dispatch_failure_test(bad_flag 4 2 "--bogus" --bogus)
+  _pcx_moe_dispatch_failure_test(top_k_zero 4 2 "--top-k" --top-k 0)
+  _pcx_moe_dispatch_failure_test(top_k_above_experts 4 2 "--top-k 9 is more than the 8 experts of the layer"
+                                 --top-k 9)
+  _pcx_moe_dispatch_failure_test(ep_does_not_divide 4 2 "expert parallel size 3 does not divide data parallel size 4"
                                  --ep 3)
-  _pcx_moe_dispatch_failure_test(bad_flag 4 2 "unknown flag '--bogus'" --bogus)
-  # A corrupted value on one rank: every rank exits 1 together, after the checks.
-  _pcx_moe_dispatch_failure_test(mismatch_detected 4 1 "checks failed" --corrupt-rank 1 --ep 2,4)
 
-  # The NCCL backend, one rank (one GPU); skipped (exit 77) where there is no CUDA device.
   if(TARGET pcx::nccl)
-    pcx_add_mpi_executable_test(moe_dispatch.nccl TARGET moe_dispatch RANKS 1 TIMEOUT 120 LABELS samples gpu nccl
-                                ARGS --backend nccl)
+    # Real GPUs, one rank; skipped (exit 77) where there is no CUDA device.
+    _pcx_moe_dispatch_test(nccl.ranks1 1 TIMEOUT 120 LABELS gpu nccl ARGS --backend nccl)
     set_tests_properties(moe_dispatch.nccl.ranks1 PROPERTIES SKIP_RETURN_CODE 77)
-    pcx_add_mpi_executable_test(moe_dispatch.nccl.emulated TARGET moe_dispatch RANKS 4 8 TIMEOUT 120
-                                LABELS samples emulator nccl RANK_ENV ${PCX_ON_EMULATOR} ARGS --backend nccl)
+    _pcx_moe_dispatch_test(nccl.emulated.ranks4 4 TIMEOUT 120 LABELS emulator nccl RANK_ENV ${PCX_ON_EMULATOR}
+                           ARGS --backend nccl --ep 4 --top-k 3)
+    _pcx_moe_dispatch_test(nccl.emulated.ranks8 8 TIMEOUT 120 LABELS emulator nccl RANK_ENV ${PCX_ON_EMULATOR}
+                           ARGS --backend nccl --ep 4 --expert-order data-first)
   endif()
 endif()
 
