@@ -47,8 +47,10 @@ constexpr int kExperts = 8;  // experts per MoE layer
 ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks, int caller) {
   const auto position = std::ranges::find(ranks, caller) - ranks.begin();
   const int size = static_cast<int>(ranks.size());
-  return ProcessGroup(std::move(ranks),
-                      std::make_unique<FakeCommunicator>(world, size, static_cast<int>(position), caller));
+  return ProcessGroup(
+      std::move(ranks),
+      std::make_unique<FakeCommunicator>(
+          world, pcx::testing::FakeMember{.size = size, .rank = static_cast<int>(position), .caller = caller}));
 }
 
 // Megatron's data parallel group of `rank` for tensor size `tp` (pipeline 1): the ranks
