@@ -25,7 +25,7 @@ const ProcessGroup& MockMpu::data_parallel_group() const {
   return *data_;
 }
 
-ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks, int caller) {
+ProcessGroup fake_process_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks, int caller) {
   const auto position = std::ranges::find(ranks, caller);
   if (position == ranks.end()) {
     throw ConfigError(fmt::format("fake group {}: caller {} must be one of its members", ranks, caller));
@@ -35,11 +35,11 @@ ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int
   return ProcessGroup(std::move(ranks), std::make_unique<FakeCommunicator>(world, member));
 }
 
-std::shared_ptr<MockMpu> megatron_mpu(const std::shared_ptr<FakeWorld>& world, int rank, int tensor_parallel_size,
-                                      int pipeline_parallel_size) {
-  if (!world) throw ConfigError("megatron_mpu needs a fake world");
+std::shared_ptr<MockMpu> mock_megatron_mpu(const std::shared_ptr<FakeWorld>& world, int rank, int tensor_parallel_size,
+                                           int pipeline_parallel_size) {
+  if (!world) throw ConfigError("mock_megatron_mpu needs a fake world");
   if (rank < 0 || rank >= world->size()) {
-    throw ConfigError(fmt::format("megatron_mpu: rank {} is outside the fake world [0, {})", rank, world->size()));
+    throw ConfigError(fmt::format("mock_megatron_mpu: rank {} is outside the fake world [0, {})", rank, world->size()));
   }
   ParallelConfig config;
   config.world_size = world->size();

@@ -1,4 +1,4 @@
-// The fakes of pcx::testing: FakeCommunicator's named fields, fake_group and megatron_mpu.
+// The fakes of pcx::testing: FakeCommunicator's named fields, fake_process_group and mock_megatron_mpu.
 #define BOOST_TEST_MODULE fakes
 #include <boost/test/unit_test.hpp>
 #include <memory>
@@ -41,10 +41,10 @@ BOOST_AUTO_TEST_CASE(a_fake_member_with_a_field_left_out_is_a_config_error) {
 
 BOOST_AUTO_TEST_CASE(fake_group_places_the_caller_at_its_position) {
   const auto world = std::make_shared<FakeWorld>(8);
-  const pcx::ProcessGroup group = pcx::testing::fake_group(world, {6, 2, 4}, 4);
+  const pcx::ProcessGroup group = pcx::testing::fake_process_group(world, {6, 2, 4}, 4);
   BOOST_TEST(group.rank() == 2);
   BOOST_TEST(group.size() == 3);
-  BOOST_CHECK_THROW((void)pcx::testing::fake_group(world, {6, 2}, 4), pcx::ConfigError);
+  BOOST_CHECK_THROW((void)pcx::testing::fake_process_group(world, {6, 2}, 4), pcx::ConfigError);
 }
 
 // W = 16, tp = 2, pp = 2 (dp = 4): every rank's three groups against the formula.
@@ -59,7 +59,7 @@ BOOST_AUTO_TEST_CASE(megatron_mpu_has_megatrons_groups) {
         const int rank = megatron_rank(kWorld, kTp, kPp, p, d, t);
         BOOST_TEST_CONTEXT("rank " << rank) {
           const auto world = std::make_shared<FakeWorld>(kWorld);
-          const auto mpu = pcx::testing::megatron_mpu(world, rank, kTp, kPp);
+          const auto mpu = pcx::testing::mock_megatron_mpu(world, rank, kTp, kPp);
           std::vector<int> tensor;
           std::vector<int> pipeline;
           std::vector<int> data;
@@ -82,6 +82,6 @@ BOOST_AUTO_TEST_CASE(megatron_mpu_has_megatrons_groups) {
 
 BOOST_AUTO_TEST_CASE(megatron_mpu_refuses_what_does_not_fit) {
   const auto world = std::make_shared<FakeWorld>(8);
-  BOOST_CHECK_THROW((void)pcx::testing::megatron_mpu(world, 8, 2), pcx::ConfigError);
-  BOOST_CHECK_THROW((void)pcx::testing::megatron_mpu(world, 0, 3), pcx::ConfigError);
+  BOOST_CHECK_THROW((void)pcx::testing::mock_megatron_mpu(world, 8, 2), pcx::ConfigError);
+  BOOST_CHECK_THROW((void)pcx::testing::mock_megatron_mpu(world, 0, 3), pcx::ConfigError);
 }

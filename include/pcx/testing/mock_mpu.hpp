@@ -89,15 +89,16 @@ class MockMpu final : public Mpu {
 /// @p world holds it, over a FakeCommunicator made directly, so no split is recorded.
 /// @throws ConfigError if @p caller is not in @p ranks, or as ProcessGroup and
 ///         FakeCommunicator.
-[[nodiscard]] ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks, int caller);
+[[nodiscard]] ProcessGroup fake_process_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks,
+                                              int caller);
 
 /// The MPU that Megatron hands world rank @p rank of @p world: tensor, pipeline and data
 /// parallel groups of Megatron's layout (rank = pipeline × data × tensor, tensor
 /// fastest) and their sizes, the model parallel size tensor × pipeline. The groups are
-/// fake_group()s, so the splits @p world records are the caller's own.
+/// fake_process_group()s, so the splits @p world records are the caller's own.
 /// @throws ConfigError if @p rank is outside the world or the sizes do not fit it (as
 ///         pcx::validate).
-[[nodiscard]] std::shared_ptr<MockMpu> megatron_mpu(const std::shared_ptr<FakeWorld>& world, int rank,
-                                                    int tensor_parallel_size, int pipeline_parallel_size = 1);
+[[nodiscard]] std::shared_ptr<MockMpu> mock_megatron_mpu(const std::shared_ptr<FakeWorld>& world, int rank,
+                                                         int tensor_parallel_size, int pipeline_parallel_size = 1);
 
 }  // namespace pcx::testing
