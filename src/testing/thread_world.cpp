@@ -25,12 +25,12 @@ namespace detail {
 struct Group {
   // What one member brings to an operation.
   struct Part {
-    std::string call;                  // the operation and every argument members must agree on
-    std::vector<std::byte> data{};     // a copy of the send buffer, so in-place calls are safe
-    std::vector<std::size_t> counts{};  // all_to_all_v: elements for each member
-    std::vector<std::size_t> offsets{}; // all_to_all_v: where they start in data
-    int colour = 0;                    // split
-    int key = 0;                       // split
+    std::string call;                    // the operation and every argument members must agree on
+    std::vector<std::byte> data{};       // a copy of the send buffer, so in-place calls are safe
+    std::vector<std::size_t> counts{};   // all_to_all_v: elements for each member
+    std::vector<std::size_t> offsets{};  // all_to_all_v: where they start in data
+    int colour = 0;                      // split
+    int key = 0;                         // split
   };
   // The n-th operation of the communicator; erased once every member has left it.
   struct Meeting {
@@ -353,9 +353,9 @@ class ThreadCommunicator final : public Communicator {
     try {
       for (std::size_t i = 1; i < meeting.parts.size(); ++i) {
         if (meeting.parts[i]->call != meeting.parts[0]->call) {
-          throw ConfigMismatch(fmt::format(
-              "operation {} of a thread communicator of {} ranks: rank 0 called {} but rank {} called {}", id, size(),
-              meeting.parts[0]->call, i, meeting.parts[i]->call));
+          throw ConfigMismatch(
+              fmt::format("operation {} of a thread communicator of {} ranks: rank 0 called {} but rank {} called {}",
+                          id, size(), meeting.parts[0]->call, i, meeting.parts[i]->call));
         }
       }
       finish(meeting);
@@ -386,9 +386,9 @@ class ThreadCommunicator final : public Communicator {
 
   void throw_if_broken(std::string_view call) const {
     if (!group_->broken.empty()) {
-      throw CommError(fmt::format("{} on rank {} of a thread communicator of {} ranks: {}", call, rank_, size(),
-                                  group_->broken),
-                      -1);
+      throw CommError(
+          fmt::format("{} on rank {} of a thread communicator of {} ranks: {}", call, rank_, size(), group_->broken),
+          -1);
     }
   }
 
@@ -396,9 +396,10 @@ class ThreadCommunicator final : public Communicator {
   // as after an NCCL timeout.
   [[noreturn]] void time_out(std::unique_lock<std::mutex>& lock, std::string_view call,
                              std::string_view waited_for) const {
-    const std::string why = fmt::format("{} timed out after {} ms on a thread communicator of {} ranks: rank {} waited "
-                                        "for {}",
-                                        call, world_->timeout.count(), size(), rank_, waited_for);
+    const std::string why = fmt::format(
+        "{} timed out after {} ms on a thread communicator of {} ranks: rank {} waited "
+        "for {}",
+        call, world_->timeout.count(), size(), rank_, waited_for);
     if (group_->broken.empty()) group_->broken = why;
     group_->changed.notify_all();
     lock.unlock();

@@ -122,18 +122,19 @@ BOOST_DATA_TEST_CASE(every_rank_gets_its_world_communicator, kSizes, ranks) {
 
 BOOST_DATA_TEST_CASE(all_reduce_computes_every_reduction_of_every_type, kSizes, ranks) {
   check_reports(on_every_rank(ranks, [](const Communicator& comm) {
-    return all_reductions<std::int8_t>(comm) + all_reductions<std::uint8_t>(comm) +
-           all_reductions<std::int32_t>(comm) + all_reductions<std::uint32_t>(comm) +
-           all_reductions<std::int64_t>(comm) + all_reductions<std::uint64_t>(comm) +
-           all_reductions<pcx::float16>(comm) + all_reductions<pcx::bfloat16>(comm) + all_reductions<float>(comm) +
-           all_reductions<double>(comm);
+    return all_reductions<std::int8_t>(comm) + all_reductions<std::uint8_t>(comm) + all_reductions<std::int32_t>(comm) +
+           all_reductions<std::uint32_t>(comm) + all_reductions<std::int64_t>(comm) +
+           all_reductions<std::uint64_t>(comm) + all_reductions<pcx::float16>(comm) +
+           all_reductions<pcx::bfloat16>(comm) + all_reductions<float>(comm) + all_reductions<double>(comm);
   }));
 }
 
 // Float sums depend on the order of the terms: every rank must get the bits of the sum
 // in rank order, ((x0 + x1) + x2) + ..., also in place.
 BOOST_DATA_TEST_CASE(all_reduce_gives_every_rank_the_same_bits_in_rank_order, kSizes, ranks) {
-  const auto contribution = [](int rank, int i) { return 0.1f * static_cast<float>(rank + 1) + 1e-3f * static_cast<float>(i); };
+  const auto contribution = [](int rank, int i) {
+    return 0.1f * static_cast<float>(rank + 1) + 1e-3f * static_cast<float>(i);
+  };
   check_reports(on_every_rank(ranks, [&](const Communicator& comm) {
     std::vector<float> buffer;
     std::vector<float> expected;
@@ -144,8 +145,7 @@ BOOST_DATA_TEST_CASE(all_reduce_gives_every_rank_the_same_bits_in_rank_order, kS
       expected.push_back(sum);
     }
     comm.all_reduce(buffer, ReduceOp::sum);
-    return std::memcmp(buffer.data(), expected.data(), buffer.size() * sizeof(float)) == 0 ? ""
-                                                                                             : "bits differ";
+    return std::memcmp(buffer.data(), expected.data(), buffer.size() * sizeof(float)) == 0 ? "" : "bits differ";
   }));
 }
 
@@ -180,7 +180,8 @@ BOOST_DATA_TEST_CASE(all_to_all_v_moves_uneven_blocks, kSizes, ranks) {
     for (int peer = 0; peer < comm.size(); ++peer) {
       send_counts.push_back(count(r, peer));
       recv_counts.push_back(count(peer, r));
-      for (std::size_t k = 0; k < count(r, peer); ++k) send.push_back(1000.0 * r + 10.0 * peer + static_cast<double>(k));
+      for (std::size_t k = 0; k < count(r, peer); ++k)
+        send.push_back(1000.0 * r + 10.0 * peer + static_cast<double>(k));
       for (std::size_t k = 0; k < count(peer, r); ++k) {
         expected.push_back(1000.0 * peer + 10.0 * r + static_cast<double>(k));
       }
@@ -382,8 +383,9 @@ BOOST_AUTO_TEST_CASE(ranks_calling_different_operations_all_throw_naming_both) {
     }
   });
   for (std::size_t r = 0; r < 2; ++r) {
-    BOOST_TEST(errors[r] == "operation 0 of a thread communicator of 2 ranks: rank 0 called "
-                            "all_reduce(4 x float32, sum) but rank 1 called barrier()");
+    BOOST_TEST(errors[r] ==
+               "operation 0 of a thread communicator of 2 ranks: rank 0 called "
+               "all_reduce(4 x float32, sum) but rank 1 called barrier()");
     BOOST_TEST(counts[r].find("all_reduce(4 x float32, sum) but rank 1 called all_reduce(3 x float32, sum)") !=
                std::string::npos);
   }
@@ -414,8 +416,9 @@ BOOST_AUTO_TEST_CASE(the_first_exception_is_rethrown_with_its_rank) {
     if (comm.rank() == 2) throw std::invalid_argument("no such expert");
     comm.barrier();  // the others wait for rank 2 and fail once it has
   }),
-                        std::invalid_argument,
-                        [](const std::invalid_argument& e) { return std::string(e.what()) == "rank 2: no such expert"; });
+                        std::invalid_argument, [](const std::invalid_argument& e) {
+                          return std::string(e.what()) == "rank 2: no such expert";
+                        });
   BOOST_TEST(world.live_communicators() == 0);
 }
 
