@@ -3,8 +3,10 @@
 // asks of its process groups. It takes the groups as a `const pcx::ParallelContext&`
 // (dependency injection, no globals), so a unit test can hand it the context of any rank
 // of any world, built over pcx::testing::FakeCommunicator with a pcx::testing::MockMpu,
-// without launching a process. See moe_model_test.cpp.
+// or every rank of a world at once over pcx::testing::ThreadWorld, without launching a
+// process. See moe_model_test.cpp.
 
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -36,6 +38,16 @@ struct ExpertShard {
 /// of this rank's expert parallel group.
 /// @throws std::invalid_argument if @p expert is outside [0, num_experts), or as shard_experts.
 [[nodiscard]] int expert_owner(const pcx::ParallelContext& context, int num_experts, int ep, int expert);
+
+/// Sends each token to the member of this rank's expert parallel group that hosts its
+/// expert (@p experts[i] for @p tokens[i]) and returns the tokens this rank's experts
+/// receive, in the order of their senders in the group: one all-to-all of the counts,
+/// one all-to-all-v of the tokens.
+/// @throws std::invalid_argument if the spans differ in length or an expert is outside
+///         [0, num_experts); otherwise as shard_experts, and pcx::CommError.
+[[nodiscard]] std::vector<std::int64_t> dispatch_tokens(const pcx::ParallelContext& context, int num_experts, int ep,
+                                                        std::span<const std::int64_t> tokens,
+                                                        std::span<const int> experts);
 
 /// Averages the gradients of this rank's experts over their replicas, in place: one
 /// all-reduce (sum) over the expert data parallel group of size @p ep, then a division by

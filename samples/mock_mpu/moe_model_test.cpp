@@ -5,8 +5,10 @@
 //  - pcx::testing::FakeWorld + pcx::testing::FakeCommunicator stand in for MPI: any rank
 //    of any world size, in this one process; they record every split and collective, and
 //    an all-reduce behaves as if every member passed the same buffer;
-//  - pcx::testing::MockMpu stands in for Megatron's mpu: the test sets its sizes and hands
-//    it the data parallel group the rank would have (tensor parallel size 2 here).
+//  - pcx::testing::MockMpu stands in for Megatron's mpu: mock_megatron_mpu() gives one
+//    rank the groups Megatron would (tensor parallel size 2 here);
+//  - pcx::testing::ThreadWorld runs all 8 ranks of a world on threads whose collectives
+//    really exchange data, to check what the fakes cannot: where tokens are routed.
 // Expected values are written out from the layout rules (DeepSpeed's own example for
 // world 16, tensor 2, ep 4), not computed by pcx.
 //
@@ -28,12 +30,12 @@
 #include "pcx/parallel_context.hpp"
 #include "pcx/testing/fake_communicator.hpp"
 #include "pcx/testing/mock_mpu.hpp"
+#include "pcx/testing/thread_world.hpp"
 
 namespace {
 
 using pcx::ExpertOrder;
 using pcx::ParallelContext;
-using pcx::ProcessGroup;
 using pcx::testing::FakeCommunicator;
 using pcx::testing::FakeWorld;
 using pcx::testing::MockMpu;
@@ -41,31 +43,6 @@ using pcx::testing::MockMpu;
 constexpr int kWorld = 16;
 constexpr int kTensor = 2;
 constexpr int kExperts = 8;  // experts per MoE layer
-
-// The group `ranks` as world rank `caller` sees it: a fake communicator of the group's
-// size in which the caller has its position in the list.
-ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks, int caller) {
-  const auto position = std::ranges::find(ranks, caller) - ranks.begin();
-  const int size = static_cast<int>(ranks.size());
-  return ProcessGroup(std::move(ranks),
-                      std::make_unique<FakeCommunicator>(world, size, static_cast<int>(position), caller));
-}
-
-// Megatron's data parallel group of `rank` for tensor size `tp` (pipeline 1): the ranks
-// with the same tensor index, r = d * tp + t.
-std::vector<int> megatron_data_parallel_ranks(int world, int tp, int rank) {
-  std::vector<int> ranks;
-  for (int d = 0; d < world / tp; ++d) ranks.push_back(d * tp + rank % tp);
-  return ranks;
-}
-
-// The MPU rank `rank` would be handed by Megatron, as a mock.
-std::shared_ptr<MockMpu> megatron_mock(const std::shared_ptr<FakeWorld>& world, int tp, int rank) {
-  auto mpu = std::make_shared<MockMpu>();
-  mpu->set_tensor_parallel_size(tp).set_model_parallel_size(tp);
-  mpu->set_data_parallel_group(fake_group(world, megatron_data_parallel_ranks(world->size(), tp, rank), rank));
-  return mpu;
-}
 
 pcx::ParallelConfig moe_config(std::vector<int> eps, ExpertOrder order) {
   pcx::ParallelConfig config;
@@ -80,7 +57,7 @@ pcx::ParallelConfig moe_config(std::vector<int> eps, ExpertOrder order) {
 ParallelContext simulated_context(const std::shared_ptr<FakeWorld>& world, int rank,
                                   ExpertOrder order = ExpertOrder::expert_first, std::vector<int> eps = {4}) {
   return ParallelContext(FakeCommunicator(world, rank), moe_config(std::move(eps), order),
-                         megatron_mock(world, kTensor, rank));
+                         pcx::testing::mock_megatron_mpu(world, rank, kTensor));
 }
 
 struct Expected {
@@ -203,7 +180,8 @@ BOOST_AUTO_TEST_CASE(a_mock_mpu_with_the_wrong_data_parallel_group_is_rejected) 
   const auto world = std::make_shared<FakeWorld>(kWorld);
   auto mpu = std::make_shared<MockMpu>();
   mpu->set_tensor_parallel_size(kTensor).set_model_parallel_size(kTensor);
-  mpu->set_data_parallel_group(fake_group(world, {0, 1, 2, 3, 4, 5, 6, 7}, 0));  // tp 2 needs [0,2,...,14]
+  mpu->set_data_parallel_group(
+      pcx::testing::fake_process_group(world, {0, 1, 2, 3, 4, 5, 6, 7}, 0));  // tp 2 needs [0,2,...,14]
   BOOST_CHECK_THROW(ParallelContext(FakeCommunicator(world, 0), moe_config({4}, ExpertOrder::expert_first), mpu),
                     pcx::ConfigError);
 }
@@ -223,3 +201,43 @@ BOOST_AUTO_TEST_CASE(works_without_an_mpu) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// Eight ranks at once on threads, each with its own context (ep 4, no MPU). Rank r routes
+// token 100r + i to expert (r + i) mod 8. Every token must arrive exactly once in the
+// world, at a rank that hosts its expert.
+BOOST_AUTO_TEST_CASE(dispatch_delivers_each_token_to_the_host_of_its_expert) {
+  constexpr int kRanks = 8;
+  constexpr int kTokens = 6;
+  const auto expert_of = [](std::int64_t token) { return static_cast<int>((token / 100 + token % 100) % kExperts); };
+  std::vector<std::vector<std::int64_t>> received(kRanks);
+  std::vector<std::vector<int>> hosted(kRanks);
+  pcx::testing::ThreadWorld world(kRanks);
+  world.run([&](const pcx::Communicator& comm) {
+    pcx::ParallelConfig config;
+    config.world_size = kRanks;
+    config.expert_parallel_sizes = {4};
+    const ParallelContext context(comm, config);
+    std::vector<std::int64_t> tokens;
+    std::vector<int> experts;
+    for (int i = 0; i < kTokens; ++i) {
+      tokens.push_back(100 * comm.rank() + i);
+      experts.push_back(expert_of(tokens.back()));
+    }
+    const auto r = static_cast<std::size_t>(comm.rank());
+    received[r] = moe_model::dispatch_tokens(context, kExperts, 4, tokens, experts);
+    hosted[r] = moe_model::shard_experts(context, kExperts, 4).expert_ids();
+  });
+  std::multiset<std::int64_t> arrived;
+  for (int r = 0; r < kRanks; ++r) {
+    for (const std::int64_t token : received[static_cast<std::size_t>(r)]) {
+      BOOST_TEST_CONTEXT("token " << token << " at rank " << r) {
+        BOOST_TEST(std::ranges::count(hosted[static_cast<std::size_t>(r)], expert_of(token)) == 1);
+      }
+      arrived.insert(token);
+    }
+  }
+  BOOST_TEST(arrived.size() == static_cast<std::size_t>(kRanks * kTokens));
+  for (int r = 0; r < kRanks; ++r) {
+    for (int i = 0; i < kTokens; ++i) BOOST_TEST(arrived.count(100 * r + i) == 1U);
+  }
+}

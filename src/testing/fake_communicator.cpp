@@ -9,7 +9,6 @@
 
 #include "../elementwise.hpp"
 #include "pcx/error.hpp"
-#include "pcx/testing/mock_mpu.hpp"
 
 namespace pcx::testing {
 namespace {
@@ -103,14 +102,18 @@ void FakeWorld::verify() const {
   }
 }
 
-FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, int rank, int caller)
-    : world_(std::move(world)), size_(size), rank_(rank), caller_(caller) {
+FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, FakeMember member)
+    : world_(std::move(world)), size_(member.size), rank_(member.rank), caller_(member.caller) {
   if (!world_) throw ConfigError("a fake communicator needs a fake world");
-  if (size < 1 || rank < 0 || rank >= size) {
-    throw ConfigError(fmt::format("fake communicator rank {} of size {}: the rank must be in [0, size)", rank, size));
+  if (size_ < 1) {
+    throw ConfigError(fmt::format("a fake communicator of size {}: the size must be at least 1", size_));
   }
-  if (caller < 0 || caller >= world_->size()) {
-    throw ConfigError(fmt::format("fake caller {} is outside the world [0, {})", caller, world_->size()));
+  if (rank_ < 0 || rank_ >= size_) {
+    throw ConfigError(
+        fmt::format("fake communicator rank {} of size {}: the rank must be in [0, size)", rank_, size_));
+  }
+  if (caller_ < 0 || caller_ >= world_->size()) {
+    throw ConfigError(fmt::format("fake caller {} is outside the world [0, {})", caller_, world_->size()));
   }
   const std::lock_guard lock(world_->mutex_);
   ++world_->live_;
@@ -122,7 +125,7 @@ FakeCommunicator::~FakeCommunicator() {
 }
 
 FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank)
-    : FakeCommunicator(world, world ? world->size() : 1, rank, rank) {}
+    : FakeCommunicator(world, {.size = world ? world->size() : 1, .rank = rank, .caller = rank}) {}
 
 std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, int size, const CommOptions&) const {
   if (colour != kNoColour && size == 0) {
@@ -130,12 +133,12 @@ std::unique_ptr<Communicator> FakeCommunicator::do_split(int colour, int key, in
   }
   world_->record_split(caller_, colour, key, size);
   if (colour == kNoColour) return nullptr;
-  return std::make_unique<FakeCommunicator>(world_, size, key, caller_);
+  return std::make_unique<FakeCommunicator>(world_, FakeMember{.size = size, .rank = key, .caller = caller_});
 }
 
 std::unique_ptr<Communicator> FakeCommunicator::do_dup(const CommOptions&) const {
   world_->record_dup(caller_);
-  return std::make_unique<FakeCommunicator>(world_, size_, rank_, caller_);
+  return std::make_unique<FakeCommunicator>(world_, FakeMember{.size = size_, .rank = rank_, .caller = caller_});
 }
 
 void FakeCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type,
@@ -199,14 +202,9 @@ void FakeCommunicator::do_send(const void*, std::size_t, DataType, int) const { 
 void FakeCommunicator::do_recv(void*, std::size_t, DataType, int) const { world_->record_operation("recv"); }
 
 std::unique_ptr<Communicator> FakeCommunicator::self() const {
-  return std::make_unique<FakeCommunicator>(world_, 1, 0, caller_);
+  return std::make_unique<FakeCommunicator>(world_, FakeMember{.size = 1, .rank = 0, .caller = caller_});
 }
 
 void FakeCommunicator::do_barrier() const { world_->record_operation("barrier"); }
-
-const ProcessGroup& MockMpu::data_parallel_group() const {
-  if (!data_) throw ConfigError("MockMpu: no data parallel group was set (call set_data_parallel_group)");
-  return *data_;
-}
 
 }  // namespace pcx::testing

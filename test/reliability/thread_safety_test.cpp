@@ -28,6 +28,7 @@ using pcx::ParallelConfig;
 using pcx::ParallelContext;
 using pcx::ProcessGroup;
 using pcx::testing::FakeCommunicator;
+using pcx::testing::FakeMember;
 using pcx::testing::FakeWorld;
 
 constexpr int kThreads = 8;
@@ -104,7 +105,8 @@ std::shared_ptr<const pcx::Mpu> mpu_of_rank_5(const std::shared_ptr<FakeWorld>& 
   const auto group = [&](std::vector<int> ranks) {
     const auto position = static_cast<int>(std::ranges::find(ranks, 5) - ranks.begin());
     const int size = static_cast<int>(ranks.size());
-    return ProcessGroup(std::move(ranks), std::make_unique<FakeCommunicator>(world, size, position, 5));
+    return ProcessGroup(std::move(ranks), std::make_unique<FakeCommunicator>(
+                                              world, FakeMember{.size = size, .rank = position, .caller = 5}));
   };
   auto mpu = std::make_shared<pcx::testing::MockMpu>();
   mpu->set_tensor_parallel_size(2).set_model_parallel_size(2);

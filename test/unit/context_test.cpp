@@ -22,6 +22,7 @@ using pcx::ParallelContext;
 using pcx::ProcessGroup;
 using pcx::Topology;
 using pcx::testing::FakeCommunicator;
+using pcx::testing::FakeMember;
 using pcx::testing::FakeWorld;
 using pcx::testing::MockMpu;
 
@@ -43,7 +44,8 @@ ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int
   const auto position = std::ranges::find(ranks, caller) - ranks.begin();
   const int size = static_cast<int>(ranks.size());
   return ProcessGroup(std::move(ranks),
-                      std::make_unique<FakeCommunicator>(world, size, static_cast<int>(position), caller));
+                      std::make_unique<FakeCommunicator>(
+                          world, FakeMember{.size = size, .rank = static_cast<int>(position), .caller = caller}));
 }
 
 // An MPU in Megatron's layout, as rank `rank` of `world` sees it.
@@ -336,7 +338,8 @@ BOOST_AUTO_TEST_CASE(fake_world_verify_catches_splits_no_real_job_could_make) {
 BOOST_AUTO_TEST_CASE(process_groups_compare_members_with_a_layout) {
   const auto world = std::make_shared<FakeWorld>(8);
   const pcx::GroupLayout layout = pcx::RankGrid({{"data", 4}, {"tensor", 2}}).along({"data"});
-  const ProcessGroup implied(layout, 1, std::make_unique<FakeCommunicator>(world, 4, 2, 5));
+  const ProcessGroup implied(layout, 1,
+                             std::make_unique<FakeCommunicator>(world, FakeMember{.size = 4, .rank = 2, .caller = 5}));
   const ProcessGroup listed = fake_group(world, {1, 3, 5, 7}, 5);
   const ProcessGroup reordered = fake_group(world, {3, 1, 5, 7}, 5);
   BOOST_TEST(implied.ranks() == std::vector<int>({1, 3, 5, 7}));
@@ -349,7 +352,9 @@ BOOST_AUTO_TEST_CASE(process_groups_compare_members_with_a_layout) {
   BOOST_TEST(!implied.contains(-1));
   BOOST_TEST(implied.global_rank(3) == 7);
   BOOST_CHECK_THROW((void)implied.global_rank(4), pcx::ConfigError);
-  BOOST_CHECK_THROW(ProcessGroup(layout, 2, std::make_unique<FakeCommunicator>(world, 3, 0, 0)), pcx::ConfigError);
+  BOOST_CHECK_THROW(
+      ProcessGroup(layout, 2, std::make_unique<FakeCommunicator>(world, FakeMember{.size = 3, .rank = 0, .caller = 0})),
+      pcx::ConfigError);
   BOOST_CHECK_THROW(fake_group(world, {1, 1}, 1), pcx::ConfigError);
 }
 

@@ -70,6 +70,14 @@ class FakeWorld {
   std::optional<int> fail_at_;
 };
 
+/// Where a FakeCommunicator stands: use designated initializers and name every field,
+/// as in `{.size = 4, .rank = 1, .caller = 5}`; a field left out is out of range.
+struct FakeMember {
+  int size = 0;     ///< Number of members of the communicator.
+  int rank = -1;    ///< The member's rank in it, in [0, size).
+  int caller = -1;  ///< World rank of the process that holds it.
+};
+
 /// A communicator of a simulated world. Splits and dups are recorded in its
 /// FakeWorld and return fakes of the right size and rank; collectives behave as if
 /// every member passed the same buffer as this one (an all-reduce sum multiplies by
@@ -78,10 +86,10 @@ class FakeWorld {
 /// count as well.
 class FakeCommunicator final : public Communicator {
  public:
-  /// Member @p rank of a communicator of @p size members, made by world rank
-  /// @p caller of @p world. A world communicator is (world, world->size(), r, r).
-  /// @throws ConfigError if @p world is null or a rank is out of range.
-  FakeCommunicator(std::shared_ptr<FakeWorld> world, int size, int rank, int caller);
+  /// Member @p member .rank of a communicator of @p member .size members, held by world
+  /// rank @p member .caller of @p world.
+  /// @throws ConfigError if @p world is null, the size is below 1 or a rank is out of range.
+  FakeCommunicator(std::shared_ptr<FakeWorld> world, FakeMember member);
   /// World rank @p rank of @p world.
   FakeCommunicator(std::shared_ptr<FakeWorld> world, int rank);
   FakeCommunicator(const FakeCommunicator&) = delete;

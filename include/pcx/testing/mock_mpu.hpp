@@ -1,10 +1,13 @@
 #pragma once
 /// @file mock_mpu.hpp
-/// @brief An MPU whose answers a test sets.
+/// @brief An MPU whose answers a test sets, and one in Megatron's layout in one line.
 
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "pcx/mpu.hpp"
+#include "pcx/testing/fake_communicator.hpp"
 
 namespace pcx::testing {
 
@@ -32,6 +35,16 @@ class MockMpu final : public Mpu {
     data_.emplace(std::move(group));
     return *this;
   }
+  /// Sets the tensor parallel group (by default there is none).
+  MockMpu& set_tensor_parallel_group(ProcessGroup group) {
+    tensor_group_.emplace(std::move(group));
+    return *this;
+  }
+  /// Sets the pipeline parallel group (by default there is none).
+  MockMpu& set_pipeline_parallel_group(ProcessGroup group) {
+    pipeline_group_.emplace(std::move(group));
+    return *this;
+  }
   /// Sets the sequence parallel group (by default there is none).
   MockMpu& set_sequence_parallel_group(ProcessGroup group) {
     sequence_.emplace(std::move(group));
@@ -48,6 +61,12 @@ class MockMpu final : public Mpu {
   [[nodiscard]] int model_parallel_size() const override { return model_; }
   /// @throws ConfigError if no data parallel group was set.
   [[nodiscard]] const ProcessGroup& data_parallel_group() const override;
+  [[nodiscard]] const ProcessGroup* tensor_parallel_group() const override {
+    return tensor_group_ ? &*tensor_group_ : nullptr;
+  }
+  [[nodiscard]] const ProcessGroup* pipeline_parallel_group() const override {
+    return pipeline_group_ ? &*pipeline_group_ : nullptr;
+  }
   [[nodiscard]] const ProcessGroup* sequence_parallel_group() const override {
     return sequence_ ? &*sequence_ : nullptr;
   }
@@ -60,8 +79,26 @@ class MockMpu final : public Mpu {
   int pipeline_ = 1;
   int model_ = 1;
   std::optional<ProcessGroup> data_;
+  std::optional<ProcessGroup> tensor_group_;
+  std::optional<ProcessGroup> pipeline_group_;
   std::optional<ProcessGroup> sequence_;
   std::optional<ProcessGroup> sequence_data_;
 };
+
+/// The group of world ranks @p ranks (in group-rank order) as world rank @p caller of
+/// @p world holds it, over a FakeCommunicator made directly, so no split is recorded.
+/// @throws ConfigError if @p caller is not in @p ranks, or as ProcessGroup and
+///         FakeCommunicator.
+[[nodiscard]] ProcessGroup fake_process_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks,
+                                              int caller);
+
+/// The MPU that Megatron hands world rank @p rank of @p world: tensor, pipeline and data
+/// parallel groups of Megatron's layout (rank = pipeline × data × tensor, tensor
+/// fastest) and their sizes, the model parallel size tensor × pipeline. The groups are
+/// fake_process_group()s, so the splits @p world records are the caller's own.
+/// @throws ConfigError if @p rank is outside the world or the sizes do not fit it (as
+///         pcx::validate).
+[[nodiscard]] std::shared_ptr<MockMpu> mock_megatron_mpu(const std::shared_ptr<FakeWorld>& world, int rank,
+                                                         int tensor_parallel_size, int pipeline_parallel_size = 1);
 
 }  // namespace pcx::testing
