@@ -12,6 +12,7 @@
 #include "pcx/self_communicator.hpp"
 #include "pcx/testing/fake_communicator.hpp"
 #include "pcx/testing/mock_mpu.hpp"
+#include "spec_reference.hpp"
 
 namespace {
 
@@ -25,6 +26,8 @@ using pcx::testing::FakeCommunicator;
 using pcx::testing::FakeMember;
 using pcx::testing::FakeWorld;
 using pcx::testing::MockMpu;
+using pcx::testing::fake_process_group;
+using pcx::test::Reference;
 
 ParallelConfig make_config(int world, int tp, int pp, std::vector<int> eps, pcx::ExpertOrder order = {},
                            std::optional<int> hpz = {}, std::optional<int> per_node = {}) {
@@ -39,63 +42,52 @@ ParallelConfig make_config(int world, int tp, int pp, std::vector<int> eps, pcx:
   return config;
 }
 
-// A group of the simulated world as rank `caller` sees it.
-ProcessGroup fake_group(const std::shared_ptr<FakeWorld>& world, std::vector<int> ranks, int caller) {
-  const auto position = std::ranges::find(ranks, caller) - ranks.begin();
-  const int size = static_cast<int>(ranks.size());
-  return ProcessGroup(std::move(ranks),
-                      std::make_unique<FakeCommunicator>(
-                          world, FakeMember{.size = size, .rank = static_cast<int>(position), .caller = caller}));
-}
-
-// An MPU in Megatron's layout, as rank `rank` of `world` sees it.
-std::shared_ptr<const pcx::Mpu> megatron_mpu(const std::shared_ptr<FakeWorld>& world, int tp, int pp, int rank) {
-  ParallelConfig config;
-  config.world_size = world->size();
-  config.tensor_parallel_size = tp;
-  config.pipeline_parallel_size = pp;
-  const Topology topology(config);
-  auto mpu = std::make_shared<MockMpu>();
-  mpu->set_tensor_parallel_size(tp).set_pipeline_parallel_size(pp).set_model_parallel_size(tp * pp);
-  mpu->set_data_parallel_group(fake_group(world, topology.layout({GroupKind::data_parallel}).group_of(rank), rank));
-  return mpu;
-}
-
 bool uses_mpu(const ParallelConfig& config) {
   return config.tensor_parallel_size > 1 || config.pipeline_parallel_size > 1;
 }
 
-// Builds the context of every rank and checks each group against the topology.
+// Builds the context of every rank and checks each of its groups against the SPEC's
+// formulas (spec_reference.hpp), which share nothing with the layout engine.
 void check_every_rank(const ParallelConfig& config) {
   BOOST_TEST_CONTEXT(fmt::format("world {} tp {} pp {} ep [{}] {} hpz {} per node {}", config.world_size,
                                  config.tensor_parallel_size, config.pipeline_parallel_size,
                                  fmt::join(config.expert_parallel_sizes, ","), to_string(config.expert_order),
                                  config.zero_hpz_size.value_or(0), config.ranks_per_node.value_or(0))) {
-    const Topology topology(config);
+    const Reference reference = Reference::of(config);
+    // Without sequence parallelism, sequence data parallel is data parallel (DeepSpeed's rule).
+    const auto expected_group = [&](pcx::GroupId id, int rank) {
+      if (id.kind == GroupKind::sequence_data_parallel) id.kind = GroupKind::data_parallel;
+      return reference.group(id, rank, config.zero_hpz_size, config.ranks_per_node);
+    };
     const auto world = std::make_shared<FakeWorld>(config.world_size);
-    int expected_splits = 0;
-    for (const pcx::GroupView& view : topology.views()) {
+    std::vector<pcx::GroupId> split_kinds;
+    for (const pcx::GroupView& view : Topology(config).views()) {
       const GroupKind kind = view.id.kind;
-      const bool built = kind != GroupKind::world && kind != GroupKind::tensor_parallel &&
-                         kind != GroupKind::pipeline_parallel && kind != GroupKind::data_parallel;
-      expected_splits += built && view.layout.group_size() > 1 ? 1 : 0;
+      if (kind != GroupKind::world && kind != GroupKind::tensor_parallel && kind != GroupKind::pipeline_parallel &&
+          kind != GroupKind::data_parallel) {
+        split_kinds.push_back(view.id);
+      }
     }
+    // One split per kind the context builds, none for groups of one rank.
+    const auto expected_splits = std::ranges::count_if(split_kinds, [&](const pcx::GroupId& id) {
+      return expected_group(id, 0).size() > 1;
+    });
     bool all_match = true;
     for (int rank = 0; rank < config.world_size; ++rank) {
       const FakeCommunicator comm(world, rank);
-      auto mpu = uses_mpu(config)
-                     ? megatron_mpu(world, config.tensor_parallel_size, config.pipeline_parallel_size, rank)
-                     : nullptr;
+      auto mpu = uses_mpu(config) ? pcx::testing::mock_megatron_mpu(world, rank, config.tensor_parallel_size,
+                                                                    config.pipeline_parallel_size)
+                                  : nullptr;
       const int splits_before = world->split_count(rank);
       const ParallelContext context(comm, config, mpu);
       BOOST_TEST(world->split_count(rank) - splits_before == expected_splits);
-      for (const pcx::GroupView& view : topology.views()) {
-        if (view.id.kind == GroupKind::tensor_parallel || view.id.kind == GroupKind::pipeline_parallel) continue;
-        const ProcessGroup& group = context.group(view.id);
-        const bool match = group.ranks() == view.layout.group_of(rank) &&
-                           group.rank() == view.layout.group_rank(rank) &&
-                           group.communicator().size() == view.layout.group_size();
-        if (!match) BOOST_ERROR(fmt::format("rank {} {}: [{}]", rank, view.id.name(), fmt::join(group.ranks(), ",")));
+      for (const pcx::GroupId& id : context.group_ids()) {
+        const std::vector<int> expected = expected_group(id, rank);
+        const ProcessGroup& group = context.group(id);
+        const auto position = std::ranges::find(expected, rank) - expected.begin();
+        const bool match = group.ranks() == expected && group.rank() == position &&
+                           group.communicator().size() == static_cast<int>(expected.size());
+        if (!match) BOOST_ERROR(fmt::format("rank {} {}: [{}]", rank, id.name(), fmt::join(group.ranks(), ",")));
         all_match = all_match && match;
       }
     }
@@ -193,9 +185,9 @@ BOOST_AUTO_TEST_CASE(mpu_groups_and_sizes_are_used) {
   const int rank = 3;
   auto mpu = std::make_shared<MockMpu>();
   mpu->set_tensor_parallel_size(2).set_model_parallel_size(2);
-  mpu->set_data_parallel_group(fake_group(world, {1, 3, 5, 7}, rank));
-  mpu->set_sequence_parallel_group(fake_group(world, {2, 3}, rank));
-  mpu->set_sequence_data_parallel_group(fake_group(world, {1, 3}, rank));
+  mpu->set_data_parallel_group(fake_process_group(world, {1, 3, 5, 7}, rank));
+  mpu->set_sequence_parallel_group(fake_process_group(world, {2, 3}, rank));
+  mpu->set_sequence_data_parallel_group(fake_process_group(world, {1, 3}, rank));
   const ParallelContext context(FakeCommunicator(world, rank), make_config(8, 1, 1, {2}), mpu);
   BOOST_TEST(context.data_parallel_size() == 4);
   BOOST_TEST(context.data_parallel_group().ranks() == std::vector<int>({1, 3, 5, 7}));
@@ -236,14 +228,14 @@ BOOST_AUTO_TEST_CASE(bad_configurations_are_config_errors_naming_the_values) {
   // The MPU says tp 2 but its data parallel group is not Megatron's.
   auto wrong = std::make_shared<MockMpu>();
   wrong->set_tensor_parallel_size(2).set_model_parallel_size(2);
-  wrong->set_data_parallel_group(fake_group(world, {0, 1, 2, 3}, 0));
+  wrong->set_data_parallel_group(fake_process_group(world, {0, 1, 2, 3}, 0));
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 1, 1, {2}), wrong), pcx::ConfigError,
                         [](const pcx::Error& e) {
                           return message_has(e, {"[0,1,2,3]", "[0,2,4,6]"});
                         });
 
   auto disagreeing = std::make_shared<MockMpu>();
-  disagreeing->set_tensor_parallel_size(2).set_data_parallel_group(fake_group(world, {0, 2, 4, 6}, 0));
+  disagreeing->set_tensor_parallel_size(2).set_data_parallel_group(fake_process_group(world, {0, 2, 4, 6}, 0));
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 4, 1, {}), disagreeing), pcx::ConfigError,
                         [](const pcx::Error& e) {
                           return message_has(e, {"4", "MPU's 2"});
@@ -340,8 +332,8 @@ BOOST_AUTO_TEST_CASE(process_groups_compare_members_with_a_layout) {
   const pcx::GroupLayout layout = pcx::RankGrid({{"data", 4}, {"tensor", 2}}).along({"data"});
   const ProcessGroup implied(layout, 1,
                              std::make_unique<FakeCommunicator>(world, FakeMember{.size = 4, .rank = 2, .caller = 5}));
-  const ProcessGroup listed = fake_group(world, {1, 3, 5, 7}, 5);
-  const ProcessGroup reordered = fake_group(world, {3, 1, 5, 7}, 5);
+  const ProcessGroup listed = fake_process_group(world, {1, 3, 5, 7}, 5);
+  const ProcessGroup reordered = fake_process_group(world, {3, 1, 5, 7}, 5);
   BOOST_TEST(implied.ranks() == std::vector<int>({1, 3, 5, 7}));
   BOOST_TEST(implied.same_members(layout, 1));
   BOOST_TEST(!implied.same_members(layout, 0));
@@ -355,7 +347,7 @@ BOOST_AUTO_TEST_CASE(process_groups_compare_members_with_a_layout) {
   BOOST_CHECK_THROW(
       ProcessGroup(layout, 2, std::make_unique<FakeCommunicator>(world, FakeMember{.size = 3, .rank = 0, .caller = 0})),
       pcx::ConfigError);
-  BOOST_CHECK_THROW(fake_group(world, {1, 1}, 1), pcx::ConfigError);
+  BOOST_CHECK_THROW(fake_process_group(world, {1, 1}, 1), pcx::ConfigError);
 }
 
 BOOST_AUTO_TEST_CASE(values_outside_the_enumerations_and_byte_overflows_are_config_errors_naming_them) {
@@ -394,7 +386,7 @@ BOOST_AUTO_TEST_CASE(values_outside_the_enumerations_and_byte_overflows_are_conf
 
 BOOST_AUTO_TEST_CASE(a_process_group_with_a_negative_rank_is_rejected_naming_it) {
   const auto world = std::make_shared<FakeWorld>(4);
-  BOOST_CHECK_EXCEPTION(fake_group(world, {2, -3, 1}, 1), pcx::ConfigError,
+  BOOST_CHECK_EXCEPTION(fake_process_group(world, {2, -3, 1}, 1), pcx::ConfigError,
                         [](const pcx::Error& e) { return message_has(e, {"rank -3"}); });
 }
 

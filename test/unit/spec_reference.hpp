@@ -1,0 +1,86 @@
+#pragma once
+// The groups of every kind, rank by rank, straight from the formulas of SPEC.md: an
+// independent reference for the layout engine and for the contexts built from it.
+
+#include <algorithm>
+#include <numeric>
+#include <optional>
+#include <stdexcept>
+#include <vector>
+
+#include "pcx/topology.hpp"
+
+namespace pcx::test {
+
+struct Reference {
+  int world, tp, pp, dp, stride;  // stride = S = world / pp
+  ExpertOrder order;
+
+  // The sizes of a valid configuration, tensor size clamped to the world as the SPEC says.
+  static Reference of(const ParallelConfig& c) {
+    const int tp = std::min(c.tensor_parallel_size, c.world_size);
+    const int pp = c.pipeline_parallel_size;
+    return {c.world_size, tp, pp, c.world_size / (tp * pp), c.world_size / pp, c.expert_order};
+  }
+
+  // The group of rank r for view id, from the SPEC's formulas, ascending.
+  std::vector<int> group(const GroupId& id, int r, std::optional<int> hpz, std::optional<int> per_node) const {
+    const int p = r / stride;
+    const int within = r % stride;
+    const int d = within / tp;
+    const int t = within % tp;
+    std::vector<int> g;
+    switch (id.kind) {
+      case GroupKind::world:
+        g.resize(static_cast<std::size_t>(world));
+        std::iota(g.begin(), g.end(), 0);
+        break;
+      case GroupKind::tensor_parallel:
+        for (int x = 0; x < tp; ++x) g.push_back(p * stride + d * tp + x);
+        break;
+      case GroupKind::pipeline_parallel:
+        for (int x = 0; x < pp; ++x) g.push_back(x * stride + d * tp + t);
+        break;
+      case GroupKind::data_parallel:
+        for (int x = 0; x < dp; ++x) g.push_back(p * stride + x * tp + t);
+        break;
+      case GroupKind::expert_parallel:
+      case GroupKind::expert_data_parallel: {
+        const int ep = id.expert_parallel_size;
+        const int edp = dp / ep;
+        // expert-first: d = j*ep + e; data-first: d = e*edp + j.
+        const bool expert_first = order == ExpertOrder::expert_first;
+        const int e = expert_first ? d % ep : d / edp;
+        const int j = expert_first ? d / ep : d % edp;
+        auto rank = [&](int ee, int jj) { return p * stride + (expert_first ? jj * ep + ee : ee * edp + jj) * tp + t; };
+        if (id.kind == GroupKind::expert_parallel) {
+          for (int x = 0; x < ep; ++x) g.push_back(rank(x, j));
+        } else {
+          for (int x = 0; x < edp; ++x) g.push_back(rank(e, x));
+        }
+        break;
+      }
+      case GroupKind::zero_param_intra: {
+        const int z = std::min(*hpz, world);
+        for (int x = 0; x < z; ++x) g.push_back(r / z * z + x);
+        break;
+      }
+      case GroupKind::all_to_all_local: {
+        const int n = std::min(*per_node, world);
+        for (int x = 0; x < n; ++x) g.push_back(r / n * n + x);
+        break;
+      }
+      case GroupKind::all_to_all_global: {
+        const int n = *per_node;
+        for (int k = 0; k < world / n; ++k) g.push_back(r % n + k * n);
+        break;
+      }
+      case GroupKind::sequence_parallel:
+      case GroupKind::sequence_data_parallel:
+        throw std::logic_error("a topology has no sequence parallel kinds: they come from an MPU");
+    }
+    return g;
+  }
+};
+
+}  // namespace pcx::test
