@@ -3,9 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdint>
-#include <vector>
+#include <exception>
 
+#include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 
 namespace pcx {
@@ -19,20 +19,21 @@ ParallelConfig megatron_config(int world, int tensor, int pipeline) {
   return config;
 }
 
-// Ranks that ask for other sizes would make splits that do not match: compare the sizes
-// over the world first (the maximum of -v is minus the minimum of v). A tensor size above
-// the world means the world, as the layout clamps it, so the clamped sizes are compared.
+// Ranks that ask for other sizes would make splits that do not match: the ranks agree on
+// the sizes first. A tensor size above the world means the world, as the layout clamps
+// it, so the clamped sizes are compared.
 ParallelConfig agreed_config(const Communicator& world, int tensor, int pipeline) {
-  const std::int64_t clamped = std::min(tensor, std::max(world.size(), 1));
-  std::vector<std::int64_t> extremes = {clamped, pipeline, -clamped, -std::int64_t{pipeline}};
-  world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
-  if (extremes[0] != -extremes[2] || extremes[1] != -extremes[3]) {
-    throw ConfigMismatch(
-        fmt::format("ranks disagree on the GridMpu sizes: tensor parallel size ranges from {} to {}, pipeline parallel "
-                    "size from {} to {}",
-                    -extremes[2], extremes[0], -extremes[3], extremes[1]));
+  const ParallelConfig config = megatron_config(world.size(), tensor, pipeline);
+  std::exception_ptr failure;
+  try {
+    validate(config);
+  } catch (...) {
+    failure = std::current_exception();
   }
-  return megatron_config(world.size(), tensor, pipeline);
+  const AgreedValue sizes[] = {{"GridMpu tensor parallel size", std::min(tensor, std::max(world.size(), 1))},
+                               {"GridMpu pipeline parallel size", pipeline}};
+  agree(world, AgreementStage::grid_mpu, sizes, failure);
+  return config;
 }
 
 CommOptions duplicate_options() {
@@ -43,16 +44,23 @@ CommOptions duplicate_options() {
 
 }  // namespace
 
-// The agreement and the splits run on a duplicate of the caller's world, whose errors are
+// The ranks agree on the caller's world, where a rank building something else meets the
+// agreement and is told apart; the splits then run on a duplicate of it, whose errors are
 // returned as exceptions whatever the world's own error handling (MPI_COMM_WORLD aborts
-// the job by default); the duplicate lives until the delegated constructor returns.
-GridMpu::GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size)
-    : GridMpu(*world.dup(duplicate_options()), tensor_parallel_size, pipeline_parallel_size, Duplicate{}) {}
+// the job by default). The duplicate lives until the delegated constructor returns.
+GridMpu::Agreed GridMpu::agree_then_dup(const Communicator& world, int tensor_parallel_size,
+                                        int pipeline_parallel_size) {
+  ParallelConfig config = agreed_config(world, tensor_parallel_size, pipeline_parallel_size);
+  return {std::move(config), world.dup(duplicate_options())};
+}
 
-GridMpu::GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size, Duplicate)
-    : topology_(agreed_config(world, tensor_parallel_size, pipeline_parallel_size)),
-      tensor_(make_group(world, topology_.layout({GroupKind::tensor_parallel}))),
-      pipeline_(make_group(world, topology_.layout({GroupKind::pipeline_parallel}))),
-      data_(make_group(world, topology_.layout({GroupKind::data_parallel}))) {}
+GridMpu::GridMpu(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size)
+    : GridMpu(agree_then_dup(world, tensor_parallel_size, pipeline_parallel_size)) {}
+
+GridMpu::GridMpu(Agreed&& agreed)
+    : topology_(std::move(agreed.config)),
+      tensor_(make_group(*agreed.duplicate, topology_.layout({GroupKind::tensor_parallel}))),
+      pipeline_(make_group(*agreed.duplicate, topology_.layout({GroupKind::pipeline_parallel}))),
+      data_(make_group(*agreed.duplicate, topology_.layout({GroupKind::data_parallel}))) {}
 
 }  // namespace pcx

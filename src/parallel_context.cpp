@@ -8,66 +8,89 @@
 #include <climits>
 #include <utility>
 
+#include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 
 namespace pcx {
 namespace {
 
-struct Field {
-  std::string_view name;
-  std::int64_t value;
+// Everything the context takes from its MPU, asked once, before the agreement: an MPU
+// that throws (anything) then fails this rank in the agreement, and none is asked after.
+struct MpuAnswers {
+  explicit MpuAnswers(const Mpu& mpu)
+      : tensor(mpu.tensor_parallel_size()),
+        pipeline(mpu.pipeline_parallel_size()),
+        data(mpu.data_parallel_size()),
+        model(mpu.model_parallel_size()),
+        data_group(&mpu.data_parallel_group()),
+        tensor_group(mpu.tensor_parallel_group()),
+        pipeline_group(mpu.pipeline_parallel_group()),
+        sequence(mpu.sequence_parallel_group()),
+        sequence_data(mpu.sequence_data_parallel_group()) {}
+  int tensor;
+  int pipeline;
+  int data;
+  int model;
+  const ProcessGroup* data_group;
+  const ProcessGroup* tensor_group;
+  const ProcessGroup* pipeline_group;
+  const ProcessGroup* sequence;
+  const ProcessGroup* sequence_data;
 };
 
+}  // namespace
+
+// The layout every rank builds, and this rank's MPU answers.
+struct ParallelContext::Agreed {
+  Topology topology;
+  std::optional<MpuAnswers> mpu;
+};
+
+namespace {
+
 // The configuration as this rank sees it, for comparison with every other rank. The
-// fields are the same, in the same order, on every rank, so every rank words a
-// disagreement the same way. An MPU that throws gives -1s; local_topology() then
-// rejects the configuration on this rank.
-std::vector<Field> fingerprint(const ParallelConfig& c, const Mpu* mpu) noexcept {
+// values are the same, in the same order, on every rank, so every rank words a
+// disagreement the same way.
+std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, const MpuAnswers* mpu) {
   std::uint64_t ep_hash = 1469598103934665603ULL;  // FNV-1a over the ordered sizes; wraps by design
   for (const int ep : c.expert_parallel_sizes) ep_hash = (ep_hash ^ static_cast<std::uint32_t>(ep)) * 1099511628211ULL;
-  const auto ask = [mpu](auto question) -> std::int64_t {
-    if (!mpu) return 0;
-    try {
-      return question(*mpu);
-    } catch (...) {
-      return -1;
-    }
+  // An MPU that threw has no answers: they are left out of the comparison, and the
+  // agreement reports the throw.
+  const auto answer = [&](auto field) -> std::optional<std::int64_t> {
+    if (!has_mpu) return 0;
+    if (!mpu) return std::nullopt;
+    return field(*mpu);
   };
-  const auto size_or_zero = [](const ProcessGroup* group) { return group ? group->size() : 0; };
+  const auto size_or_zero = [](const ProcessGroup* group) -> std::int64_t { return group ? group->size() : 0; };
   return {
       {"world size", c.world_size},
       {"tensor parallel size", c.tensor_parallel_size},
       {"pipeline parallel size", c.pipeline_parallel_size},
       {"number of expert parallel sizes", static_cast<std::int64_t>(c.expert_parallel_sizes.size())},
       {"largest expert parallel size", c.expert_parallel_sizes.empty() ? 0 : std::ranges::max(c.expert_parallel_sizes)},
-      {"expert parallel sizes", static_cast<std::int64_t>(ep_hash >> 1)},
+      {"expert parallel sizes", static_cast<std::int64_t>(ep_hash >> 1), /*digest=*/true},
       {"expert order (0 expert-first, 1 data-first)", c.expert_order == ExpertOrder::expert_first ? 0 : 1},
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
       {"ranks per node (0 none)", c.ranks_per_node.value_or(0)},
-      {"MPU present (0 no, 1 yes)", mpu != nullptr},
-      {"MPU tensor parallel size", ask([](const Mpu& m) { return m.tensor_parallel_size(); })},
-      {"MPU pipeline parallel size", ask([](const Mpu& m) { return m.pipeline_parallel_size(); })},
-      {"MPU data parallel size", ask([](const Mpu& m) { return m.data_parallel_size(); })},
-      {"MPU model parallel size", ask([](const Mpu& m) { return m.model_parallel_size(); })},
-      {"MPU sequence parallel size (0 none)",
-       ask([&](const Mpu& m) { return size_or_zero(m.sequence_parallel_group()); })},
+      {"MPU present (0 no, 1 yes)", has_mpu},
+      {"MPU tensor parallel size", answer([](const MpuAnswers& m) { return m.tensor; })},
+      {"MPU pipeline parallel size", answer([](const MpuAnswers& m) { return m.pipeline; })},
+      {"MPU data parallel size", answer([](const MpuAnswers& m) { return m.data; })},
+      {"MPU model parallel size", answer([](const MpuAnswers& m) { return m.model; })},
+      {"MPU sequence parallel size (0 none)", answer([&](const MpuAnswers& m) { return size_or_zero(m.sequence); })},
       {"MPU sequence data parallel size (0 none)",
-       ask([&](const Mpu& m) { return size_or_zero(m.sequence_data_parallel_group()); })},
+       answer([&](const MpuAnswers& m) { return size_or_zero(m.sequence_data); })},
   };
 }
 
 // The configuration with its defaults resolved, so that ranks that say the same thing
 // in different words (world size 0 or the world's size, tensor size 1 or the MPU's,
-// a ZeRO hpZ size above the world or the world's) compare equal. Cannot throw.
-ParallelConfig as_built(ParallelConfig config, int world_size, const Mpu* mpu) noexcept {
+// a ZeRO hpZ size above the world or the world's) compare equal.
+ParallelConfig as_built(ParallelConfig config, int world_size, const MpuAnswers* mpu) noexcept {
   if (config.world_size == 0) config.world_size = world_size;
   if (mpu) {
-    try {
-      if (config.tensor_parallel_size == 1) config.tensor_parallel_size = mpu->tensor_parallel_size();
-      if (config.pipeline_parallel_size == 1) config.pipeline_parallel_size = mpu->pipeline_parallel_size();
-    } catch (...) {
-      // The MPU's answers enter the fingerprint on their own; local_topology() reports the throw.
-    }
+    if (config.tensor_parallel_size == 1) config.tensor_parallel_size = mpu->tensor;
+    if (config.pipeline_parallel_size == 1) config.pipeline_parallel_size = mpu->pipeline;
   }
   const auto clamp = [&](std::optional<int>& size) {
     if (size && config.world_size > 0) size = std::min(*size, config.world_size);
@@ -79,7 +102,7 @@ ParallelConfig as_built(ParallelConfig config, int world_size, const Mpu* mpu) n
 }
 
 // The configuration this rank will build, checked locally; throws ConfigError.
-Topology local_topology(const Communicator& world, ParallelConfig config, const Mpu* mpu) {
+Topology local_topology(const Communicator& world, ParallelConfig config, const MpuAnswers* mpu) {
   if (config.world_size == 0) config.world_size = world.size();
   if (config.world_size != world.size()) {
     throw ConfigError(fmt::format("the configuration's world size {} is not the world communicator's size {}",
@@ -94,8 +117,8 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
       }
       configured = from_mpu;
     };
-    take(config.tensor_parallel_size, mpu->tensor_parallel_size(), "tensor parallel size");
-    take(config.pipeline_parallel_size, mpu->pipeline_parallel_size(), "pipeline parallel size");
+    take(config.tensor_parallel_size, mpu->tensor, "tensor parallel size");
+    take(config.pipeline_parallel_size, mpu->pipeline, "pipeline parallel size");
   } else if (config.tensor_parallel_size != 1 || config.pipeline_parallel_size != 1) {
     throw ConfigError(
         fmt::format("tensor parallel size {} and pipeline parallel size {} need an MPU (for example pcx::GridMpu); "
@@ -106,65 +129,15 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
   if (mpu) {
     const int rank = world.rank();
     const GroupLayout& data = topology.layout({GroupKind::data_parallel});
-    const ProcessGroup& actual = mpu->data_parallel_group();
-    if (!actual.same_members(data, data.colour(rank))) {
+    if (!mpu->data_group->same_members(data, data.colour(rank))) {
       throw ConfigError(
           fmt::format("on rank {} the MPU's data parallel group [{}] is not [{}], the group the expert groups assume "
                       "(Megatron layout of world {}, tensor {}, pipeline {})",
-                      rank, fmt::join(actual.ranks(), ","), fmt::join(data.group_of(rank), ","), topology.world_size(),
-                      topology.tensor_parallel_size(), topology.pipeline_parallel_size()));
+                      rank, fmt::join(mpu->data_group->ranks(), ","), fmt::join(data.group_of(rank), ","),
+                      topology.world_size(), topology.tensor_parallel_size(), topology.pipeline_parallel_size()));
     }
   }
   return topology;
-}
-
-// Local checks, then one all-reduce over the world so that every rank learns whether
-// all ranks agree and accept the configuration before any of them starts to split.
-Topology agree(const Communicator& world, const ParallelConfig& config, const Mpu* mpu) {
-  if (world.size() == 0) {
-    throw ConfigError(
-        fmt::format("a ParallelContext cannot be built over a moved-from {} communicator", world.backend()));
-  }
-  std::optional<Topology> topology;
-  std::string error;
-  try {
-    topology.emplace(local_topology(world, config, mpu));
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  // Agreement is checked with MAX alone: the maximum of -v is minus the minimum of v.
-  std::vector<Field> fields = fingerprint(as_built(config, world.size(), mpu), mpu);
-  fields.push_back({"first rejecting rank", topology ? INT_MAX : world.rank()});
-  const std::size_t n = fields.size();
-  std::vector<std::int64_t> extremes(2 * n);
-  for (std::size_t i = 0; i < n; ++i) {
-    extremes[i] = fields[i].value;
-    extremes[n + i] = -fields[i].value;
-  }
-  try {
-    world.all_reduce(std::span<std::int64_t>(extremes), ReduceOp::max);
-  } catch (const CommError& e) {
-    throw CommError(fmt::format("comparing the configuration across ranks on rank {}: {}", world.rank(), e.what()),
-                    e.code());
-  }
-
-  std::vector<std::string> disagreements;
-  for (std::size_t i = 0; i + 1 < n; ++i) {
-    const std::int64_t high = extremes[i];
-    const std::int64_t low = -extremes[n + i];
-    if (low == high) continue;
-    disagreements.push_back(fields[i].name == "expert parallel sizes"
-                                ? std::string("the expert parallel sizes differ")
-                                : fmt::format("{} ranges from {} to {}", fields[i].name, low, high));
-  }
-  if (!disagreements.empty()) {
-    throw ConfigMismatch(fmt::format("ranks disagree on the configuration: {}", fmt::join(disagreements, "; ")));
-  }
-  if (!topology) throw ConfigError(error);
-  if (const std::int64_t first = -extremes[2 * n - 1]; first != INT_MAX) {
-    throw ConfigError(fmt::format("rank {} rejected the configuration; see its error", first));
-  }
-  return std::move(*topology);
 }
 
 CommOptions options_for(const ContextOptions& options, const GroupId& id) {
@@ -181,9 +154,47 @@ std::shared_ptr<spdlog::logger> logger_or_null(std::shared_ptr<spdlog::logger> l
 
 }  // namespace
 
+// Local checks and the MPU's answers first, then one agreement over the world, so that
+// every rank learns whether all ranks agree and accept the configuration before any of
+// them starts to split, and every rank leaves with the same error if not.
+ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, const ParallelConfig& config,
+                                                  const Mpu* mpu) {
+  if (world.size() == 0) {
+    throw ConfigError(
+        fmt::format("a ParallelContext cannot be built over a moved-from {} communicator", world.backend()));
+  }
+  std::optional<MpuAnswers> answers;
+  std::optional<Topology> topology;
+  std::exception_ptr failure;
+  try {
+    if (mpu) answers.emplace(*mpu);
+    topology.emplace(local_topology(world, config, answers ? &*answers : nullptr));
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  const MpuAnswers* asked = answers ? &*answers : nullptr;
+  const std::vector<AgreedValue> values = fingerprint(as_built(config, world.size(), asked), mpu != nullptr, asked);
+  try {
+    agree(world, AgreementStage::context, values, failure);
+  } catch (const CommError& e) {
+    throw CommError(fmt::format("comparing the configuration across ranks on rank {}: {}", world.rank(), e.what()),
+                    e.code());
+  }
+  return {std::move(*topology), std::move(answers)};
+}
+
 ParallelContext::ParallelContext(const Communicator& world, ParallelConfig config, std::shared_ptr<const Mpu> mpu,
                                  ContextOptions options)
-    : mpu_(std::move(mpu)), topology_(agree(world, config, mpu_.get())), rank_(world.rank()) {
+    : ParallelContext(world, agree_on(world, config, mpu.get()), std::move(mpu), std::move(options)) {}
+
+ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std::shared_ptr<const Mpu>&& mpu,
+                                 ContextOptions&& options)
+    : mpu_(std::move(mpu)), topology_(std::move(agreed.topology)), rank_(world.rank()) {
+  if (agreed.mpu) {
+    tensor_ = agreed.mpu->tensor_group;
+    pipeline_ = agreed.mpu->pipeline_group;
+    model_parallel_size_ = agreed.mpu->model;
+  }
   const auto logger = logger_or_null(options.logger);
   if (rank_ == 0) {
     for (const std::string& note : topology_.clamp_notes()) logger->warn("pcx: {}", note);
@@ -222,10 +233,9 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
     }
   }
 
-  data_ = mpu_ ? &mpu_->data_parallel_group() : &world_group();
-  sequence_ = mpu_ ? mpu_->sequence_parallel_group() : nullptr;
-  const ProcessGroup* mpu_sequence_data = mpu_ ? mpu_->sequence_data_parallel_group() : nullptr;
-  sequence_data_ = mpu_sequence_data ? mpu_sequence_data : data_;
+  data_ = agreed.mpu ? agreed.mpu->data_group : &world_group();
+  sequence_ = agreed.mpu ? agreed.mpu->sequence : nullptr;
+  sequence_data_ = agreed.mpu && agreed.mpu->sequence_data ? agreed.mpu->sequence_data : data_;
 
   if (rank_ == 0) {
     logger->info(
@@ -241,8 +251,11 @@ ParallelContext::ParallelContext(ParallelContext&& other) noexcept
       rank_(std::exchange(other.rank_, -1)),
       groups_(std::move(other.groups_)),
       data_(std::exchange(other.data_, nullptr)),
+      tensor_(std::exchange(other.tensor_, nullptr)),
+      pipeline_(std::exchange(other.pipeline_, nullptr)),
       sequence_(std::exchange(other.sequence_, nullptr)),
-      sequence_data_(std::exchange(other.sequence_data_, nullptr)) {}
+      sequence_data_(std::exchange(other.sequence_data_, nullptr)),
+      model_parallel_size_(std::exchange(other.model_parallel_size_, 1)) {}
 
 ParallelContext& ParallelContext::operator=(ParallelContext&& other) noexcept {
   if (this != &other) {
@@ -253,8 +266,11 @@ ParallelContext& ParallelContext::operator=(ParallelContext&& other) noexcept {
     topology_ = std::move(other.topology_);
     rank_ = std::exchange(other.rank_, -1);
     data_ = std::exchange(other.data_, nullptr);
+    tensor_ = std::exchange(other.tensor_, nullptr);
+    pipeline_ = std::exchange(other.pipeline_, nullptr);
     sequence_ = std::exchange(other.sequence_, nullptr);
     sequence_data_ = std::exchange(other.sequence_data_, nullptr);
+    model_parallel_size_ = std::exchange(other.model_parallel_size_, 1);
   }
   return *this;
 }
@@ -277,8 +293,8 @@ const ProcessGroup* ParallelContext::find_group(const GroupId& id) const noexcep
     case GroupKind::data_parallel: return data_;
     case GroupKind::sequence_parallel: return sequence_;
     case GroupKind::sequence_data_parallel: return sequence_data_;
-    case GroupKind::tensor_parallel: return mpu_ ? mpu_->tensor_parallel_group() : nullptr;
-    case GroupKind::pipeline_parallel: return mpu_ ? mpu_->pipeline_parallel_group() : nullptr;
+    case GroupKind::tensor_parallel: return tensor_;
+    case GroupKind::pipeline_parallel: return pipeline_;
     default: break;
   }
   const auto it = std::ranges::find(groups_.entries, id, &Entry::id);

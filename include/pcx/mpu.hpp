@@ -3,6 +3,8 @@
 /// @brief The model parallel unit (MPU) a ParallelContext is built from, and GridMpu,
 ///        a built-in MPU with Megatron's layout.
 
+#include <memory>
+
 #include "pcx/process_group.hpp"
 #include "pcx/topology.hpp"
 
@@ -51,9 +53,9 @@ class Mpu {
 /// parallel groups in Megatron's layout (rank = pipeline × data × tensor, tensor
 /// fastest). Model parallel size is tensor × pipeline.
 ///
-/// Construction is collective over @p world: one dup, on which one all-reduce compares
-/// the sizes of every rank and three splits at most (one per kind) make the groups; the
-/// dup is then released.
+/// Construction is collective over @p world: one agreement (pcx::agree, stage grid_mpu)
+/// compares the sizes of every rank, then one dup, on which three splits at most (one per
+/// kind) make the groups; the dup is then released.
 class GridMpu final : public Mpu {
  public:
   /// @throws ConfigMismatch (on every rank) if ranks ask for other sizes; ConfigError if
@@ -68,8 +70,13 @@ class GridMpu final : public Mpu {
   [[nodiscard]] const ProcessGroup* pipeline_parallel_group() const override { return &pipeline_; }
 
  private:
-  struct Duplicate {};
-  GridMpu(const Communicator& duplicate, int tensor_parallel_size, int pipeline_parallel_size, Duplicate);
+  // The agreed sizes, and the duplicate of the world the groups are split from.
+  struct Agreed {
+    ParallelConfig config;
+    std::unique_ptr<Communicator> duplicate;
+  };
+  static Agreed agree_then_dup(const Communicator& world, int tensor_parallel_size, int pipeline_parallel_size);
+  explicit GridMpu(Agreed&& agreed);
 
   Topology topology_;
   ProcessGroup tensor_;

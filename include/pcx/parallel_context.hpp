@@ -32,10 +32,12 @@ struct ContextOptions {
 /// The process groups of one parallel layout, built once and immutable afterwards.
 ///
 /// Construction is collective over the world communicator; on each rank it
-/// 1. checks the configuration locally,
-/// 2. runs one all-reduce over the world that compares every rank's configuration and
-///    MPU sizes: if ranks disagree, every rank throws the same ConfigMismatch, and if
-///    any rank rejects the configuration, every rank throws (none is left waiting),
+/// 1. asks the MPU everything it will use (once: it is never asked again) and checks the
+///    configuration locally,
+/// 2. runs one agreement (pcx::agree, stage context) over the world that compares every
+///    rank's configuration and MPU sizes: if any rank failed step 1 (whatever it threw),
+///    every rank throws the same error naming that rank, and if ranks disagree, every
+///    rank throws the same ConfigMismatch (none is left waiting),
 /// 3. clones the world (one dup), then makes one split per group kind (expert parallel
 ///    and expert data parallel per expert size, ZeRO hpZ, all-to-all local and global);
 ///    groups of one rank get a SelfCommunicator and no split.
@@ -113,7 +115,7 @@ class ParallelContext {
   /// Size of data_parallel_group().
   [[nodiscard]] int data_parallel_size() const { return data_parallel_group().size(); }
   /// The MPU's model parallel size, or 1 without an MPU.
-  [[nodiscard]] int model_parallel_size() const { return built().mpu_ ? mpu_->model_parallel_size() : 1; }
+  [[nodiscard]] int model_parallel_size() const { return built().model_parallel_size_; }
   /// The MPU's sequence parallel group.
   /// @throws GroupNotFound if the MPU has none (or there is no MPU).
   [[nodiscard]] const ProcessGroup& sequence_parallel_group() const { return group({GroupKind::sequence_parallel}); }
@@ -160,6 +162,12 @@ class ParallelContext {
   void abort() const noexcept;
 
  private:
+  // The outcome of the agreement: the layout, and what the MPU answered before it.
+  struct Agreed;
+  [[nodiscard]] static Agreed agree_on(const Communicator& world, const ParallelConfig& config, const Mpu* mpu);
+  ParallelContext(const Communicator& world, Agreed&& agreed, std::shared_ptr<const Mpu>&& mpu,
+                  ContextOptions&& options);
+
   struct Entry {
     GroupId id;
     ProcessGroup group;
@@ -194,8 +202,11 @@ class ParallelContext {
   int rank_ = -1;
   Groups groups_;
   const ProcessGroup* data_ = nullptr;
+  const ProcessGroup* tensor_ = nullptr;
+  const ProcessGroup* pipeline_ = nullptr;
   const ProcessGroup* sequence_ = nullptr;
   const ProcessGroup* sequence_data_ = nullptr;
+  int model_parallel_size_ = 1;
 };
 
 }  // namespace pcx

@@ -19,6 +19,7 @@
 
 #include <unistd.h>
 
+#include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 #include "pcx/self_communicator.hpp"
 
@@ -419,24 +420,13 @@ void check_cuda(cudaError_t code, const char* call) {
 
 NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, const NcclWorldOptions& options) {
   // Everything that can fail on one rank alone happens before the broadcast, and the
-  // ranks agree on the outcome, so no rank waits for a peer that has given up. Any
-  // exception counts, whatever its type: none may skip the agreement.
-  enum Outcome : std::int32_t { kReady = 0, kFailed = 1, kRejected = 2 };
+  // ranks agree on the outcome (pcx::agree), so no rank waits for a peer that has given
+  // up and every rank throws the first failing rank's error. Any exception counts,
+  // whatever its type: none may skip the agreement.
   const int rank = bootstrap.rank();
   int device = -1;
   ncclUniqueId id{};
   std::exception_ptr local_error;
-  std::int32_t outcome = kReady;
-  const auto failed = [&] {
-    local_error = std::current_exception();
-    try {
-      throw;
-    } catch (const ConfigError&) {
-      outcome = kRejected;
-    } catch (...) {
-      outcome = kFailed;
-    }
-  };
   try {
     (void)make_config(options.communicator);
     const std::vector<int> node = node_of(bootstrap);
@@ -454,31 +444,15 @@ NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, c
       check_cuda(cudaDeviceGetPCIBusId(bus_id.data(), static_cast<int>(bus_id.size()) - 1, device),
                  "cudaDeviceGetPCIBusId");
     } catch (...) {
-      failed();
+      local_error = std::current_exception();
     }
     // A rank that has no device still takes part in the comparison, with an empty id.
     distinct_devices(bootstrap, node, local_error ? std::array<char, kBusIdBytes>{} : bus_id);
     if (!local_error && rank == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
   } catch (...) {
-    if (!local_error) failed();
+    if (!local_error) local_error = std::current_exception();
   }
-  // MAX of the outcome, and of minus the rank of a rank that failed: the first one.
-  std::int32_t agreed[] = {outcome, local_error ? -rank : INT_MIN};
-  bootstrap.all_reduce(std::span<std::int32_t>(agreed), ReduceOp::max);
-  if (local_error) std::rethrow_exception(local_error);
-  if (agreed[0] == kRejected) {
-    throw ConfigError(fmt::format(
-        "building the NCCL world on rank {}: rank {} rejected its NCCL options or its CUDA device (one outside the "
-        "visible devices, more ranks on its node than devices, or a device another rank of its node has); see its "
-        "error",
-        rank, -agreed[1]));
-  }
-  if (agreed[0] != kReady) {
-    throw CommError(fmt::format("building the NCCL world on rank {}: rank {} failed to prepare its device (see its "
-                                "error)",
-                                rank, -agreed[1]),
-                    -1);
-  }
+  agree(bootstrap, AgreementStage::nccl_world, {}, local_error);
   bootstrap.broadcast(std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&id), sizeof(id)), 0);
   return init_rank(id, bootstrap.size(), rank, device, options.communicator);
 }

@@ -61,7 +61,8 @@ void check_every_rank(const ParallelConfig& config) {
     };
     const auto world = std::make_shared<FakeWorld>(config.world_size);
     std::vector<pcx::GroupId> split_kinds;
-    for (const pcx::GroupView& view : Topology(config).views()) {
+    const Topology topology(config);
+    for (const pcx::GroupView& view : topology.views()) {
       const GroupKind kind = view.id.kind;
       if (kind != GroupKind::world && kind != GroupKind::tensor_parallel && kind != GroupKind::pipeline_parallel &&
           kind != GroupKind::data_parallel) {
