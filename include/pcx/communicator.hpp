@@ -94,10 +94,14 @@ struct CommOptions {
   /// Name shown by the backend's tools and logs (MPI_Comm_set_name; NCCL commName from
   /// NCCL 2.20, older versions have no name to set and go without).
   std::string name;
-  /// NCCL: deadline of every operation of the communicator (its initialization or
-  /// split, each collective, its finalization); past it the communicator is aborted and
-  /// Timeout is thrown. A positive value also makes the communicator non-blocking
-  /// (`config.blocking = 0`). Zero: blocking, with no deadline.
+  /// Deadline of every operation of the communicator that waits for its peers; past it
+  /// the communicator is aborted (every later operation throws CommError) and Timeout is
+  /// thrown, naming the operation, the communicator and the caller's rank. Zero: blocking
+  /// calls, with no deadline.
+  /// NCCL: its initialization or split, each collective, its finalization; a positive
+  /// value also makes the communicator non-blocking (`config.blocking = 0`).
+  /// MPI: each collective, send, recv, split and dup, run as MPI's non-blocking call and
+  /// polled (see MpiCommunicator for what a split still waits for without a deadline).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
   /// NCCL splitShare: share the parent's resources (fewer resources, but parent and
   /// child then serialize).
@@ -210,10 +214,10 @@ class Communicator {
   /// Aborts the communicator: every later operation on it throws CommError, and the
   /// backend's resources are given up without waiting for the other members (NCCL:
   /// `ncclCommAbort`). Use it when a member is known to have failed. Safe from any
-  /// thread, also while another thread waits in an operation of this communicator: an
-  /// NCCL operation then returns at once with CommError (an MPI call already under way
-  /// is not interrupted, nor a call inside a blocking NCCL communicator's creation, which
-  /// the abort waits for). Only the first call has an effect. It is `const` like the
+  /// thread, also while another thread waits in an operation of this communicator: the
+  /// operation then returns promptly with CommError (an MPI communicator with no deadline,
+  /// options.timeout 0, is not interrupted: it waits in MPI's blocking calls; nor is a
+  /// call inside a blocking NCCL communicator's creation, which the abort waits for). Only the first call has an effect. It is `const` like the
   /// collectives (it ends the connection, not what the communicator is), so a watchdog
   /// can abort the communicator of a const ProcessGroup.
   void abort() const noexcept;

@@ -2,8 +2,13 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstddef>
+#include <cstring>
+#include <optional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -51,8 +56,8 @@ MPI_User_function* user_function(ReduceOp op) {
 }
 
 // The MPI operation of a reduction: MPI's own, or for 16-bit floats one created for the
-// call and freed after it (no state outlives a call). avg is a sum that the caller then
-// divides.
+// call (kept in the communicator's state, so that a request left unfinished never sees it
+// freed). avg is a sum that the caller then divides.
 class Reduction {
  public:
   Reduction(ReduceOp op, DataType type) {
@@ -91,28 +96,65 @@ int mpi_count(std::size_t count) {
   return static_cast<int>(count);
 }
 
-std::vector<int> mpi_counts(std::span<const std::size_t> counts) {
-  std::vector<int> converted;
-  converted.reserve(counts.size());
-  for (const std::size_t count : counts) converted.push_back(mpi_count(count));
-  return converted;
-}
-
 // One message stream per pair of members; each communicator is a context of its own, so
 // no other traffic shares the tag.
 constexpr int kTag = 0;
 
 const void* send_or_in_place(const void* send, const void* recv) { return send == recv ? MPI_IN_PLACE : send; }
 
-// MPI's tools and error messages show a communicator's name.
-std::unique_ptr<Communicator> named(MpiCommunicator comm, const std::string& name) {
-  if (!name.empty()) {
-    const std::string clipped = name.substr(0, MPI_MAX_OBJECT_NAME - 1);
-    check_mpi(MPI_Comm_set_name(comm.native(), clipped.c_str()), "MPI_Comm_set_name");
+using Clock = std::chrono::steady_clock;
+
+// Pauses between polls. MPI progresses a non-blocking operation only inside MPI calls,
+// and a blocking MPI call polls without pause: the first milliseconds are polled back to
+// back (yielding the core to other ranks of an oversubscribed node), so that short
+// operations cost what the blocking call costs; then short sleeps growing to 1 ms, so
+// that a wait for a stopped peer does not hold a core.
+class Backoff {
+ public:
+  void pause() {
+    if (Clock::now() < spin_until_) {
+      std::this_thread::yield();
+      return;
+    }
+    std::this_thread::sleep_for(pause_);
+    pause_ = std::min(pause_ * 2, std::chrono::microseconds(1000));
   }
-  return std::make_unique<MpiCommunicator>(std::move(comm));
+
+ private:
+  Clock::time_point spin_until_ = Clock::now() + std::chrono::milliseconds(10);
+  std::chrono::microseconds pause_{10};
+};
+
+// Checked before a split or dup communicates, so that every member refuses them alike.
+void check_options(const CommOptions& options) {
+  if (options.timeout.count() < 0) {
+    throw ConfigError(fmt::format("MPI communicator timeout {} ms is negative (0: no deadline)", options.timeout.count()));
+  }
 }
 
+std::span<const std::byte> bytes_of(const void* data, std::size_t count, DataType type) {
+  return {static_cast<const std::byte*>(data), count * size_of(type)};
+}
+
+std::span<std::byte> bytes_of(void* data, std::size_t count, DataType type) {
+  return {static_cast<std::byte*>(data), count * size_of(type)};
+}
+
+}  // namespace
+
+// What MPI may use until an operation completes: the copies of the caller's buffers, the
+// counts of an all_to_all_v, the reduction, the request, a new communicator's handle.
+struct MpiCommunicator::State {
+  std::vector<std::byte> buffer;
+  std::vector<int> counts;
+  std::optional<Reduction> reduction;
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Comm child = MPI_COMM_NULL;
+  // A request was left unfinished: MPI may still use all of the above and the MPI_Comm.
+  bool parked = false;
+};
+
+namespace {
 }  // namespace
 
 void check_mpi(int code, const char* call) {
@@ -146,29 +188,38 @@ MpiEnvironment::~MpiEnvironment() {
   if (initialized_here_ && !finalized) MPI_Finalize();
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool owned, const CommOptions& options)
+    : comm_(comm), owned_(owned), options_(options), state_(std::make_unique<State>()) {
   if (comm == MPI_COMM_NULL) throw ConfigError("an MPI communicator cannot wrap MPI_COMM_NULL");
   try {
     check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
     check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    check_options(options_);
   } catch (...) {
     release();
     throw;
   }
 }
 
-MpiCommunicator MpiCommunicator::borrow(MPI_Comm comm) { return MpiCommunicator(comm, false); }
+MpiCommunicator MpiCommunicator::borrow(MPI_Comm comm, const CommOptions& options) {
+  return MpiCommunicator(comm, false, options);
+}
 
-MpiCommunicator MpiCommunicator::adopt(MPI_Comm comm) {
+MpiCommunicator MpiCommunicator::adopt(MPI_Comm comm, const CommOptions& options) {
   // Owning a predefined communicator would change its error handler for the whole
   // process and free it. (MPI_COMM_NULL is refused by the constructor.)
   if (comm == MPI_COMM_WORLD || comm == MPI_COMM_SELF) {
     throw ConfigError(fmt::format("MpiCommunicator::adopt cannot own {}; borrow it instead",
                                   comm == MPI_COMM_WORLD ? "MPI_COMM_WORLD" : "MPI_COMM_SELF"));
   }
-  MpiCommunicator owner(comm, true);
+  MpiCommunicator owner(comm, true, options);
   // Ours from now on: report errors instead of letting MPI abort the job.
   check_mpi(MPI_Comm_set_errhandler(owner.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  // MPI's tools and error messages show a communicator's name.
+  if (!options.name.empty()) {
+    const std::string clipped = options.name.substr(0, MPI_MAX_OBJECT_NAME - 1);
+    check_mpi(MPI_Comm_set_name(owner.comm_, clipped.c_str()), "MPI_Comm_set_name");
+  }
   return owner;
 }
 
@@ -177,15 +228,20 @@ MpiCommunicator::MpiCommunicator(MpiCommunicator&& other) noexcept
       comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
       owned_(std::exchange(other.owned_, false)),
       size_(std::exchange(other.size_, 0)),
-      rank_(std::exchange(other.rank_, -1)) {}
+      rank_(std::exchange(other.rank_, -1)),
+      options_(std::move(other.options_)),
+      state_(std::move(other.state_)) {}
 
 MpiCommunicator& MpiCommunicator::operator=(MpiCommunicator&& other) noexcept {
   if (this != &other) {
     release();
+    Communicator::operator=(std::move(other));
     comm_ = std::exchange(other.comm_, MPI_COMM_NULL);
     owned_ = std::exchange(other.owned_, false);
     size_ = std::exchange(other.size_, 0);
     rank_ = std::exchange(other.rank_, -1);
+    options_ = std::move(other.options_);
+    state_ = std::move(other.state_);
   }
   return *this;
 }
@@ -193,98 +249,226 @@ MpiCommunicator& MpiCommunicator::operator=(MpiCommunicator&& other) noexcept {
 MpiCommunicator::~MpiCommunicator() { release(); }
 
 void MpiCommunicator::release() noexcept {
-  if (owned_ && comm_ != MPI_COMM_NULL) {
+  if (state_ && state_->parked) {
+    // MPI may still write into the state and use the handle (see the class comment).
+    static_cast<void>(state_.release());
+  } else if (owned_ && comm_ != MPI_COMM_NULL) {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Comm_free(&comm_);
   }
+  state_.reset();
   comm_ = MPI_COMM_NULL;
   owned_ = false;
 }
 
+std::string MpiCommunicator::describe() const {
+  return fmt::format("MPI communicator {} (rank {} of {})",
+                     options_.name.empty() ? std::string("(unnamed)") : fmt::format("\"{}\"", options_.name), rank_,
+                     size_);
+}
+
+Clock::time_point MpiCommunicator::deadline() const {
+  const Clock::time_point now = Clock::now();
+  return options_.timeout < Clock::time_point::max() - now ? now + options_.timeout : Clock::time_point::max();
+}
+
+template <class Done>
+void MpiCommunicator::poll(std::string_view what, Clock::time_point deadline, Done&& done) const {
+  for (Backoff backoff; !done(); backoff.pause()) {
+    if (aborted() || Clock::now() >= deadline) {
+      state_->parked = state_->request != MPI_REQUEST_NULL;
+      if (aborted()) throw CommError(fmt::format("{} on {}: the communicator was aborted", what, describe()), -1);
+      abort();
+      throw Timeout(fmt::format("{} on {} did not finish within {} ms; the communicator was aborted", what,
+                                describe(), options_.timeout.count()));
+    }
+  }
+}
+
+template <class Start>
+void MpiCommunicator::run(std::string_view what, Clock::time_point deadline, std::span<const std::byte> send,
+                          std::span<std::byte> receive, Start&& start) const {
+  State& s = *state_;
+  if (options_.timeout.count() == 0) {
+    check_mpi(start(send.data(), receive.data(), nullptr), what.data());
+    return;
+  }
+  // The copies: one buffer in place (the caller passed the same buffer twice), else the
+  // send data followed by the result.
+  const bool in_place = static_cast<const void*>(send.data()) == static_cast<const void*>(receive.data());
+  s.buffer.resize(in_place ? std::max(send.size(), receive.size()) : send.size() + receive.size());
+  std::byte* const in = s.buffer.data();
+  std::byte* const out = in_place ? in : in + send.size();
+  if (!send.empty()) std::memcpy(in, send.data(), send.size());
+  check_mpi(start(in, out, &s.request), what.data());
+  poll(what, deadline, [&] {
+    int complete = 0;
+    check_mpi(MPI_Test(&s.request, &complete, MPI_STATUS_IGNORE), "MPI_Test");
+    return complete != 0;
+  });
+  if (!receive.empty()) std::memcpy(receive.data(), out, receive.size());
+}
+
 std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, int, const CommOptions& options) const {
+  check_options(options);
+  // A member that stopped before the split is caught here, under the deadline; MPI has no
+  // non-blocking MPI_Comm_split to catch one that stops during it.
+  if (options_.timeout.count() > 0) {
+    run("split", deadline(), {}, {},
+        [&](const void*, void*, MPI_Request* request) { return MPI_Ibarrier(comm_, request); });
+  }
   MPI_Comm child = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split(comm_, colour == kNoColour ? MPI_UNDEFINED : colour, key, &child), "MPI_Comm_split");
   if (child == MPI_COMM_NULL) return nullptr;
-  return named(adopt(child), options.name);
+  return std::make_unique<MpiCommunicator>(adopt(child, options));
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::do_dup(const CommOptions& options) const {
-  MPI_Comm copy = MPI_COMM_NULL;
-  check_mpi(MPI_Comm_dup(comm_, &copy), "MPI_Comm_dup");
-  return named(adopt(copy), options.name);
+  check_options(options);
+  State& s = *state_;
+  s.child = MPI_COMM_NULL;
+  run("dup", deadline(), {}, {}, [&](const void*, void*, MPI_Request* request) {
+    return request != nullptr ? MPI_Comm_idup(comm_, &s.child, request) : MPI_Comm_dup(comm_, &s.child);
+  });
+  return std::make_unique<MpiCommunicator>(adopt(std::exchange(s.child, MPI_COMM_NULL), options));
 }
-
 std::unique_ptr<Communicator> MpiCommunicator::self() const { return std::make_unique<SelfCommunicator>(); }
 
 void MpiCommunicator::do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
-  const Reduction reduction(op, type);
-  check_mpi(MPI_Allreduce(send_or_in_place(send, recv), recv, mpi_count(count), mpi_type(type), reduction.get(), comm_),
-            "MPI_Allreduce");
+  const int n = mpi_count(count);
+  const MPI_Op reduction = state_->reduction.emplace(op, type).get();
+  run("all_reduce", deadline(), bytes_of(send, count, type), bytes_of(recv, count, type),
+      [&](const void* in, void* out, MPI_Request* request) {
+        return request != nullptr
+                   ? MPI_Iallreduce(send_or_in_place(in, out), out, n, mpi_type(type), reduction, comm_, request)
+                   : MPI_Allreduce(send_or_in_place(in, out), out, n, mpi_type(type), reduction, comm_);
+      });
   if (op == ReduceOp::avg) detail::finish_average(recv, count, type, size_);
 }
 
 void MpiCommunicator::do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
   const int n = mpi_count(count);
-  check_mpi(MPI_Alltoall(send_or_in_place(send, recv), n, mpi_type(type), recv, n, mpi_type(type), comm_),
-            "MPI_Alltoall");
+  const std::size_t total = count * static_cast<std::size_t>(size_);
+  run("all_to_all", deadline(), bytes_of(send, total, type), bytes_of(recv, total, type),
+      [&](const void* in, void* out, MPI_Request* request) {
+        const MPI_Datatype t = mpi_type(type);
+        return request != nullptr ? MPI_Ialltoall(send_or_in_place(in, out), n, t, out, n, t, comm_, request)
+                                  : MPI_Alltoall(send_or_in_place(in, out), n, t, out, n, t, comm_);
+      });
 }
 
 void MpiCommunicator::do_all_to_all_v(const void* send, std::span<const std::size_t> send_counts,
                                       std::span<const std::size_t> send_offsets, void* recv,
                                       std::span<const std::size_t> recv_counts,
                                       std::span<const std::size_t> recv_offsets, DataType type) const {
-  const std::vector<int> sends = mpi_counts(send_counts);
-  const std::vector<int> send_displacements = mpi_counts(send_offsets);
-  const std::vector<int> receives = mpi_counts(recv_counts);
-  const std::vector<int> receive_displacements = mpi_counts(recv_offsets);
-  check_mpi(MPI_Alltoallv(send, sends.data(), send_displacements.data(), mpi_type(type), recv, receives.data(),
-                          receive_displacements.data(), mpi_type(type), comm_),
-            "MPI_Alltoallv");
+  // MPI reads the counts until the operation completes: they live in the state.
+  std::vector<int>& c = state_->counts;
+  c.clear();
+  for (const auto list : {send_counts, send_offsets, recv_counts, recv_offsets}) {
+    for (const std::size_t value : list) c.push_back(mpi_count(value));
+  }
+  const auto members = static_cast<std::size_t>(size_);
+  const int* sends = c.data();
+  const int* send_displacements = sends + members;
+  const int* receives = send_displacements + members;
+  const int* receive_displacements = receives + members;
+  const std::size_t send_total = send_offsets.back() + send_counts.back();
+  const std::size_t recv_total = recv_offsets.back() + recv_counts.back();
+  run("all_to_all_v", deadline(), bytes_of(send, send_total, type), bytes_of(recv, recv_total, type),
+      [&](const void* in, void* out, MPI_Request* request) {
+        const MPI_Datatype t = mpi_type(type);
+        return request != nullptr ? MPI_Ialltoallv(in, sends, send_displacements, t, out, receives,
+                                                   receive_displacements, t, comm_, request)
+                                  : MPI_Alltoallv(in, sends, send_displacements, t, out, receives,
+                                                  receive_displacements, t, comm_);
+      });
 }
 
 void MpiCommunicator::do_all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
   const int n = mpi_count(count);
-  check_mpi(MPI_Allgather(send, n, mpi_type(type), recv, n, mpi_type(type), comm_), "MPI_Allgather");
+  run("all_gather", deadline(), bytes_of(send, count, type),
+      bytes_of(recv, count * static_cast<std::size_t>(size_), type),
+      [&](const void* in, void* out, MPI_Request* request) {
+        const MPI_Datatype t = mpi_type(type);
+        return request != nullptr ? MPI_Iallgather(in, n, t, out, n, t, comm_, request)
+                                  : MPI_Allgather(in, n, t, out, n, t, comm_);
+      });
 }
 
 void MpiCommunicator::do_reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
                                         ReduceOp op) const {
-  const Reduction reduction(op, type);
-  check_mpi(MPI_Reduce_scatter_block(send, recv, mpi_count(count), mpi_type(type), reduction.get(), comm_),
-            "MPI_Reduce_scatter_block");
+  const int n = mpi_count(count);
+  const MPI_Op reduction = state_->reduction.emplace(op, type).get();
+  run("reduce_scatter", deadline(), bytes_of(send, count * static_cast<std::size_t>(size_), type),
+      bytes_of(recv, count, type), [&](const void* in, void* out, MPI_Request* request) {
+        return request != nullptr
+                   ? MPI_Ireduce_scatter_block(in, out, n, mpi_type(type), reduction, comm_, request)
+                   : MPI_Reduce_scatter_block(in, out, n, mpi_type(type), reduction, comm_);
+      });
   if (op == ReduceOp::avg) detail::finish_average(recv, count, type, size_);
 }
 
 void MpiCommunicator::do_broadcast(void* buffer, std::size_t count, DataType type, int root) const {
-  check_mpi(MPI_Bcast(buffer, mpi_count(count), mpi_type(type), root, comm_), "MPI_Bcast");
+  const int n = mpi_count(count);
+  run("broadcast", deadline(), bytes_of(buffer, count, type), bytes_of(buffer, count, type),
+      [&](const void*, void* out, MPI_Request* request) {
+        return request != nullptr ? MPI_Ibcast(out, n, mpi_type(type), root, comm_, request)
+                                  : MPI_Bcast(out, n, mpi_type(type), root, comm_);
+      });
 }
 
 void MpiCommunicator::do_send(const void* buffer, std::size_t count, DataType type, int peer) const {
-  check_mpi(MPI_Send(buffer, mpi_count(count), mpi_type(type), peer, kTag, comm_), "MPI_Send");
+  const int n = mpi_count(count);
+  run("send", deadline(), bytes_of(buffer, count, type), {}, [&](const void* in, void*, MPI_Request* request) {
+    return request != nullptr ? MPI_Isend(in, n, mpi_type(type), peer, kTag, comm_, request)
+                              : MPI_Send(in, n, mpi_type(type), peer, kTag, comm_);
+  });
 }
 
 void MpiCommunicator::do_recv(void* buffer, std::size_t count, DataType type, int peer) const {
   // The message is matched and sized before it is received: one of another count is
   // received into a buffer of its own and refused naming both counts, instead of MPI's
   // truncation error (which would end the job on a communicator with MPI's default error
-  // handler) or a short message accepted silently. Mprobe keeps the match to this thread.
+  // handler) or a short message accepted silently. A matched probe keeps the match to
+  // this thread.
+  const Clock::time_point until = deadline();
   MPI_Message message = MPI_MESSAGE_NULL;
   MPI_Status status;
-  check_mpi(MPI_Mprobe(peer, kTag, comm_, &message, &status), "MPI_Mprobe");
+  if (options_.timeout.count() == 0) {
+    check_mpi(MPI_Mprobe(peer, kTag, comm_, &message, &status), "MPI_Mprobe");
+  } else {
+    poll("recv", until, [&] {
+      int found = 0;
+      check_mpi(MPI_Improbe(peer, kTag, comm_, &found, &message, &status), "MPI_Improbe");
+      return found != 0;
+    });
+  }
   // Counted in bytes, which any message has (a count in elements may be MPI_UNDEFINED).
   int bytes = 0;
   check_mpi(MPI_Get_count(&status, MPI_BYTE, &bytes), "MPI_Get_count");
   const auto sent = static_cast<std::size_t>(bytes);
+  const auto receive = [&](void* into, int n, MPI_Datatype t) {
+    run("recv", until, {}, {static_cast<std::byte*>(into), sent}, [&](const void*, void* out, MPI_Request* request) {
+      return request != nullptr ? MPI_Imrecv(out, n, t, &message, request)
+                                : MPI_Mrecv(out, n, t, &message, MPI_STATUS_IGNORE);
+    });
+  };
   if (sent == count * size_of(type)) {
-    check_mpi(MPI_Mrecv(buffer, mpi_count(count), mpi_type(type), &message, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    receive(buffer, mpi_count(count), mpi_type(type));
     return;
   }
   std::vector<std::byte> discarded(sent);
-  check_mpi(MPI_Mrecv(discarded.data(), bytes, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv");
+  receive(discarded.data(), bytes, MPI_BYTE);
   throw CommError(fmt::format("recv from member {} expected {} {} elements but {} were sent", peer, count,
                               to_string(type), sent / size_of(type)),
                   MPI_ERR_COUNT);
+}
+
+void MpiCommunicator::do_barrier() const {
+  run("barrier", deadline(), {}, {}, [&](const void*, void*, MPI_Request* request) {
+    return request != nullptr ? MPI_Ibarrier(comm_, request) : MPI_Barrier(comm_);
+  });
 }
 
 MPI_Comm mpi_handle(const Communicator& communicator) {
@@ -294,7 +478,5 @@ MPI_Comm mpi_handle(const Communicator& communicator) {
                                 "have an MPI_Comm",
                                 communicator.backend()));
 }
-
-void MpiCommunicator::do_barrier() const { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
 
 }  // namespace pcx

@@ -4,6 +4,12 @@
 
 #include <mpi.h>
 
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
 #include "pcx/communicator.hpp"
 
 namespace pcx {
@@ -32,18 +38,39 @@ class MpiEnvironment {
 ///
 /// Communicators that pcx creates return errors instead of aborting
 /// (`MPI_ERRORS_RETURN`), and every error becomes a CommError with MPI's text.
+///
+/// Deadlines: with a positive CommOptions::timeout, every operation that waits for peers
+/// runs as MPI's non-blocking call (MPI_Iallreduce, MPI_Ialltoall(v), MPI_Iallgather,
+/// MPI_Ireduce_scatter_block, MPI_Ibcast, MPI_Ibarrier, MPI_Isend, MPI_Improbe and
+/// MPI_Imrecv, MPI_Comm_idup), polled with MPI_Test until it completes, abort() is called
+/// (CommError), or the deadline passes (Timeout; the communicator is then aborted). A split
+/// first passes an MPI_Ibarrier on the parent under the deadline, so a member that stopped
+/// before the split is detected; MPI has no non-blocking split, so MPI_Comm_split itself
+/// still waits without a deadline for a member that stops between the barrier and the split.
+/// MPI can neither cancel nor free an unfinished collective, and completes it if a stopped
+/// peer resumes. So that the caller's memory is never touched after a Timeout or an abort,
+/// operations with a deadline run on buffers of the communicator's own: the send data is
+/// copied in first and the result copied out after completion (one copy each way, reused
+/// from call to call, as large as the largest operation so far). An operation that does not
+/// complete leaves its request, buffers, reduction operation and MPI_Comm in the
+/// communicator's state, which is then never freed (nor, when owned, the MPI_Comm): MPI may
+/// still use them, until the end of the process. A timeout of 0 calls MPI's blocking
+/// functions on the caller's buffers, as a plain MPI program does.
 class MpiCommunicator final : public Communicator {
  public:
   /// Uses @p comm without owning it; the caller keeps it alive and frees it.
+  /// @param options name (for messages only: a borrowed handle is not renamed) and timeout
   /// @throws ConfigError if @p comm is MPI_COMM_NULL; CommError if MPI fails.
-  [[nodiscard]] static MpiCommunicator borrow(MPI_Comm comm);
-  /// Takes ownership of @p comm: it is freed when the communicator is destroyed, and
-  /// its error handler becomes MPI_ERRORS_RETURN.
+  [[nodiscard]] static MpiCommunicator borrow(MPI_Comm comm, const CommOptions& options = {});
+  /// Takes ownership of @p comm: it is freed when the communicator is destroyed, its error
+  /// handler becomes MPI_ERRORS_RETURN, and its MPI name becomes @p options.name if set.
   /// @throws ConfigError if @p comm is MPI_COMM_WORLD, MPI_COMM_SELF or MPI_COMM_NULL
   ///         (borrow those); CommError if MPI fails.
-  [[nodiscard]] static MpiCommunicator adopt(MPI_Comm comm);
+  [[nodiscard]] static MpiCommunicator adopt(MPI_Comm comm, const CommOptions& options = {});
   /// Borrows MPI_COMM_WORLD.
-  [[nodiscard]] static MpiCommunicator world() { return borrow(MPI_COMM_WORLD); }
+  [[nodiscard]] static MpiCommunicator world(const CommOptions& options = {}) {
+    return borrow(MPI_COMM_WORLD, options);
+  }
 
   /// Takes over @p other's handle; @p other is left empty: size() 0, rank() -1,
   /// native() MPI_COMM_NULL, and every operation on it throws ConfigError.
@@ -69,10 +96,30 @@ class MpiCommunicator final : public Communicator {
   [[nodiscard]] std::unique_ptr<Communicator> self() const override;
   /// The address of native().
   [[nodiscard]] const void* native_handle() const noexcept override { return &comm_; }
+  /// The options it was created with (name, timeout).
+  [[nodiscard]] const CommOptions& options() const noexcept { return options_; }
 
  private:
-  MpiCommunicator(MPI_Comm comm, bool owned);
+  struct State;
+
+  MpiCommunicator(MPI_Comm comm, bool owned, const CommOptions& options);
   void release() noexcept;
+  // When an operation begun now must end: time_point::max() without a timeout.
+  [[nodiscard]] std::chrono::steady_clock::time_point deadline() const;
+  // Runs one operation: `start(in, out, request)` makes the MPI call on `in` and `out`,
+  // MPI's blocking call when `request` is null (no timeout) and else its non-blocking one,
+  // which is then polled until `deadline`. With a timeout `in` and `out` are the
+  // communicator's copies of `send` and `receive` (one copy when they are the same buffer).
+  template <class Start>
+  void run(std::string_view what, std::chrono::steady_clock::time_point deadline, std::span<const std::byte> send,
+           std::span<std::byte> receive, Start&& start) const;
+  // Calls `done()` (an MPI_Test or a probe) until it returns true; throws CommError after
+  // abort() and Timeout (aborting the communicator) past `deadline`. A request left
+  // unfinished keeps the state, and the MPI_Comm, from being freed ever.
+  template <class Done>
+  void poll(std::string_view what, std::chrono::steady_clock::time_point deadline, Done&& done) const;
+  // "MPI communicator "name" (rank r of n)", for messages.
+  [[nodiscard]] std::string describe() const;
 
   [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                        const CommOptions& options) const override;
@@ -93,6 +140,10 @@ class MpiCommunicator final : public Communicator {
   bool owned_ = false;
   int size_ = 0;
   int rank_ = -1;
+  CommOptions options_;
+  // Buffers, counts and the request of the operation under way; unique_ptr so that what
+  // MPI holds pointers into stays put when the communicator moves.
+  std::unique_ptr<State> state_;
 };
 
 /// The `MPI_Comm` of @p communicator: its handle for an MPI communicator (still owned by
