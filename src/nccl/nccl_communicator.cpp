@@ -511,8 +511,22 @@ NcclCommunicator::NcclCommunicator(std::unique_ptr<State> state) : state_(std::m
   }
 }
 
-NcclCommunicator::NcclCommunicator(NcclCommunicator&& other) noexcept = default;
-NcclCommunicator& NcclCommunicator::operator=(NcclCommunicator&& other) noexcept = default;
+// A moved-from object is empty (size 0, rank -1), as the Communicator interface says.
+NcclCommunicator::NcclCommunicator(NcclCommunicator&& other) noexcept
+    : Communicator(std::move(other)),
+      state_(std::move(other.state_)),
+      size_(std::exchange(other.size_, 0)),
+      rank_(std::exchange(other.rank_, -1)) {}
+
+NcclCommunicator& NcclCommunicator::operator=(NcclCommunicator&& other) noexcept {
+  if (this != &other) {
+    Communicator::operator=(std::move(other));
+    state_ = std::move(other.state_);
+    size_ = std::exchange(other.size_, 0);
+    rank_ = std::exchange(other.rank_, -1);
+  }
+  return *this;
+}
 NcclCommunicator::~NcclCommunicator() = default;
 
 int NcclCommunicator::device() const noexcept { return state_ ? state_->device : -1; }

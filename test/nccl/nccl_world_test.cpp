@@ -76,6 +76,14 @@ BOOST_AUTO_TEST_CASE(moves_keep_one_handle) {
     checks.expect(second.native() == handle && second.owned(), "the move did not take the handle");
     checks.expect(first.native() == nullptr && !first.owned(), "the moved-from object kept the handle");  // NOLINT
     checks.expect(first.device() == -1, "a moved-from object has no device");                             // NOLINT
+    checks.expect(first.size() == 0 && first.rank() == -1, "a moved-from object kept its size or rank");  // NOLINT
+    std::int32_t unused = 0;
+    try {
+      first.all_reduce(std::span<std::int32_t>(&unused, 1), ReduceOp::sum);  // NOLINT
+      checks.expect(false, "an all_reduce on a moved-from object did not throw");
+    } catch (const pcx::ConfigError& e) {
+      checks.expect(std::string_view(e.what()).find("moved-from") != std::string_view::npos, e.what());
+    }
     NcclCommunicator third = nccl_world(non_blocking());
     third = std::move(second);  // finalizes and destroys third's own world first
     checks.expect(third.native() == handle, "the move assignment did not take the handle");

@@ -89,7 +89,8 @@ class NcclCommunicator final : public Communicator {
   [[nodiscard]] static NcclCommunicator borrow(ncclComm_t comm, int device, cudaStream_t stream = nullptr,
                                                const CommOptions& options = {});
 
-  /// Takes over @p other's handle, stream and scratch memory; @p other is left empty.
+  /// Takes over @p other's handle, stream and scratch memory; @p other is left empty:
+  /// size() 0, rank() -1, native() null, and every operation on it throws ConfigError.
   NcclCommunicator(NcclCommunicator&& other) noexcept;
   /// Releases this object's resources, then takes over @p other's.
   NcclCommunicator& operator=(NcclCommunicator&& other) noexcept;
