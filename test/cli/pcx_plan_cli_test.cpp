@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "pcx/topology.hpp"
+#include "support/config.hpp"
 
 extern char** environ;
 
@@ -61,6 +62,8 @@ extern char** environ;
 #endif
 
 namespace {
+
+using pcx::test::make_config;
 
 using Json = nlohmann::ordered_json;
 using Groups = std::vector<std::vector<int>>;
@@ -495,19 +498,6 @@ void check_usage_error(const std::vector<std::string>& args, const std::vector<s
   }
 }
 
-pcx::ParallelConfig config(int world, int tp, int pp, std::vector<int> eps = {},
-                           pcx::ExpertOrder order = pcx::ExpertOrder::expert_first,
-                           std::optional<int> hpz = std::nullopt, std::optional<int> per_node = std::nullopt) {
-  pcx::ParallelConfig c;
-  c.world_size = world;
-  c.tensor_parallel_size = tp;
-  c.pipeline_parallel_size = pp;
-  c.expert_parallel_sizes = std::move(eps);
-  c.expert_order = order;
-  c.zero_hpz_size = hpz;
-  c.ranks_per_node = per_node;
-  return c;
-}
 
 Groups json_groups(const Outcome& o, const std::string& kind) {
   const Json j = parse_json(o);
@@ -524,18 +514,18 @@ BOOST_AUTO_TEST_SUITE(success)
 BOOST_AUTO_TEST_CASE(json_structure) {
   using pcx::ExpertOrder;
   const std::vector<std::pair<pcx::ParallelConfig, int>> cases{
-      {config(1, 1, 1), 0},
-      {config(8, 1, 1), 5},
-      {config(16, 2, 1, {4}), 3},
-      {config(16, 2, 1, {4}, ExpertOrder::data_first), 3},
-      {config(16, 2, 2, {2}), 13},
-      {config(24, 2, 2, {3, 1}), 17},
-      {config(32, 2, 1, {2, 4, 8}, ExpertOrder::data_first), 31},
-      {config(16, 1, 1, {}, ExpertOrder::expert_first, 4), 9},  // hpZ only
-      {config(16, 2, 1, {2}, ExpertOrder::expert_first, 8, 4), 6},  // 4 nodes: local and global
-      {config(8, 2, 1, {}, ExpertOrder::expert_first, std::nullopt, 8), 7},  // one full node: no global
-      {config(4, 1, 1, {}, ExpertOrder::expert_first, std::nullopt, 8), 2},  // less than a node: no global
-      {config(48, 3, 2, {2, 4, 8}, ExpertOrder::data_first, 6, 12), 40},
+      {make_config(1, 1, 1), 0},
+      {make_config(8, 1, 1), 5},
+      {make_config(16, 2, 1, {4}), 3},
+      {make_config(16, 2, 1, {4}, ExpertOrder::data_first), 3},
+      {make_config(16, 2, 2, {2}), 13},
+      {make_config(24, 2, 2, {3, 1}), 17},
+      {make_config(32, 2, 1, {2, 4, 8}, ExpertOrder::data_first), 31},
+      {make_config(16, 1, 1, {}, ExpertOrder::expert_first, 4), 9},  // hpZ only
+      {make_config(16, 2, 1, {2}, ExpertOrder::expert_first, 8, 4), 6},  // 4 nodes: local and global
+      {make_config(8, 2, 1, {}, ExpertOrder::expert_first, std::nullopt, 8), 7},  // one full node: no global
+      {make_config(4, 1, 1, {}, ExpertOrder::expert_first, std::nullopt, 8), 2},  // less than a node: no global
+      {make_config(48, 3, 2, {2, 4, 8}, ExpertOrder::data_first, 6, 12), 40},
   };
   for (const auto& [c, rank] : cases) {
     BOOST_TEST_CONTEXT(fmt::format("pcx-plan {}", fmt::join(to_args(c), " "))) {
@@ -547,7 +537,7 @@ BOOST_AUTO_TEST_CASE(json_structure) {
 
 BOOST_AUTO_TEST_CASE(clamped_sizes_succeed_with_a_note) {
   // tp and hpZ larger than the world are clamped (SPEC: "clamped, and the clamp is logged").
-  const pcx::ParallelConfig c = config(4, 8, 1, {}, pcx::ExpertOrder::expert_first, 64);
+  const pcx::ParallelConfig c = make_config(4, 8, 1, {}, pcx::ExpertOrder::expert_first, 64);
   const Outcome o = run_ok(with(to_args(c), {"--format", "json"}));
   BOOST_TEST(std::ranges::count(o.err, '\n') == 2);
   BOOST_TEST(o.err.find("tensor parallel size 8") != std::string::npos);
@@ -688,7 +678,7 @@ BOOST_AUTO_TEST_CASE(agrees_with_topology_on_random_configurations) {
 }
 
 BOOST_AUTO_TEST_CASE(table_mentions_every_kind) {
-  const pcx::ParallelConfig c = config(32, 2, 2, {2, 4}, pcx::ExpertOrder::data_first, 8, 4);
+  const pcx::ParallelConfig c = make_config(32, 2, 2, {2, 4}, pcx::ExpertOrder::data_first, 8, 4);
   const pcx::Topology topology(c);
   BOOST_REQUIRE(topology.views().size() == 11);
   for (const bool one_rank : {false, true}) {
@@ -707,7 +697,7 @@ BOOST_AUTO_TEST_CASE(table_mentions_every_kind) {
 
 // The picture: one cell per rank, filled by the colour of its group in the chosen kind.
 BOOST_AUTO_TEST_CASE(svg_draws_every_rank_in_its_group_colour) {
-  const pcx::ParallelConfig c = config(16, 2, 1, {4}, pcx::ExpertOrder::expert_first, {}, 8);
+  const pcx::ParallelConfig c = make_config(16, 2, 1, {4}, pcx::ExpertOrder::expert_first, {}, 8);
   const pcx::Topology topology(c);
   const pcx::GroupLayout& layout = topology.layout({pcx::GroupKind::expert_parallel, 4});
   const Outcome o = run_ok(with(to_args(c), {"--format", "svg", "--colour-by", "expert_parallel/4", "--rank", "5"}));
@@ -843,7 +833,7 @@ BOOST_AUTO_TEST_SUITE(output)
 
 // Several times the 64 KiB pcx-plan buffers, so the document is written in many pieces.
 BOOST_AUTO_TEST_CASE(large_json_is_the_same_document) {
-  const pcx::ParallelConfig c = config(65536, 8, 4, {8, 64}, pcx::ExpertOrder::data_first, 8, 8);
+  const pcx::ParallelConfig c = make_config(65536, 8, 4, {8, 64}, pcx::ExpertOrder::data_first, 8, 8);
   check_same_json(run_ok(with(to_args(c), {"--format", "json"})), c, std::nullopt);
   check_same_json(run_ok(with(to_args(c), {"--format", "json", "--rank", "40000"})), c, 40000);
 }
@@ -856,7 +846,7 @@ BOOST_AUTO_TEST_CASE(memory_does_not_grow_with_the_listing) {
   BOOST_TEST_MESSAGE("skipped: AddressSanitizer reserves far more address space than any ulimit -v allows");
 #else
   constexpr long kAddressSpaceKib = 128 * 1024;
-  const pcx::ParallelConfig c = config(1 << 21, 8, 4, {8, 64}, pcx::ExpertOrder::expert_first, 8, 8);
+  const pcx::ParallelConfig c = make_config(1 << 21, 8, 4, {8, 64}, pcx::ExpertOrder::expert_first, 8, 8);
   const std::vector<std::vector<std::string>> formats{
       {"--format", "json"}, {"--format", "table"}, {"--format", "json", "--rank", "1234567"}};
   for (const std::vector<std::string>& format : formats) {

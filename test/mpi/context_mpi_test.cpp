@@ -22,7 +22,7 @@ using pcx::ParallelContext;
 using pcx::ProcessGroup;
 using pcx::ReduceOp;
 using pcx::test::everyone;
-using pcx::test::make_config;
+using pcx::test::world_config;
 using pcx::test::same_everywhere;
 
 std::vector<int> divisors(int n) {
@@ -95,7 +95,7 @@ BOOST_AUTO_TEST_CASE(every_group_of_every_configuration_communicates_as_laid_out
       const int dp = n / tp / pp;
       for (const auto order : {pcx::ExpertOrder::expert_first, pcx::ExpertOrder::data_first}) {
         const auto mpu = tp * pp > 1 ? grid_mpu(world, tp, pp) : nullptr;
-        const ParallelContext context(world, make_config(divisors(dp), order, std::max(1, n / 2), std::max(1, n / 2)),
+        const ParallelContext context(world, world_config(divisors(dp), order, std::max(1, n / 2), std::max(1, n / 2)),
                                       mpu);
         BOOST_TEST(context.expert_tensor_parallel_size() == tp);
         if (mpu) {
@@ -120,8 +120,8 @@ BOOST_AUTO_TEST_CASE(every_group_of_every_configuration_communicates_as_laid_out
 BOOST_AUTO_TEST_CASE(two_contexts_used_alternately) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();
-  const ParallelContext training(world, make_config({n}));
-  const ParallelContext evaluation(world, make_config({1}, pcx::ExpertOrder::data_first, 1));
+  const ParallelContext training(world, world_config({n}));
+  const ParallelContext evaluation(world, world_config({1}, pcx::ExpertOrder::data_first, 1));
   bool ok = true;
   for (int step = 0; step < 3; ++step) {
     ok = context_works(training) && ok;
@@ -145,7 +145,7 @@ BOOST_AUTO_TEST_CASE(a_mock_mpu_is_injected) {
   mpu->set_tensor_parallel_size(tp).set_model_parallel_size(tp);
   mpu->set_data_parallel_group(pcx::make_group(world, layout.layout({GroupKind::data_parallel})));
   mpu->set_sequence_parallel_group(pcx::make_group(world, layout.layout({GroupKind::tensor_parallel})));
-  const ParallelContext context(world, make_config({n / tp}), mpu);
+  const ParallelContext context(world, world_config({n / tp}), mpu);
   BOOST_TEST(context.data_parallel_size() == n / tp);
   BOOST_TEST(context.sequence_parallel_size() == tp);
   BOOST_TEST(context.model_parallel_size() == tp);
@@ -158,8 +158,8 @@ BOOST_AUTO_TEST_CASE(contexts_and_mpus_are_destroyed_in_any_order) {
   const int n = world.size();
   for (int order = 0; order < 3; ++order) {
     auto mpu = grid_mpu(world, 1, n % 2 == 0 ? 2 : 1);
-    auto first = std::make_unique<ParallelContext>(world, make_config({1}), mpu);
-    auto second = std::make_unique<ParallelContext>(world, make_config({mpu->data_parallel_size()}, {}, n), mpu);
+    auto first = std::make_unique<ParallelContext>(world, world_config({1}), mpu);
+    auto second = std::make_unique<ParallelContext>(world, world_config({mpu->data_parallel_size()}, {}, n), mpu);
     const std::vector<std::function<void()>> releases = {[&] { first.reset(); }, [&] { second.reset(); },
                                                          [&] { mpu.reset(); }};
     for (std::size_t i = 0; i < releases.size(); ++i) releases[(i + static_cast<std::size_t>(order)) % 3]();
@@ -194,10 +194,10 @@ BOOST_AUTO_TEST_CASE(ranks_that_disagree_all_throw_the_same_mismatch,
   const int n = world.size();
   const bool odd_one = world.rank() == n - 1;
   const std::vector<ParallelConfig> disagreements = {
-      make_config({odd_one ? 1 : n}),
-      make_config({1}, odd_one ? pcx::ExpertOrder::data_first : pcx::ExpertOrder::expert_first),
-      make_config({1}, {}, odd_one ? 1 : n),
-      make_config({1}, {}, {}, odd_one ? std::optional<int>{} : std::optional<int>{n}),
+      world_config({odd_one ? 1 : n}),
+      world_config({1}, odd_one ? pcx::ExpertOrder::data_first : pcx::ExpertOrder::expert_first),
+      world_config({1}, {}, odd_one ? 1 : n),
+      world_config({1}, {}, {}, odd_one ? std::optional<int>{} : std::optional<int>{n}),
   };
   for (const ParallelConfig& config : disagreements) {
     const std::string message = expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, config); });
@@ -209,7 +209,7 @@ BOOST_AUTO_TEST_CASE(ranks_that_disagree_all_throw_the_same_mismatch,
   mpu->set_model_parallel_size(odd_one ? 2 : 1);
   mpu->set_data_parallel_group(pcx::make_group(world, pcx::RankGrid({{"data", n}}).along({"data"})));
   const std::string message =
-      expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, make_config({1}), mpu); });
+      expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, world_config({1}), mpu); });
   BOOST_TEST(message.find("MPU model parallel size ranges from 1 to 2") != std::string::npos, message);
 }
 
@@ -217,7 +217,7 @@ BOOST_AUTO_TEST_CASE(an_invalid_configuration_fails_on_every_rank) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();
   const std::string message =
-      expect_everywhere<pcx::ConfigError>([&] { ParallelContext(world, make_config({n + 1})); });
+      expect_everywhere<pcx::ConfigError>([&] { ParallelContext(world, world_config({n + 1})); });
   BOOST_TEST(same_everywhere(message), message);
   BOOST_TEST(message.find(fmt::format("expert parallel size {}", n + 1)) != std::string::npos, message);
 }
@@ -226,7 +226,7 @@ BOOST_AUTO_TEST_CASE(ranks_that_say_the_same_in_other_words_agree) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();
   const bool odd_one = world.rank() == n - 1;
-  ParallelConfig config = make_config({1}, {}, odd_one ? n : 4 * n, odd_one ? n : 2 * n);
+  ParallelConfig config = world_config({1}, {}, odd_one ? n : 4 * n, odd_one ? n : 2 * n);
   config.world_size = odd_one ? n : 0;  // 0: the world's size
   const ParallelContext context(world, config);
   BOOST_TEST(context.zero_param_intra_group().size() == n);
@@ -255,7 +255,7 @@ BOOST_AUTO_TEST_CASE(a_rank_that_rejects_the_configuration_fails_every_rank,
   auto mpu = std::make_shared<pcx::testing::MockMpu>();
   mpu->set_data_parallel_group(ProcessGroup(members, world.dup()));
   const std::string message =
-      expect_everywhere<pcx::ConfigError>([&] { ParallelContext(world, make_config({1}), mpu); });
+      expect_everywhere<pcx::ConfigError>([&] { ParallelContext(world, world_config({1}), mpu); });
   // Every rank throws the rejecting rank's own error, with its rank.
   BOOST_TEST(message.find(fmt::format("rank {}: on rank {} the MPU's data parallel group", n - 1, n - 1)) == 0,
              message);
@@ -284,12 +284,12 @@ BOOST_AUTO_TEST_CASE(a_moved_from_world_or_context_is_refused) {
   const MpiCommunicator taker = std::move(emptied);
   bool ok = false;
   try {
-    ParallelContext(emptied, make_config({1}));  // throws before communicating
+    ParallelContext(emptied, world_config({1}));  // throws before communicating
   } catch (const pcx::ConfigError& e) {
     ok = std::string_view(e.what()).find("moved-from mpi communicator") != std::string_view::npos;
   }
 
-  ParallelContext first(world, make_config({n}));
+  ParallelContext first(world, world_config({n}));
   ParallelContext second = std::move(first);
   ok = first.world_size() == 0 && first.rank() == -1 && ok;
   try {
@@ -298,7 +298,7 @@ BOOST_AUTO_TEST_CASE(a_moved_from_world_or_context_is_refused) {
   } catch (const pcx::ConfigError&) {
   }
   ok = context_works(second) && ok;
-  second = ParallelContext(world, make_config({1}));
+  second = ParallelContext(world, world_config({1}));
   ok = context_works(second) && ok;
   BOOST_TEST(everyone(ok));
 }

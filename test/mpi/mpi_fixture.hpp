@@ -11,6 +11,7 @@
 
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/topology.hpp"
+#include "support/config.hpp"
 
 namespace pcx::test {
 
@@ -47,16 +48,10 @@ inline bool same_everywhere(const std::string& text) {
   return extremes[0] == -extremes[1];
 }
 
-/// A configuration for the world communicator's size (world_size 0), without an MPU.
-inline ParallelConfig make_config(std::vector<int> eps, ExpertOrder order = {}, std::optional<int> hpz = {},
-                                  std::optional<int> per_node = {}) {
-  ParallelConfig config;
-  config.world_size = 0;
-  config.expert_parallel_sizes = std::move(eps);
-  config.expert_order = order;
-  config.zero_hpz_size = hpz;
-  config.ranks_per_node = per_node;
-  return config;
+/// A configuration for the world communicator's size, without an MPU.
+inline ParallelConfig world_config(std::vector<int> eps, ExpertOrder order = {}, std::optional<int> hpz = {},
+                                   std::optional<int> per_node = {}) {
+  return make_config(0, 1, 1, std::move(eps), order, hpz, per_node);
 }
 
 }  // namespace pcx::test

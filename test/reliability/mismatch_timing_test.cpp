@@ -29,7 +29,7 @@ using pcx::ParallelConfig;
 using pcx::ParallelContext;
 using pcx::ReduceOp;
 using pcx::test::everyone;
-using pcx::test::make_config;
+using pcx::test::world_config;
 using pcx::test::same_everywhere;
 using pcx::testing::MockMpu;
 
@@ -106,29 +106,29 @@ BOOST_AUTO_TEST_CASE(config_disagreements_are_all_detected_quickly,
 
   expect_mismatch("ep list with an extra size on the last rank", "number of expert parallel sizes ranges from 1 to 2",
                   [&] {
-                    return make_config(last ? std::vector<int>{1, n} : std::vector<int>{n});
+                    return world_config(last ? std::vector<int>{1, n} : std::vector<int>{n});
                   });
   expect_mismatch("ep sizes in another order on the last rank", "the expert parallel sizes differ", [&] {
-    return make_config(last ? std::vector<int>{n, 1} : std::vector<int>{1, n});
+    return world_config(last ? std::vector<int>{n, 1} : std::vector<int>{1, n});
   });
   // Rank 0 alone holds an ep size that is invalid for the world: the disagreement wins
   // over the local ConfigError, so no rank is left without an error of the same type.
   expect_mismatch("ep size invalid on rank 0 only", "largest expert parallel size ranges from 1 to 3",
-                  [&] { return make_config(first ? std::vector<int>{3} : std::vector<int>{1}); });
+                  [&] { return world_config(first ? std::vector<int>{3} : std::vector<int>{1}); });
   expect_mismatch("ep size differs on every odd rank",
                   fmt::format("largest expert parallel size ranges from 1 to {}", n),
-                  [&] { return make_config({rank % 2 == 1 ? 1 : n}); });
+                  [&] { return world_config({rank % 2 == 1 ? 1 : n}); });
   expect_mismatch(
       "expert order differs on rank 0", "expert order (0 expert-first, 1 data-first) ranges from 0 to 1",
-      [&] { return make_config({1}, first ? pcx::ExpertOrder::data_first : pcx::ExpertOrder::expert_first); });
+      [&] { return world_config({1}, first ? pcx::ExpertOrder::data_first : pcx::ExpertOrder::expert_first); });
   expect_mismatch("hpZ absent on the last rank", "ZeRO hpZ partition size (0 none) ranges from 0 to 2",
-                  [&] { return make_config({1}, {}, last ? std::optional<int>{} : std::optional<int>{2}); });
+                  [&] { return world_config({1}, {}, last ? std::optional<int>{} : std::optional<int>{2}); });
   expect_mismatch("hpZ 1 vs 2", "ZeRO hpZ partition size (0 none) ranges from 1 to 2",
-                  [&] { return make_config({1}, {}, last ? 1 : 2); });
+                  [&] { return world_config({1}, {}, last ? 1 : 2); });
   expect_mismatch("ranks per node 1 vs 2", "ranks per node (0 none) ranges from 1 to 2",
-                  [&] { return make_config({1}, {}, {}, last ? 1 : 2); });
+                  [&] { return world_config({1}, {}, {}, last ? 1 : 2); });
   expect_mismatch("everything differs on the last rank", "ranks disagree on the configuration", [&] {
-    return last ? make_config({1, n}, pcx::ExpertOrder::data_first, 1, 1) : make_config({n}, {}, n, n);
+    return last ? world_config({1, n}, pcx::ExpertOrder::data_first, 1, 1) : world_config({n}, {}, n, n);
   });
 }
 
@@ -138,7 +138,7 @@ BOOST_AUTO_TEST_CASE(mpu_disagreements_are_all_detected_quickly,
   const int n = world.size();
   const int rank = world.rank();
   const bool last = rank == n - 1;
-  const auto config = [] { return make_config({1}); };
+  const auto config = [] { return world_config({1}); };
 
   {
     auto mpu = mock_mpu_over_the_world(world);
@@ -191,7 +191,7 @@ BOOST_AUTO_TEST_CASE(agreeing_ranks_still_build_their_groups) {
   const MpiCommunicator world = MpiCommunicator::world();
   world.barrier();
   const auto start = std::chrono::steady_clock::now();
-  const ParallelContext context(world, make_config({1, world.size()}, {}, world.size(), world.size()));
+  const ParallelContext context(world, world_config({1, world.size()}, {}, world.size(), world.size()));
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
   const double max_seconds = slowest(elapsed.count());
   if (world.rank() == 0) {

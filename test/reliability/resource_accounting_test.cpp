@@ -43,7 +43,7 @@ using pcx::ParallelConfig;
 using pcx::ParallelContext;
 using pcx::ReduceOp;
 using pcx::test::everyone;
-using pcx::test::make_config;
+using pcx::test::world_config;
 
 constexpr int kDefaultIterations = 200;
 constexpr int kWarmUp = 20;
@@ -110,24 +110,24 @@ void use(const ParallelContext& context) {
 int one_iteration(const MpiCommunicator& world) {
   const int n = world.size();
   const int half = std::max(1, n / 2);
-  const ParallelContext expert_first(world, make_config(divisors(n), pcx::ExpertOrder::expert_first, half, half));
-  const ParallelContext data_first(world, make_config(divisors(n), pcx::ExpertOrder::data_first, 2, 1));
+  const ParallelContext expert_first(world, world_config(divisors(n), pcx::ExpertOrder::expert_first, half, half));
+  const ParallelContext data_first(world, world_config(divisors(n), pcx::ExpertOrder::data_first, 2, 1));
   use(expert_first);
   use(data_first);
   {
     // Megatron layout from a GridMpu: tensor 2 where the world allows it.
     const int tp = n % 2 == 0 ? 2 : 1;
     auto mpu = std::make_shared<const pcx::GridMpu>(world, tp, 1);
-    const ParallelContext with_mpu(world, make_config(divisors(n / tp), {}, n, n), mpu);
+    const ParallelContext with_mpu(world, world_config(divisors(n / tp), {}, n, n), mpu);
     use(with_mpu);
   }
   // Error paths: a configuration every rank rejects, and ranks that disagree.
   try {
-    const ParallelContext invalid(world, make_config({n + 1}));
+    const ParallelContext invalid(world, world_config({n + 1}));
   } catch (const pcx::ConfigError&) {
   }
   try {
-    const ParallelContext disagreeing(world, make_config({world.rank() == 0 ? 1 : n}));
+    const ParallelContext disagreeing(world, world_config({world.rank() == 0 ? 1 : n}));
   } catch (const pcx::ConfigMismatch&) {
   }
   return probe_handle();

@@ -17,10 +17,13 @@
 
 #include "pcx/error.hpp"
 #include "pcx/parallel_context.hpp"
+#include "support/config.hpp"
 #include "pcx/testing/fake_communicator.hpp"
 #include "pcx/testing/mock_mpu.hpp"
 
 namespace {
+
+using pcx::test::make_config;
 
 using pcx::GroupId;
 using pcx::GroupKind;
@@ -34,16 +37,6 @@ using pcx::testing::FakeWorld;
 constexpr int kThreads = 8;
 constexpr int kRounds = 200;
 
-ParallelConfig make_config(int world, std::vector<int> eps, pcx::ExpertOrder order = {}, std::optional<int> hpz = {},
-                           std::optional<int> per_node = {}) {
-  ParallelConfig config;
-  config.world_size = world;
-  config.expert_parallel_sizes = std::move(eps);
-  config.expert_order = order;
-  config.zero_hpz_size = hpz;
-  config.ranks_per_node = per_node;
-  return config;
-}
 
 // What one group looks like from the caller, read once on the main thread.
 struct Expected {
@@ -120,7 +113,7 @@ std::shared_ptr<const pcx::Mpu> mpu_of_rank_5(const std::shared_ptr<FakeWorld>& 
 BOOST_AUTO_TEST_CASE(many_threads_read_one_context) {
   const auto world = std::make_shared<FakeWorld>(16);
   const FakeCommunicator comm(world, 5);
-  const ParallelContext context(comm, make_config(16, {2, 4}, pcx::ExpertOrder::data_first, 4, 8),
+  const ParallelContext context(comm, make_config(16, 1, 1, {2, 4}, pcx::ExpertOrder::data_first, 4, 8),
                                 mpu_of_rank_5(world));
   const std::vector<Expected> expected = snapshot(context);
 
@@ -155,7 +148,7 @@ BOOST_AUTO_TEST_CASE(each_thread_runs_collectives_on_a_context_of_its_own) {
       for (int round = 0; round < 20; ++round) {
         {
           const FakeCommunicator comm(world, t);
-          const ParallelContext context(comm, make_config(16, {1, 2, 4, 8, 16}, {}, 4, 4));
+          const ParallelContext context(comm, make_config(16, 1, 1, {1, 2, 4, 8, 16}, {}, 4, 4));
           for (const GroupId& id : context.group_ids()) {
             const pcx::Communicator& c = context.group(id).communicator();
             const auto n = static_cast<std::size_t>(c.size());
@@ -188,7 +181,7 @@ BOOST_AUTO_TEST_CASE(every_rank_of_one_fake_world_builds_its_context_on_its_own_
   // split under its lock, and the record must be a consistent job afterwards.
   constexpr int kRanks = 16;
   const auto world = std::make_shared<FakeWorld>(kRanks);
-  const ParallelConfig config = make_config(kRanks, {2, 4, 8}, pcx::ExpertOrder::expert_first, 4, 8);
+  const ParallelConfig config = make_config(kRanks, 1, 1, {2, 4, 8}, pcx::ExpertOrder::expert_first, 4, 8);
   std::atomic<int> wrong{0};
   std::barrier start(kRanks);
   std::vector<std::jthread> ranks;

@@ -13,6 +13,7 @@
 #include "pcx/testing/fake_communicator.hpp"
 #include "pcx/testing/mock_mpu.hpp"
 #include "spec_reference.hpp"
+#include "support/config.hpp"
 
 namespace {
 
@@ -27,20 +28,9 @@ using pcx::testing::FakeMember;
 using pcx::testing::FakeWorld;
 using pcx::testing::MockMpu;
 using pcx::testing::fake_process_group;
+using pcx::test::make_config;
 using pcx::test::Reference;
 
-ParallelConfig make_config(int world, int tp, int pp, std::vector<int> eps, pcx::ExpertOrder order = {},
-                           std::optional<int> hpz = {}, std::optional<int> per_node = {}) {
-  ParallelConfig config;
-  config.world_size = world;
-  config.tensor_parallel_size = tp;
-  config.pipeline_parallel_size = pp;
-  config.expert_parallel_sizes = std::move(eps);
-  config.expert_order = order;
-  config.zero_hpz_size = hpz;
-  config.ranks_per_node = per_node;
-  return config;
-}
 
 bool uses_mpu(const ParallelConfig& config) {
   return config.tensor_parallel_size > 1 || config.pipeline_parallel_size > 1;

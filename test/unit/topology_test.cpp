@@ -20,8 +20,11 @@
 #include "golden.hpp"
 #include "pcx/error.hpp"
 #include "spec_reference.hpp"
+#include "support/config.hpp"
 
 namespace {
+
+using pcx::test::make_config;
 
 using pcx::ConfigError;
 using pcx::ExpertOrder;
@@ -106,16 +109,6 @@ bool consecutive(const std::vector<int>& group) {
   return true;
 }
 
-ParallelConfig config(int world, int tp = 1, int pp = 1, std::vector<int> eps = {},
-                      ExpertOrder order = ExpertOrder::expert_first) {
-  ParallelConfig c;
-  c.world_size = world;
-  c.tensor_parallel_size = tp;
-  c.pipeline_parallel_size = pp;
-  c.expert_parallel_sizes = std::move(eps);
-  c.expert_order = order;
-  return c;
-}
 
 }  // namespace
 
@@ -134,7 +127,7 @@ BOOST_AUTO_TEST_CASE(expert_parallel_ranks_match_the_seed_g2) {
       const std::string& data_first = pcx::test::field(f, "D+E");
       BOOST_TEST_REQUIRE((data_first == "True" || data_first == "False"));
       const int ep = parse_int(pcx::test::field(f, "ep"));
-      const ParallelConfig c = config(parse_int(pcx::test::field(f, "W")), parse_int(pcx::test::field(f, "tp")),
+      const ParallelConfig c = make_config(parse_int(pcx::test::field(f, "W")), parse_int(pcx::test::field(f, "tp")),
                                       parse_int(pcx::test::field(f, "pp")), {ep},
                                       data_first == "True" ? ExpertOrder::data_first : ExpertOrder::expert_first);
       if (is_error_block(block)) {
@@ -252,7 +245,7 @@ BOOST_AUTO_TEST_CASE(expert_and_data_parallel_without_mpu_match_the_seed_per_ran
     BOOST_TEST_CONTEXT("G3 " << key) {
       const int ep = key_number(key, "ep");
       BOOST_TEST_REQUIRE((key_has(key, "ED") || key_has(key, "DE")));
-      const ParallelConfig c = config(key_number(key, "W"), 1, key_number(key, "pp", 1), {ep},
+      const ParallelConfig c = make_config(key_number(key, "W"), 1, key_number(key, "pp", 1), {ep},
                                       key_has(key, "DE") ? ExpertOrder::data_first : ExpertOrder::expert_first);
       check_per_rank_expert_case(block, c, ep, counts);
     }
@@ -280,7 +273,7 @@ BOOST_AUTO_TEST_CASE(expert_data_and_model_parallel_with_mpu_match_the_seed_per_
       BOOST_TEST_REQUIRE((key_has(key, "ED") || key_has(key, "DE")));
       legacy += is_legacy ? 1 : 0;
       const ParallelConfig c =
-          config(key_number(key, "W"), key_number(key, "tp"), is_legacy ? 1 : key_number(key, "pp", 1), {ep},
+          make_config(key_number(key, "W"), key_number(key, "tp"), is_legacy ? 1 : key_number(key, "pp", 1), {ep},
                  key_has(key, "DE") ? ExpertOrder::data_first : ExpertOrder::expert_first);
       check_per_rank_expert_case(block, c, ep, counts);
     }
@@ -305,7 +298,7 @@ BOOST_AUTO_TEST_CASE(model_parallel_helper_matches_the_seed_g5) {
       ++cases;
       const int world = key_number(key, "W");
       const int mp = key_number(key, "mp");
-      const ParallelConfig c = config(world, mp);
+      const ParallelConfig c = make_config(world, mp);
       if (is_error_block(block)) {
         BOOST_CHECK_EXCEPTION(pcx::validate(c), ConfigError, message_names({}, {world, mp}));
         BOOST_CHECK_THROW(Topology{c}, ConfigError);
@@ -355,7 +348,7 @@ BOOST_AUTO_TEST_CASE(zero_param_intra_groups_match_the_seed_g6) {
       ++cases;
       const int world = key_number(key, "W");
       const int hpz = key_number(key, "hpz");
-      ParallelConfig c = config(world);
+      ParallelConfig c = make_config(world);
       c.zero_hpz_size = hpz;
       if (is_error_block(block)) {
         BOOST_CHECK_EXCEPTION(pcx::validate(c), ConfigError, message_names({}, {hpz, world}));
@@ -408,7 +401,7 @@ BOOST_AUTO_TEST_CASE(all_to_all_groups_match_the_seed_g7) {
       ++cases;
       const int world = key_number(key, "W");
       const int per_node = key_number(key, "dev");
-      ParallelConfig c = config(world);
+      ParallelConfig c = make_config(world);
       c.ranks_per_node = per_node;
       if (is_error_block(block)) {
         BOOST_CHECK_EXCEPTION(pcx::validate(c), ConfigError, message_names({}, {world, per_node}));
@@ -470,7 +463,7 @@ BOOST_AUTO_TEST_CASE(no_mpu_defaults_and_max_expert_size_match_the_seed_g8) {
     BOOST_TEST_CONTEXT("G8 " << key) {
       if (key.starts_with("no_mpu_defaults")) {
         ++defaults_cases;
-        const Topology topology(config(key_number(key, "W")));
+        const Topology topology(make_config(key_number(key, "W")));
         const GroupLayout& data = topology.layout(kind(GroupKind::data_parallel));
         const GroupLayout& world = topology.layout(kind(GroupKind::world));
         int ranks = 0;
@@ -502,7 +495,7 @@ BOOST_AUTO_TEST_CASE(no_mpu_defaults_and_max_expert_size_match_the_seed_g8) {
           if (token.size() > 2 && token.starts_with("ep")) eps.push_back(parse_int(std::string_view(token).substr(2)));
         }
         BOOST_TEST_REQUIRE(!eps.empty());
-        const Topology topology(config(key_number(key, "W"), 1, 1, eps));
+        const Topology topology(make_config(key_number(key, "W"), 1, 1, eps));
         int max_size = 0;
         for (const pcx::GroupView& view : topology.views()) {
           if (view.id.kind == GroupKind::expert_parallel) max_size = std::max(max_size, view.id.expert_parallel_size);
@@ -524,7 +517,7 @@ BOOST_AUTO_TEST_CASE(no_mpu_defaults_and_max_expert_size_match_the_seed_g8) {
       } else if (key == "max_expert_empty") {
         // The seed names a missing max group "ep_size_None"; we simply have no expert kinds.
         ++max_expert_cases;
-        const Topology topology(config(8));
+        const Topology topology(make_config(8));
         BOOST_TEST(std::ranges::none_of(topology.views(), [](const pcx::GroupView& v) {
           return v.id.kind == GroupKind::expert_parallel || v.id.kind == GroupKind::expert_data_parallel;
         }));
@@ -546,7 +539,7 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(seed_docstrings)
 
 BOOST_AUTO_TEST_CASE(expert_model_data_example_w16_tp2_ep4_matches_the_docstring) {
-  const Topology topology(config(16, 2, 1, {4}));
+  const Topology topology(make_config(16, 2, 1, {4}));
   BOOST_TEST(show(as_set(topology.layout(kind(GroupKind::tensor_parallel)).groups())) ==
              show(Groups{{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}, {10, 11}, {12, 13}, {14, 15}}));
   BOOST_TEST(show(as_set(topology.layout(kind(GroupKind::data_parallel)).groups())) ==
@@ -558,7 +551,7 @@ BOOST_AUTO_TEST_CASE(expert_model_data_example_w16_tp2_ep4_matches_the_docstring
 }
 
 BOOST_AUTO_TEST_CASE(expert_data_example_w16_ep2_matches_the_docstring) {
-  const Topology topology(config(16, 1, 1, {2}));
+  const Topology topology(make_config(16, 1, 1, {2}));
   BOOST_TEST(show(topology.layout(kind(GroupKind::data_parallel)).groups()) ==
              show(Groups{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}}));
   BOOST_TEST(show(as_set(topology.layout(expert_data(2)).groups())) ==
@@ -571,7 +564,7 @@ BOOST_AUTO_TEST_CASE(expert_data_example_w16_ep2_matches_the_docstring) {
 }
 
 BOOST_AUTO_TEST_CASE(zero_hpz_example_w16_hpz2_matches_the_docstring) {
-  ParallelConfig c = config(16);
+  ParallelConfig c = make_config(16);
   c.zero_hpz_size = 2;
   const Topology topology(c);
   const Groups zero = topology.layout(kind(GroupKind::zero_param_intra)).groups();
@@ -580,7 +573,7 @@ BOOST_AUTO_TEST_CASE(zero_hpz_example_w16_hpz2_matches_the_docstring) {
 }
 
 BOOST_AUTO_TEST_CASE(model_parallel_example_w8_mp2_matches_the_docstring) {
-  const Topology topology(config(8, 2));
+  const Topology topology(make_config(8, 2));
   BOOST_TEST(show(topology.layout(kind(GroupKind::tensor_parallel)).groups()) ==
              show(Groups{{0, 1}, {2, 3}, {4, 5}, {6, 7}}));
   BOOST_TEST(show(as_set(topology.layout(kind(GroupKind::data_parallel)).groups())) ==
@@ -589,7 +582,7 @@ BOOST_AUTO_TEST_CASE(model_parallel_example_w8_mp2_matches_the_docstring) {
 
 BOOST_AUTO_TEST_CASE(pipeline_groups_follow_megatrons_layout) {
   // r = p*(W/pp) + d*tp + t with W=16, tp=2, pp=2: S = 8.
-  const Topology topology(config(16, 2, 2));
+  const Topology topology(make_config(16, 2, 2));
   BOOST_TEST(topology.data_parallel_size() == 4);
   BOOST_TEST(show(as_set(topology.layout(kind(GroupKind::pipeline_parallel)).groups())) ==
              show(Groups{{0, 8}, {1, 9}, {2, 10}, {3, 11}, {4, 12}, {5, 13}, {6, 14}, {7, 15}}));
@@ -627,69 +620,69 @@ ParallelConfig with_nodes(ParallelConfig c, int per_node) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(a_world_size_below_one_is_rejected) {
-  check_rejected(config(0), {"world size"}, {0});
-  check_rejected(config(-4), {"world size"}, {-4});
+  check_rejected(make_config(0), {"world size"}, {0});
+  check_rejected(make_config(-4), {"world size"}, {-4});
 }
 
 BOOST_AUTO_TEST_CASE(a_tensor_or_pipeline_size_below_one_is_rejected) {
-  check_rejected(config(8, 0), {"tensor parallel size"}, {0});
-  check_rejected(config(8, -2), {"tensor parallel size"}, {-2});
-  check_rejected(config(8, 1, 0), {"pipeline parallel size"}, {0});
-  check_rejected(config(8, 1, -1), {"pipeline parallel size"}, {-1});
+  check_rejected(make_config(8, 0), {"tensor parallel size"}, {0});
+  check_rejected(make_config(8, -2), {"tensor parallel size"}, {-2});
+  check_rejected(make_config(8, 1, 0), {"pipeline parallel size"}, {0});
+  check_rejected(make_config(8, 1, -1), {"pipeline parallel size"}, {-1});
 }
 
 BOOST_AUTO_TEST_CASE(a_world_not_divisible_by_tensor_times_pipeline_is_rejected) {
-  check_rejected(config(16, 3), {"world size", "tensor parallel size"}, {16, 3});
-  check_rejected(config(16, 2, 3), {"world size", "pipeline parallel size"}, {16, 2, 3});
-  check_rejected(config(24, 4, 4), {"world size"}, {24, 4});
+  check_rejected(make_config(16, 3), {"world size", "tensor parallel size"}, {16, 3});
+  check_rejected(make_config(16, 2, 3), {"world size", "pipeline parallel size"}, {16, 2, 3});
+  check_rejected(make_config(24, 4, 4), {"world size"}, {24, 4});
   // The tensor size is clamped to the world first; the message shows both.
-  check_rejected(config(8, 16, 2), {"world size"}, {8, 16, 2});
+  check_rejected(make_config(8, 16, 2), {"world size"}, {8, 16, 2});
 }
 
 BOOST_AUTO_TEST_CASE(a_huge_tensor_times_pipeline_does_not_overflow) {
-  check_rejected(config(65536, 65536, 65536), {"world size"}, {65536});
+  check_rejected(make_config(65536, 65536, 65536), {"world size"}, {65536});
   // 2^16 × 2^16 = 2^32 would wrap to 0 in 32 bits.
-  check_rejected(config(1 << 30, 1 << 16, 1 << 16), {"world size"}, {1 << 30, 1 << 16});
-  check_rejected(config(INT_MAX, INT_MAX, INT_MAX), {"world size"}, {INT_MAX});
-  check_rejected(config(1 << 30, INT_MAX, 2), {"world size"}, {1 << 30, 2});
+  check_rejected(make_config(1 << 30, 1 << 16, 1 << 16), {"world size"}, {1 << 30, 1 << 16});
+  check_rejected(make_config(INT_MAX, INT_MAX, INT_MAX), {"world size"}, {INT_MAX});
+  check_rejected(make_config(1 << 30, INT_MAX, 2), {"world size"}, {1 << 30, 2});
 }
 
 BOOST_AUTO_TEST_CASE(an_expert_parallel_size_below_one_is_rejected) {
-  check_rejected(config(8, 1, 1, {0}), {"expert parallel size"}, {0});
-  check_rejected(config(8, 1, 1, {2, -4}), {"expert parallel size"}, {-4});
+  check_rejected(make_config(8, 1, 1, {0}), {"expert parallel size"}, {0});
+  check_rejected(make_config(8, 1, 1, {2, -4}), {"expert parallel size"}, {-4});
 }
 
 BOOST_AUTO_TEST_CASE(an_expert_parallel_size_that_does_not_divide_data_parallel_is_rejected) {
-  check_rejected(config(16, 2, 1, {3}), {"expert parallel size 3 does not divide data parallel size 8"}, {16, 2});
-  check_rejected(config(12, 2, 1, {4}), {"expert parallel size 4 does not divide data parallel size 6"}, {12});
-  check_rejected(config(8, 1, 1, {2, 16}), {"expert parallel size 16 does not divide data parallel size 8"}, {});
-  check_rejected(config(16, 2, 2, {8}), {"expert parallel size 8 does not divide data parallel size 4"}, {16, 2});
+  check_rejected(make_config(16, 2, 1, {3}), {"expert parallel size 3 does not divide data parallel size 8"}, {16, 2});
+  check_rejected(make_config(12, 2, 1, {4}), {"expert parallel size 4 does not divide data parallel size 6"}, {12});
+  check_rejected(make_config(8, 1, 1, {2, 16}), {"expert parallel size 16 does not divide data parallel size 8"}, {});
+  check_rejected(make_config(16, 2, 2, {8}), {"expert parallel size 8 does not divide data parallel size 4"}, {16, 2});
 }
 
 BOOST_AUTO_TEST_CASE(an_expert_parallel_size_listed_twice_is_rejected) {
-  check_rejected(config(16, 1, 1, {2, 4, 2}), {"twice"}, {2});
+  check_rejected(make_config(16, 1, 1, {2, 4, 2}), {"twice"}, {2});
 }
 
 BOOST_AUTO_TEST_CASE(a_zero_hpz_size_below_one_or_not_dividing_the_world_is_rejected) {
-  check_rejected(with_hpz(config(8), 0), {"hpZ"}, {0});
-  check_rejected(with_hpz(config(8), -3), {"hpZ"}, {-3});
-  check_rejected(with_hpz(config(8), 3), {"hpZ"}, {3, 8});
-  check_rejected(with_hpz(config(20), 6), {"hpZ"}, {6, 20});
+  check_rejected(with_hpz(make_config(8), 0), {"hpZ"}, {0});
+  check_rejected(with_hpz(make_config(8), -3), {"hpZ"}, {-3});
+  check_rejected(with_hpz(make_config(8), 3), {"hpZ"}, {3, 8});
+  check_rejected(with_hpz(make_config(20), 6), {"hpZ"}, {6, 20});
 }
 
 BOOST_AUTO_TEST_CASE(ranks_per_node_below_one_or_not_dividing_a_multi_node_world_is_rejected) {
-  check_rejected(with_nodes(config(8), 0), {"per node"}, {0});
-  check_rejected(with_nodes(config(8), -8), {"per node"}, {-8});
-  check_rejected(with_nodes(config(12), 8), {"world size"}, {12, 8});
-  check_rejected(with_nodes(config(10), 4), {"world size"}, {10, 4});
+  check_rejected(with_nodes(make_config(8), 0), {"per node"}, {0});
+  check_rejected(with_nodes(make_config(8), -8), {"per node"}, {-8});
+  check_rejected(with_nodes(make_config(12), 8), {"world size"}, {12, 8});
+  check_rejected(with_nodes(make_config(10), 4), {"world size"}, {10, 4});
 }
 
 BOOST_AUTO_TEST_CASE(boundary_configurations_are_accepted) {
   for (const ParallelConfig& c :
-       {config(1), config(8, 16), config(8, 8), config(8, 1, 8), config(16, 2, 2, {4, 2, 1}), config(16, 4, 4, {1}),
-        with_hpz(config(8), 16), with_hpz(config(8), 8), with_hpz(config(8), 1), with_nodes(config(4), 8),
-        with_nodes(config(8), 8), with_nodes(config(8), 1), with_nodes(config(1), 1), config(INT_MAX),
-        config(INT_MAX, INT_MAX), config(1 << 30, 1 << 10, 1 << 10, {1 << 10})}) {
+       {make_config(1), make_config(8, 16), make_config(8, 8), make_config(8, 1, 8), make_config(16, 2, 2, {4, 2, 1}), make_config(16, 4, 4, {1}),
+        with_hpz(make_config(8), 16), with_hpz(make_config(8), 8), with_hpz(make_config(8), 1), with_nodes(make_config(4), 8),
+        with_nodes(make_config(8), 8), with_nodes(make_config(8), 1), with_nodes(make_config(1), 1), make_config(INT_MAX),
+        make_config(INT_MAX, INT_MAX), make_config(1 << 30, 1 << 10, 1 << 10, {1 << 10})}) {
     BOOST_TEST_CONTEXT("world " << c.world_size << " tp " << c.tensor_parallel_size << " pp "
                                 << c.pipeline_parallel_size) {
       BOOST_CHECK_NO_THROW(pcx::validate(c));
@@ -700,7 +693,7 @@ BOOST_AUTO_TEST_CASE(boundary_configurations_are_accepted) {
 
 BOOST_AUTO_TEST_CASE(a_huge_world_is_laid_out_lazily) {
   // 2^30 ranks: no view may list the world to answer a question about one rank.
-  const Topology topology(config(1 << 30, 8, 4, {1 << 10}, ExpertOrder::data_first));
+  const Topology topology(make_config(1 << 30, 8, 4, {1 << 10}, ExpertOrder::data_first));
   const int last = (1 << 30) - 1;
   BOOST_TEST(topology.data_parallel_size() == 1 << 25);
   const GroupLayout& ep = topology.layout(expert(1 << 10));
@@ -735,7 +728,7 @@ BOOST_AUTO_TEST_CASE(group_ids_have_the_names_pcx_plan_prints) {
 }
 
 BOOST_AUTO_TEST_CASE(views_come_in_a_fixed_order) {
-  ParallelConfig c = config(16, 2, 1, {4, 2}, ExpertOrder::data_first);
+  ParallelConfig c = make_config(16, 2, 1, {4, 2}, ExpertOrder::data_first);
   c.zero_hpz_size = 4;
   c.ranks_per_node = 4;
   const Topology topology(c);
@@ -751,7 +744,7 @@ BOOST_AUTO_TEST_CASE(views_come_in_a_fixed_order) {
 }
 
 BOOST_AUTO_TEST_CASE(a_plain_world_has_only_the_megatron_views) {
-  const Topology topology(config(1));
+  const Topology topology(make_config(1));
   std::vector<std::string> names;
   for (const pcx::GroupView& view : topology.views()) names.push_back(view.id.name());
   BOOST_TEST(fmt::format("{}", fmt::join(names, " ")) == "world tensor_parallel pipeline_parallel data_parallel");
@@ -761,7 +754,7 @@ BOOST_AUTO_TEST_CASE(a_plain_world_has_only_the_megatron_views) {
 }
 
 BOOST_AUTO_TEST_CASE(a_missing_group_kind_throws_group_not_found_naming_it) {
-  ParallelConfig c = config(8, 1, 1, {4});
+  ParallelConfig c = make_config(8, 1, 1, {4});
   c.ranks_per_node = 8;
   const Topology topology(c);
   auto names = [](std::string word) { return message_names({std::move(word)}); };
@@ -795,7 +788,7 @@ BOOST_AUTO_TEST_CASE(expert_order_parses_and_prints) {
 }
 
 BOOST_AUTO_TEST_CASE(clamped_sizes_are_noted) {
-  ParallelConfig c = config(8, 16);
+  ParallelConfig c = make_config(8, 16);
   c.zero_hpz_size = 32;
   const Topology topology(c);
   BOOST_TEST(topology.tensor_parallel_size() == 8);
