@@ -19,8 +19,8 @@
 // With --dump, each rank writes its outputs and gradients to PREFIX.<rank>, which
 // test/samples/moe_dispatch_check.cpp recomputes from the gate and the experts alone.
 //
-// Exit status: 0; 2 on every rank for a bad flag; 77 when --backend nccl finds a rank
-// without a CUDA device.
+// Exit status: 0; 2 on every rank for a bad flag on any rank or flags that differ between
+// ranks; 77 when --backend nccl finds a rank without a CUDA device.
 
 #include <fmt/format.h>
 #include <fmt/os.h>
@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "../common/run_sample.hpp"
+#include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/parallel_context.hpp"
@@ -206,7 +207,8 @@ int run(const Options& o, const pcx::Communicator& world) {
   return 0;
 }
 
-int moe_dispatch(const std::vector<std::string>& args, const pcx::MpiCommunicator& world) {
+// The flags, checked; the rules between --ep and the world are left to the context.
+Options parse(const std::vector<std::string>& args, int world_size) {
   Options o;
   CLI::App app{"Routes tokens to experts with a top-k gate over the expert groups of a pcx::ParallelContext.",
                kProgram};
@@ -224,27 +226,46 @@ int moe_dispatch(const std::vector<std::string>& args, const pcx::MpiCommunicato
     std::vector<std::string> reversed(args.rbegin(), args.rend());  // as CLI11 takes them
     app.parse(reversed);
   } catch (const CLI::CallForHelp&) {
-    if (world.rank() == 0) fmt::print("{}", app.help());
-    return 0;
+    throw pcx::samples::HelpRequested(app.help());
   } catch (const CLI::ParseError& e) {
-    throw pcx::ConfigError(e.what());  // run_sample: one line from rank 0, exit 2 on every rank
+    throw pcx::ConfigError(e.what());
   }
-  if (o.ep == 0) o.ep = world.size();
+  if (o.ep == 0) o.ep = world_size;
   if (o.top_k > o.ep * o.experts_per_rank) {
     throw pcx::ConfigError(
         fmt::format("--top-k {} is more than the {} experts of the layer", o.top_k, o.ep * o.experts_per_rank));
   }
-  if (o.backend == "mpi") return run(o, world);
+  if (o.backend == "nccl" && !PCX_WITH_NCCL) throw pcx::ConfigError("--backend nccl: this build has no NCCL backend");
+  return o;
+}
+
+// --dump is left out: each rank writes a file of its own.
+std::vector<pcx::AgreedValue> agreed_values(const Options& o) {
+  return {{"--ep", o.ep},
+          {"--experts-per-rank", o.experts_per_rank},
+          {"--top-k", o.top_k},
+          {"--tokens", o.tokens},
+          {"--hidden", o.hidden},
+          {"--steps", o.steps},
+          {"--expert-order", pcx::samples::digest(o.expert_order), /*is_digest=*/true},
+          {"--backend", pcx::samples::digest(o.backend), /*is_digest=*/true}};
+}
+
+int moe_dispatch(const Options& o, const pcx::MpiCommunicator& world) {
 #if PCX_WITH_NCCL
-  if (!pcx::samples::every_rank_has_a_device(world, kProgram)) return pcx::samples::kSkipped;
-  // The collectives take host vectors, which the NCCL communicator stages through the
-  // device; a model would pass device tensors.
-  return run(o, pcx::NcclCommunicator::create_world(world));
-#else
-  throw pcx::ConfigError("--backend nccl: this build has no NCCL backend");
+  if (o.backend == "nccl") {
+    if (!pcx::samples::every_rank_has_a_device(world, kProgram)) return pcx::samples::kSkipped;
+    // The collectives take host vectors, which the NCCL communicator stages through the
+    // device; a model would pass device tensors.
+    return run(o, pcx::NcclCommunicator::create_world(world));
+  }
 #endif
+  return run(o, world);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) { return pcx::samples::run_sample(argc, argv, kProgram, moe_dispatch); }
+int main(int argc, char** argv) {
+  return pcx::samples::run_sample<Options>(
+      argc, argv, {.program = kProgram, .parse = parse, .values = agreed_values, .run = moe_dispatch});
+}

@@ -16,7 +16,8 @@
 //   rank alone and data parallel is the world clone, as in DeepSpeed.
 //
 // Exit status: 0 on success; 2 on every rank for a bad flag or an invalid configuration,
-// with one error line on stderr from rank 0. A failure that may have happened on some
+// with one error line on stderr from rank 0, also when only some ranks have the bad flag or
+// the ranks' flags differ (they are agreed before anything else). A failure that may have happened on some
 // ranks only (an MPI error) aborts the job instead of leaving the others waiting.
 
 #include <fmt/format.h>
@@ -25,6 +26,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <iostream>
 #include <memory>
@@ -35,6 +37,7 @@
 #include <vector>
 
 #include "../common/run_sample.hpp"
+#include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/mpu.hpp"
@@ -82,15 +85,12 @@ std::vector<std::vector<int>> gather_over_world(const pcx::Communicator& world, 
 
 // The caller's group of kind @p id: tensor and pipeline from the MPU (or the rank
 // alone without one), every other kind from the context.
-const pcx::ProcessGroup& group_of(const pcx::ParallelContext& context, const pcx::GridMpu* mpu,
-                                  const pcx::GroupId& id, const pcx::ProcessGroup& alone) {
+const pcx::ProcessGroup& group_of(const pcx::ParallelContext& context, const pcx::GridMpu* mpu, const pcx::GroupId& id,
+                                  const pcx::ProcessGroup& alone) {
   switch (id.kind) {
-    case pcx::GroupKind::tensor_parallel:
-      return mpu ? *mpu->tensor_parallel_group() : alone;
-    case pcx::GroupKind::pipeline_parallel:
-      return mpu ? *mpu->pipeline_parallel_group() : alone;
-    default:
-      return context.group(id);
+    case pcx::GroupKind::tensor_parallel: return mpu ? *mpu->tensor_parallel_group() : alone;
+    case pcx::GroupKind::pipeline_parallel: return mpu ? *mpu->pipeline_parallel_group() : alone;
+    default: return context.group(id);
   }
 }
 
@@ -103,22 +103,34 @@ std::string help() {
          "Exit status 2: a bad flag or an invalid configuration.\n";
 }
 
-int print_groups(const std::vector<std::string>& args, const pcx::MpiCommunicator& world) {
-  const int rank = world.rank();
+// The flags, checked against the MPI world size; pcx::validate() is left to the context.
+pcx::ParallelConfig parse(const std::vector<std::string>& args, int world_size) {
   const pcx::cli::PlanOptions options = pcx::cli::parse_plan_options(args, /*world_required=*/false);
-  if (options.help) {
-    if (rank == 0) std::cout << help();
-    return 0;
-  }
+  if (options.help) throw pcx::samples::HelpRequested(help());
   if (options.rank) {
     throw pcx::ConfigError(fmt::format("--rank: {} prints every rank's groups; leave --rank out", kProgram));
   }
   pcx::ParallelConfig config = options.config;
-  if (config.world_size != 0 && config.world_size != world.size()) {
+  if (config.world_size != 0 && config.world_size != world_size) {
     throw pcx::ConfigError(fmt::format("--world: {} is not the MPI world size {} (leave --world out to use it)",
-                                       config.world_size, world.size()));
+                                       config.world_size, world_size));
   }
-  config.world_size = world.size();
+  config.world_size = world_size;
+  return config;
+}
+
+std::vector<pcx::AgreedValue> agreed_values(const pcx::ParallelConfig& config) {
+  return {{"--tp", config.tensor_parallel_size},
+          {"--pp", config.pipeline_parallel_size},
+          {"--ep sizes", pcx::samples::digest(config.expert_parallel_sizes), /*is_digest=*/true},
+          {"--expert-order", static_cast<std::int64_t>(config.expert_order)},
+          {"--zero-hpz (0: not given)", config.zero_hpz_size.value_or(0)},
+          {"--ranks-per-node (0: not given)", config.ranks_per_node.value_or(0)}};
+}
+
+int print_groups(const pcx::ParallelConfig& flags, const pcx::MpiCommunicator& world) {
+  const int rank = world.rank();
+  pcx::ParallelConfig config = flags;
 
   // Created here and handed to the context; never registered in spdlog's registry.
   auto logger = std::make_shared<spdlog::logger>(kProgram, std::make_shared<spdlog::sinks::stderr_sink_mt>());
@@ -162,4 +174,7 @@ int print_groups(const std::vector<std::string>& args, const pcx::MpiCommunicato
 
 }  // namespace
 
-int main(int argc, char** argv) { return pcx::samples::run_sample(argc, argv, kProgram, print_groups); }
+int main(int argc, char** argv) {
+  return pcx::samples::run_sample<pcx::ParallelConfig>(
+      argc, argv, {.program = kProgram, .parse = parse, .values = agreed_values, .run = print_groups});
+}

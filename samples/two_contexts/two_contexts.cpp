@@ -20,8 +20,9 @@
 // memory: the NCCL backend stages them through device memory.
 //
 // Exit status: 0 when every check passed; 1 on any mismatch (every rank agrees) or a
-// failure to start NCCL; 2 on every rank for a bad flag or configuration, with one error
-// line from rank 0; 77 when --backend nccl finds a rank without a CUDA device.
+// failure to start NCCL; 2 on every rank for a bad flag or configuration (a bad flag on
+// any rank, or flags that differ between ranks), with one error line from rank 0; 77
+// when --backend nccl finds a rank without a CUDA device.
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -30,7 +31,6 @@
 #include <charconv>
 #include <cstdint>
 #include <exception>
-#include <iostream>
 #include <optional>
 #include <span>
 #include <string>
@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "../common/run_sample.hpp"
+#include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/parallel_context.hpp"
@@ -66,7 +67,6 @@ struct Options {
   int eval_ep = 2;
   int steps = 6;
   Backend backend = Backend::mpi;
-  bool help = false;
 };
 
 int parse_int(std::string_view flag, std::string_view text) {
@@ -78,14 +78,21 @@ int parse_int(std::string_view flag, std::string_view text) {
   return value;
 }
 
-Options parse_options(const std::vector<std::string>& args) {
+std::string help() {
+  return fmt::format(
+      "usage: mpiexec -n W {} [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6] [--backend mpi|nccl]\n"
+      "Alternates steps between a training context (expert-first, hpZ) and an evaluation context\n"
+      "(data-first), checking every collective. --backend nccl runs them over NCCL, one GPU per rank ({}).\n"
+      "Exit status: 0 ok, 1 a mismatch, 2 a bad flag or layout, 77 no CUDA device.\n",
+      kProgram, PCX_WITH_NCCL ? "built" : "not in this build");
+}
+
+// The flags; the layouts' rules are left to the contexts.
+Options parse_options(const std::vector<std::string>& args, int /*world_size*/) {
   Options options;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string_view flag = args[i];
-    if (flag == "--help" || flag == "-h") {
-      options.help = true;
-      continue;
-    }
+    if (flag == "--help" || flag == "-h") throw pcx::samples::HelpRequested(help());
     if (flag == "--backend") {
       if (i + 1 >= args.size()) throw pcx::ConfigError("--backend needs a value");
       const std::string_view backend = args[++i];
@@ -107,6 +114,14 @@ Options parse_options(const std::vector<std::string>& args) {
     *target = parse_int(flag, args[++i]);
   }
   return options;
+}
+
+std::vector<pcx::AgreedValue> agreed_values(const Options& options) {
+  return {{"--train-ep", options.train_ep},
+          {"--hpz", options.hpz},
+          {"--eval-ep", options.eval_ep},
+          {"--steps", options.steps},
+          {"--backend (0: mpi, 1: nccl)", static_cast<std::int64_t>(options.backend)}};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -374,19 +389,7 @@ int run_on_nccl(const Options& options, const pcx::MpiCommunicator& control) {
 }
 #endif
 
-int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicator& world) {
-  const Options options = parse_options(args);
-  if (options.help) {
-    if (world.rank() == 0) {
-      std::cout << fmt::format(
-          "usage: mpiexec -n W {} [--train-ep 4] [--hpz 2] [--eval-ep 2] [--steps 6] [--backend mpi|nccl]\n"
-          "Alternates steps between a training context (expert-first, hpZ) and an evaluation context\n"
-          "(data-first), checking every collective. --backend nccl runs them over NCCL, one GPU per rank ({}).\n"
-          "Exit status: 0 ok, 1 a mismatch, 2 a bad flag or layout, 77 no CUDA device.\n",
-          kProgram, PCX_WITH_NCCL ? "built" : "not in this build");
-    }
-    return 0;
-  }
+int two_contexts(const Options& options, const pcx::MpiCommunicator& world) {
 #if PCX_WITH_NCCL
   if (options.backend == Backend::nccl) return run_on_nccl(options, world);
 #endif
@@ -395,4 +398,7 @@ int two_contexts(const std::vector<std::string>& args, const pcx::MpiCommunicato
 
 }  // namespace
 
-int main(int argc, char** argv) { return pcx::samples::run_sample(argc, argv, kProgram, two_contexts); }
+int main(int argc, char** argv) {
+  return pcx::samples::run_sample<Options>(
+      argc, argv, {.program = kProgram, .parse = parse_options, .values = agreed_values, .run = two_contexts});
+}

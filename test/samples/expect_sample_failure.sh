@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs a sample under mpiexec with input it must reject, and checks that every rank
-# agreed: the job exits with <status>, prints no success line (nor print_groups' JSON), prints exactly one
-# "<program>: error" line, matching <pattern> (an extended regular expression), and no
-# rank crashed or called MPI_Abort. CTest's TIMEOUT catches a hang.
+# Runs a sample under mpiexec with input it must reject on some or all of its ranks, and
+# checks that every rank agreed: each of the <ranks> ranks, started through rank_status.sh,
+# exits with <status>; nothing prints a success line (nor print_groups' JSON); exactly one
+# "<program>: error" line is printed, matching <pattern> (an extended regular expression);
+# and no rank crashed or called MPI_Abort. CTest's TIMEOUT catches a hang.
 #
-#   expect_sample_failure.sh <program> <status> <pattern> <launch command...> -- <flags...>
+#   expect_sample_failure.sh <program> <status> <pattern> <ranks> <mpiexec command...>
+#
+# The command may start several app contexts (mpiexec -n 2 prog : -n 2 prog --bogus).
 set -u
 
 fail() {
@@ -12,30 +15,33 @@ fail() {
   exit 1
 }
 
-[[ $# -ge 4 ]] || fail "usage: $0 <program> <status> <pattern> <launch command...> -- <flags...>"
+[[ $# -ge 5 ]] || fail "usage: $0 <program> <status> <pattern> <ranks> <mpiexec command...>"
 program=$1
 expected=$2
 pattern=$3
-shift 3
-launch=()
-while [[ $# -gt 0 && $1 != -- ]]; do
-  launch+=("$1")
-  shift
-done
-[[ $# -gt 0 ]] || fail "missing -- between the launch command and the flags"
-shift
+ranks=$4
+shift 4
 
 tmp=$(mktemp -d) || fail "mktemp"
 trap 'rm -rf "$tmp"' EXIT
+export PCX_RANK_STATUS_DIR=$tmp/status
+mkdir "$PCX_RANK_STATUS_DIR" || fail "mkdir"
 
-echo "+ ${launch[*]} $*"
-"${launch[@]}" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
+echo "+ $*"
+"$@" >"$tmp/stdout" 2>"$tmp/stderr"
 status=$?
 echo "status $status; stdout:"
 cat "$tmp/stdout"
 echo "stderr:"
 cat "$tmp/stderr"
-[[ $status -eq $expected ]] || fail "expected status $expected, got $status"
+echo "rank statuses:"
+grep -H . "$PCX_RANK_STATUS_DIR"/* 2>/dev/null
+# rank_status.sh exits 0, so mpiexec does too unless a rank was killed or aborted the job.
+[[ $status -eq 0 ]] || fail "mpiexec exited with $status: a rank was killed or aborted the job"
+recorded=$(find "$PCX_RANK_STATUS_DIR" -type f | wc -l)
+[[ $recorded -eq $ranks ]] || fail "expected $ranks ranks to exit, $recorded did"
+others=$(grep -Lx -- "$expected" "$PCX_RANK_STATUS_DIR"/* | wc -l)
+[[ $others -eq 0 ]] || fail "$others ranks did not exit with $expected"
 grep -q 'checks passed\|world_size' "$tmp/stdout" && fail "reported success despite the error"
 errors=$(grep -c "^$program: error" "$tmp/stderr")
 [[ $errors -eq 1 ]] || fail "expected one '$program: error' line, got $errors"

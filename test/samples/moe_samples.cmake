@@ -44,24 +44,22 @@ if(TARGET moe_dispatch)
   _pcx_moe_dispatch_test(ranks8 8 TIMEOUT 60 ARGS --ep 4 --experts-per-rank 2 --top-k 4 --tokens 100)
   _pcx_moe_dispatch_test(check_catches_changed_values 2 TAMPER TIMEOUT 60 ARGS --ep 2 --steps 1)
 
-  # Input that must fail on every rank with one error line, the same status everywhere, and no hang.
-  function(_pcx_moe_dispatch_failure_test name ranks status pattern)
-    add_test(NAME moe_dispatch.error.${name}
-             COMMAND ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/expect_sample_failure.sh moe_dispatch ${status}
-                     ${pattern} ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS}
-                     ${MPIEXEC_PREFLAGS} $<TARGET_FILE:moe_dispatch> ${MPIEXEC_POSTFLAGS} -- ${ARGN})
-    set_tests_properties(moe_dispatch.error.${name} PROPERTIES
-      TIMEOUT 60
-      PROCESSORS ${ranks}
-      LABELS "mpi;samples"
-      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
-  endfunction()
-  _pcx_moe_dispatch_failure_test(bad_flag 4 2 "--bogus" --bogus)
-  _pcx_moe_dispatch_failure_test(top_k_zero 4 2 "--top-k" --top-k 0)
-  _pcx_moe_dispatch_failure_test(top_k_above_experts 4 2 "--top-k 9 is more than the 8 experts of the layer"
-                                 --top-k 9)
-  _pcx_moe_dispatch_failure_test(ep_does_not_divide 4 2 "expert parallel size 3 does not divide data parallel size 4"
-                                 --ep 3)
+  # Input that must fail on every rank with one error line, the same status everywhere,
+  # and no hang: on every rank, on some ranks only, or flags that differ between ranks.
+  pcx_sample_failure_test(moe_dispatch.error.bad_flag moe_dispatch "--bogus" 4 --bogus)
+  pcx_sample_failure_test(moe_dispatch.error.top_k_zero moe_dispatch "--top-k" 4 --top-k 0)
+  pcx_sample_failure_test(moe_dispatch.error.top_k_above_experts moe_dispatch
+                          "--top-k 9 is more than the 8 experts of the layer" 4 --top-k 9)
+  pcx_sample_failure_test(moe_dispatch.error.ep_does_not_divide moe_dispatch
+                          "expert parallel size 3 does not divide data parallel size 4" 4 --ep 3)
+  pcx_sample_failure_test(moe_dispatch.error.tokens_zero_on_some_ranks moe_dispatch
+                          "^moe_dispatch: error: rank 2: --tokens" 2 : 2 --tokens 0)
+  pcx_sample_failure_test(moe_dispatch.error.tokens_differ moe_dispatch
+                          "ranks disagree on the command line: --tokens ranges from 3 to 64" 2 : 2 --tokens 3)
+  pcx_sample_failure_test(moe_dispatch.error.expert_order_differs moe_dispatch "the --expert-order differ"
+                          2 --expert-order data-first : 2)
+  pcx_sample_failure_test(moe_dispatch.error.help_on_one_rank moe_dispatch
+                          "whether --help is given ranges from 0 to 1" 1 --help : 3)
 
   if(TARGET pcx::nccl)
     # Real GPUs, one rank; skipped (exit 77) where there is no CUDA device.
@@ -77,6 +75,13 @@ endif()
 # two_contexts: a training and an evaluation context, alternately, on 4 and 8 ranks.
 if(TARGET two_contexts)
   pcx_add_mpi_executable_test(two_contexts TARGET two_contexts RANKS 4 8 TIMEOUT 60 LABELS samples)
+  pcx_sample_failure_test(two_contexts.error.bad_flag two_contexts "unknown flag '--bogus'" 4 --bogus)
+  pcx_sample_failure_test(two_contexts.error.steps_zero_on_some_ranks two_contexts
+                          "^two_contexts: error: rank 2: --steps: '0' is not a whole number" 2 : 2 --steps 0)
+  pcx_sample_failure_test(two_contexts.error.steps_differ two_contexts
+                          "ranks disagree on the command line: --steps ranges from 4 to 6" 2 --steps 4 : 2)
+  pcx_sample_failure_test(two_contexts.error.help_on_one_rank two_contexts
+                          "whether --help is given ranges from 0 to 1" 3 : 1 -h)
   if(TARGET pcx::nccl)
     pcx_add_mpi_executable_test(two_contexts.nccl.emulated TARGET two_contexts RANKS 4 8 TIMEOUT 120
                                 LABELS samples emulator nccl RANK_ENV ${PCX_ON_EMULATOR} ARGS --backend nccl)
