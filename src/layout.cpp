@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <climits>
 #include <functional>
+#include <utility>
 
 #include "checked.hpp"
 #include "pcx/error.hpp"
@@ -144,8 +145,48 @@ GroupLayout RankGrid::along(std::initializer_list<std::string_view> varying) con
   return along(std::span<const std::string_view>(varying.begin(), varying.size()));
 }
 
+GroupLayout RankGrid::along_names(std::string_view varying) const {
+  std::vector<std::string_view> names;
+  for (std::size_t begin = 0; begin <= varying.size();) {
+    const std::size_t end = std::min(varying.find('-', begin), varying.size());
+    if (end == begin) {
+      throw ConfigError(fmt::format("axes '{}' have an empty axis name at offset {}", varying, begin));
+    }
+    names.push_back(varying.substr(begin, end - begin));
+    begin = end + 1;
+  }
+  return along(names);
+}
+
+GroupLayout RankGrid::along_positions(std::string_view axis, std::span<const int> positions) const {
+  const int size = axes_[axis_index(axis)].size;
+  if (positions.empty()) throw ConfigError(fmt::format("no position on axis '{}' is kept", axis));
+  for (std::size_t i = 0; i < positions.size(); ++i) {
+    if (positions[i] < 0 || positions[i] >= size) {
+      throw ConfigError(fmt::format("position {} is outside axis '{}' of size {}", positions[i], axis, size));
+    }
+    if (i > 0 && positions[i] <= positions[i - 1]) {
+      throw ConfigError(
+          fmt::format("positions [{}] on axis '{}' are not ascending and distinct", fmt::join(positions, ", "), axis));
+    }
+  }
+  GroupLayout layout = along({axis});
+  // Keeping every position keeps every rank: an ordinary layout, equal to along().
+  if (std::cmp_equal(positions.size(), size)) return layout;
+  layout.positions_.assign(positions.begin(), positions.end());
+  layout.group_size_ = static_cast<int>(positions.size());
+  return layout;
+}
+
 GroupLayout::GroupLayout(std::vector<Dim> dims, int world_size, int group_size)
-    : dims_(std::move(dims)), world_size_(world_size), group_size_(group_size) {}
+    : dims_(std::move(dims)), world_size_(world_size), group_size_(group_size), group_count_(world_size / group_size) {}
+
+int GroupLayout::digit(const Dim& dim, int rank) const {
+  const int coordinate = rank / dim.stride % dim.size;
+  if (!dim.varying || positions_.empty()) return coordinate;
+  const auto kept = std::ranges::lower_bound(positions_, coordinate);
+  return kept != positions_.end() && *kept == coordinate ? static_cast<int>(kept - positions_.begin()) : kNoGroup;
+}
 
 void GroupLayout::check_rank(int rank) const {
   if (rank < 0 || rank >= world_size_) {
@@ -157,7 +198,12 @@ int GroupLayout::colour(int rank) const {
   check_rank(rank);
   int colour = 0;
   for (const Dim& dim : dims_) {
-    if (!dim.varying) colour = colour * dim.size + rank / dim.stride % dim.size;
+    const int d = digit(dim, rank);
+    if (!dim.varying) {
+      colour = colour * dim.size + d;
+    } else if (d == kNoGroup) {
+      return kNoGroup;
+    }
   }
   return colour;
 }
@@ -166,7 +212,11 @@ int GroupLayout::group_rank(int rank) const {
   check_rank(rank);
   int index = 0;
   for (const Dim& dim : dims_) {
-    if (dim.varying) index = index * dim.size + rank / dim.stride % dim.size;
+    if (!dim.varying) continue;
+    const int d = digit(dim, rank);
+    if (d == kNoGroup) return kNoGroup;
+    // Only a layout of one varying axis keeps some positions, so its radix is the group size.
+    index = index * (positions_.empty() ? dim.size : group_size_) + d;
   }
   return index;
 }
@@ -180,9 +230,12 @@ int GroupLayout::global_rank(int colour, int group_rank) const {
   }
   int rank = 0;
   for (auto dim = dims_.rbegin(); dim != dims_.rend(); ++dim) {
+    const bool kept = dim->varying && !positions_.empty();
     int& digits = dim->varying ? group_rank : colour;
-    rank += digits % dim->size * dim->stride;
-    digits /= dim->size;
+    const int radix = kept ? group_size_ : dim->size;
+    const int coordinate = kept ? positions_[static_cast<std::size_t>(digits % radix)] : digits % radix;
+    rank += coordinate * dim->stride;
+    digits /= radix;
   }
   return rank;
 }
@@ -190,6 +243,10 @@ int GroupLayout::global_rank(int colour, int group_rank) const {
 std::vector<int> GroupLayout::group(int colour) const {
   std::vector<int> members(static_cast<std::size_t>(group_size_));
   members[0] = global_rank(colour, 0);
+  if (!positions_.empty()) {
+    for (int i = 1; i < group_size_; ++i) members[static_cast<std::size_t>(i)] = global_rank(colour, i);
+    return members;
+  }
   // Expand one varying axis at a time, slowest first, so the list stays ascending.
   // Filling from the back lets the expansion run in place.
   std::size_t filled = 1;
@@ -205,7 +262,10 @@ std::vector<int> GroupLayout::group(int colour) const {
   return members;
 }
 
-std::vector<int> GroupLayout::group_of(int rank) const { return group(colour(rank)); }
+std::vector<int> GroupLayout::group_of(int rank) const {
+  const int c = colour(rank);
+  return c == kNoGroup ? std::vector<int>{} : group(c);
+}
 
 std::vector<std::vector<int>> GroupLayout::groups() const {
   std::vector<std::vector<int>> all;

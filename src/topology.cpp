@@ -1,8 +1,10 @@
 #include "pcx/topology.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
+#include <array>
 
 #include "pcx/error.hpp"
 
@@ -12,6 +14,26 @@ namespace {
 void require_positive(int value, std::string_view what) {
   if (value < 1) throw ConfigError(fmt::format("{} {} must be at least 1", what, value));
 }
+
+// Megatron's kinds, each "the groups that vary these axes of this grid". A context
+// builds the first kContextKinds (the seed's); the others are Megatron's only.
+constexpr std::array<GridKind, 14> kGridKinds{{
+    {GroupKind::tensor_parallel, Grid::dense, "tp"},
+    {GroupKind::pipeline_parallel, Grid::dense, "pp"},
+    {GroupKind::data_parallel, Grid::dense, "dp"},
+    {GroupKind::expert_parallel, Grid::expert, "ep"},
+    {GroupKind::expert_data_parallel, Grid::expert, "dp"},
+    {GroupKind::context_parallel, Grid::dense, "cp"},
+    {GroupKind::data_context_parallel, Grid::dense, "dp-cp"},
+    {GroupKind::tensor_context_parallel, Grid::dense, "tp-cp"},
+    {GroupKind::tensor_data_parallel, Grid::dense, "tp-dp"},
+    {GroupKind::tensor_data_context_parallel, Grid::dense, "tp-dp-cp"},
+    {GroupKind::model_parallel, Grid::dense, "tp-pp"},
+    {GroupKind::expert_tensor_parallel, Grid::expert, "tp"},
+    {GroupKind::tensor_expert_parallel, Grid::expert, "tp-ep"},
+    {GroupKind::tensor_expert_pipeline_parallel, Grid::expert, "tp-ep-pp"},
+}};
+constexpr std::size_t kContextKinds = 5;
 
 std::string_view kind_name(GroupKind kind) noexcept {
   switch (kind) {
@@ -26,8 +48,114 @@ std::string_view kind_name(GroupKind kind) noexcept {
     case GroupKind::all_to_all_global: return "all_to_all_global";
     case GroupKind::sequence_parallel: return "sequence_parallel";
     case GroupKind::sequence_data_parallel: return "sequence_data_parallel";
+    case GroupKind::context_parallel: return "context_parallel";
+    case GroupKind::data_context_parallel: return "data_context_parallel";
+    case GroupKind::tensor_context_parallel: return "tensor_context_parallel";
+    case GroupKind::tensor_data_parallel: return "tensor_data_parallel";
+    case GroupKind::tensor_data_context_parallel: return "tensor_data_context_parallel";
+    case GroupKind::model_parallel: return "model_parallel";
+    case GroupKind::embedding: return "embedding";
+    case GroupKind::position_embedding: return "position_embedding";
+    case GroupKind::expert_tensor_parallel: return "expert_tensor_parallel";
+    case GroupKind::tensor_expert_parallel: return "tensor_expert_parallel";
+    case GroupKind::tensor_expert_pipeline_parallel: return "tensor_expert_pipeline_parallel";
   }
   return "unknown";
+}
+
+bool on_expert_grid(GroupKind kind) noexcept {
+  return std::ranges::any_of(kGridKinds,
+                             [kind](const GridKind& k) { return k.kind == kind && k.grid == Grid::expert; });
+}
+
+int clamped_tensor(const ParallelConfig& c) { return std::min(c.tensor_parallel_size, c.world_size); }
+
+// Both grids know every axis name, so that any order string naming them parses; the
+// axes a grid does not use have size 1. Sizes are those of a configuration whose
+// divisibility has been checked.
+RankGrid dense_grid_of(const ParallelConfig& c) {
+  const int tensor = clamped_tensor(c);
+  const int cp = c.context_parallel_size;
+  const int pp = c.pipeline_parallel_size;
+  const std::array<Axis, 5> sizes{{{"tp", tensor}, {"cp", cp}, {"ep", 1}, {"dp", c.world_size / tensor / cp / pp}, {"pp", pp}}};
+  try {
+    return RankGrid::from_order(order_of(c), sizes);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("dense grid (tp {}, cp {}, dp {}, pp {}): {}", tensor, cp, sizes[3].size, pp, e.what()));
+  }
+}
+
+RankGrid expert_grid_of(const ParallelConfig& c, int ep) {
+  const int tensor = c.expert_tensor_parallel_size.value_or(clamped_tensor(c));
+  const int pp = c.pipeline_parallel_size;
+  const std::array<Axis, 5> sizes{{{"tp", tensor}, {"cp", 1}, {"ep", ep}, {"dp", c.world_size / tensor / ep / pp}, {"pp", pp}}};
+  try {
+    return RankGrid::from_order(order_of(c), sizes);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("expert grid of expert parallel size {} (tp {}, ep {}, dp {}, pp {}): {}", ep, tensor,
+                                  ep, sizes[3].size, pp, e.what()));
+  }
+}
+
+// Distance in global rank between neighbouring pipeline stages; pipeline groups of two
+// grids of one world and one pipeline size are the same exactly when this is.
+int stage_stride(const RankGrid& grid) {
+  const GroupLayout stages = grid.along({"pp"});
+  return stages.group_size() > 1 ? stages.global_rank(0, 1) - stages.global_rank(0, 0) : 0;
+}
+
+// The expert rules: divisibility, then the order's two rules between the grids.
+void validate_expert_grids(const ParallelConfig& c, const RankGrid& dense) {
+  const int tensor = clamped_tensor(c);
+  const int pp = c.pipeline_parallel_size;
+  const int data = c.world_size / tensor / c.context_parallel_size / pp;
+  const int expert_tensor = c.expert_tensor_parallel_size.value_or(tensor);
+  for (std::size_t i = 0; i < c.expert_parallel_sizes.size(); ++i) {
+    const int ep = c.expert_parallel_sizes[i];
+    require_positive(ep, "expert parallel size");
+    // In 64 bits: both factors are at most INT_MAX.
+    const long long replicated = static_cast<long long>(expert_tensor) * pp;
+    if (c.world_size % replicated != 0) {
+      throw ConfigError(fmt::format("world size {} is not divisible by expert tensor parallel size {} x pipeline "
+                                    "parallel size {} (needed by expert parallel size {})",
+                                    c.world_size, expert_tensor, pp, ep));
+    }
+    const auto per_stage = static_cast<int>(c.world_size / replicated);
+    if (per_stage % ep != 0) {
+      if (per_stage == data) {
+        throw ConfigError(fmt::format(
+            "expert parallel size {} does not divide data parallel size {} (world {} / tensor {} / pipeline {})", ep,
+            data, c.world_size, tensor, pp));
+      }
+      throw ConfigError(fmt::format(
+          "expert parallel size {} does not divide {} (world {} / expert tensor parallel size {} / pipeline {})", ep,
+          per_stage, c.world_size, expert_tensor, pp));
+    }
+    if (std::find(c.expert_parallel_sizes.begin(), c.expert_parallel_sizes.begin() + static_cast<std::ptrdiff_t>(i),
+                  ep) != c.expert_parallel_sizes.begin() + static_cast<std::ptrdiff_t>(i)) {
+      throw ConfigError(fmt::format("expert parallel size {} is listed twice", ep));
+    }
+    const RankGrid expert = expert_grid_of(c, ep);
+    const std::string_view order = order_of(c);
+    const int expert_data = per_stage / ep;
+    if (!order.ends_with("pp") && pp > 1 && expert_data != data) {
+      throw ConfigError(fmt::format(
+          "order '{}' does not end in pp and pipeline parallel size is {}, so the expert data parallel size {} "
+          "(expert parallel size {}) must equal the data parallel size {}",
+          order, pp, expert_data, ep, data));
+    }
+    if (stage_stride(dense) != stage_stride(expert)) {
+      throw ConfigError(fmt::format(
+          "order '{}' gives different pipeline groups on the dense grid (stages {} ranks apart) and on the expert "
+          "grid of expert parallel size {} (stages {} ranks apart); they must be the same",
+          order, stage_stride(dense), ep, stage_stride(expert)));
+    }
+  }
+}
+
+RankGrid validated_dense_grid(const ParallelConfig& c) {
+  validate(c);
+  return dense_grid_of(c);
 }
 
 }  // namespace
@@ -42,6 +170,13 @@ ExpertOrder parse_expert_order(std::string_view text) {
   throw ConfigError(fmt::format("expert order '{}' is neither 'expert-first' nor 'data-first'", text));
 }
 
+std::string_view order_of(const ParallelConfig& config) noexcept {
+  if (config.order) return *config.order;
+  return config.expert_order == ExpertOrder::expert_first ? kExpertFirstOrder : kDataFirstOrder;
+}
+
+std::span<const GridKind> grid_kinds() noexcept { return kGridKinds; }
+
 void validate(const ParallelConfig& c) {
   if (c.world_size == 0) {
     throw ConfigError("world size 0 (the default) stands for the world communicator's size, which a Topology without "
@@ -50,7 +185,9 @@ void validate(const ParallelConfig& c) {
   require_positive(c.world_size, "world size");
   require_positive(c.tensor_parallel_size, "tensor parallel size");
   require_positive(c.pipeline_parallel_size, "pipeline parallel size");
-  const int tensor = std::min(c.tensor_parallel_size, c.world_size);
+  require_positive(c.context_parallel_size, "context parallel size");
+  if (c.expert_tensor_parallel_size) require_positive(*c.expert_tensor_parallel_size, "expert tensor parallel size");
+  const int tensor = clamped_tensor(c);
   // In 64 bits: tensor and pipeline are each at most INT_MAX, so the product cannot overflow.
   const long long model = static_cast<long long>(tensor) * c.pipeline_parallel_size;
   if (c.world_size % model != 0) {
@@ -60,20 +197,13 @@ void validate(const ParallelConfig& c) {
         fmt::format("world size {} is not divisible by tensor parallel size {}{} x pipeline parallel size {}",
                     c.world_size, tensor, clamped, c.pipeline_parallel_size));
   }
-  const auto data = static_cast<int>(c.world_size / model);
-  for (std::size_t i = 0; i < c.expert_parallel_sizes.size(); ++i) {
-    const int ep = c.expert_parallel_sizes[i];
-    require_positive(ep, "expert parallel size");
-    if (data % ep != 0) {
-      throw ConfigError(fmt::format(
-          "expert parallel size {} does not divide data parallel size {} (world {} / tensor {} / pipeline {})", ep,
-          data, c.world_size, tensor, c.pipeline_parallel_size));
-    }
-    if (std::find(c.expert_parallel_sizes.begin(), c.expert_parallel_sizes.begin() + static_cast<std::ptrdiff_t>(i),
-                  ep) != c.expert_parallel_sizes.begin() + static_cast<std::ptrdiff_t>(i)) {
-      throw ConfigError(fmt::format("expert parallel size {} is listed twice", ep));
-    }
+  if (c.world_size / model % c.context_parallel_size != 0) {
+    throw ConfigError(fmt::format(
+        "world size {} is not divisible by tensor parallel size {} x context parallel size {} x pipeline parallel "
+        "size {}",
+        c.world_size, tensor, c.context_parallel_size, c.pipeline_parallel_size));
   }
+  validate_expert_grids(c, dense_grid_of(c));
   if (c.zero_hpz_size) {
     require_positive(*c.zero_hpz_size, "ZeRO hpZ partition size");
     const int hpz = std::min(*c.zero_hpz_size, c.world_size);
@@ -95,62 +225,71 @@ void validate(const ParallelConfig& c) {
 
 std::string GroupId::name() const {
   const std::string_view base = kind_name(kind);
-  if (kind == GroupKind::expert_parallel || kind == GroupKind::expert_data_parallel) {
-    return fmt::format("{}/{}", base, expert_parallel_size);
-  }
+  if (on_expert_grid(kind)) return fmt::format("{}/{}", base, expert_parallel_size);
   return std::string(base);
 }
 
-Topology::Topology(ParallelConfig config) : config_(std::move(config)) {
-  validate(config_);
+Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(validated_dense_grid(config_)) {
   const int world = config_.world_size;
-  const int pipeline = config_.pipeline_parallel_size;
-  tensor_ = std::min(config_.tensor_parallel_size, world);
+  tensor_ = clamped_tensor(config_);
+  expert_tensor_ = config_.expert_tensor_parallel_size.value_or(tensor_);
   if (tensor_ != config_.tensor_parallel_size) {
     clamp_notes_.push_back(fmt::format("tensor parallel size {} is larger than the world; using {}",
                                        config_.tensor_parallel_size, tensor_));
   }
-  const int data = data_parallel_size();
-  auto add = [this](GroupKind kind, const RankGrid& grid, std::string_view axis, int ep = 0) {
-    views_.push_back({GroupId{kind, ep}, grid.along({axis})});
+  for (const int ep : config_.expert_parallel_sizes) expert_grids_.push_back(expert_grid_of(config_, ep));
+
+  auto add = [this](GroupKind kind, const GroupLayout& layout, int ep = 0) {
+    views_.push_back({GroupId{kind, ep}, layout});
   };
+  // The dense kinds of a table in its order; or, per expert parallel size, its expert kinds.
+  auto add_grid_kinds = [&](std::span<const GridKind> kinds, Grid grid) {
+    if (grid == Grid::dense) {
+      for (const GridKind& k : kinds) {
+        if (k.grid == Grid::dense) add(k.kind, dense_.along_names(k.varying));
+      }
+      return;
+    }
+    for (std::size_t i = 0; i < expert_grids_.size(); ++i) {
+      for (const GridKind& k : kinds) {
+        if (k.grid == Grid::expert) add(k.kind, expert_grids_[i].along_names(k.varying), config_.expert_parallel_sizes[i]);
+      }
+    }
+  };
+  const auto context_kinds = std::span<const GridKind>(kGridKinds).first(kContextKinds);
+  const auto megatron_kinds = std::span<const GridKind>(kGridKinds).subspan(kContextKinds);
 
-  add(GroupKind::world, RankGrid({{"rank", world}}), "rank");
-  const RankGrid megatron({{"pipeline", pipeline}, {"data", data}, {"tensor", tensor_}});
-  add(GroupKind::tensor_parallel, megatron, "tensor");
-  add(GroupKind::pipeline_parallel, megatron, "pipeline");
-  add(GroupKind::data_parallel, megatron, "data");
-
-  for (const int ep : config_.expert_parallel_sizes) {
-    const Axis expert{"expert", ep};
-    const Axis replica{"expert_data", data / ep};
-    const RankGrid grid = config_.expert_order == ExpertOrder::expert_first
-                              ? RankGrid({{"pipeline", pipeline}, replica, expert, {"tensor", tensor_}})
-                              : RankGrid({{"pipeline", pipeline}, expert, replica, {"tensor", tensor_}});
-    add(GroupKind::expert_parallel, grid, "expert", ep);
-    add(GroupKind::expert_data_parallel, grid, "expert_data", ep);
-  }
-
+  add(GroupKind::world, RankGrid({{"rank", world}}).along({"rank"}));
+  add_grid_kinds(context_kinds, Grid::dense);
+  add_grid_kinds(context_kinds, Grid::expert);
   if (config_.zero_hpz_size) {
     hpz_ = std::min(*config_.zero_hpz_size, world);
     if (*hpz_ != *config_.zero_hpz_size) {
       clamp_notes_.push_back(
           fmt::format("ZeRO hpZ partition size {} is larger than the world; using {}", *config_.zero_hpz_size, *hpz_));
     }
-    add(GroupKind::zero_param_intra, RankGrid({{"block", world / *hpz_}, {"member", *hpz_}}), "member");
+    add(GroupKind::zero_param_intra, RankGrid({{"block", world / *hpz_}, {"member", *hpz_}}).along({"member"}));
   }
-
   if (config_.ranks_per_node) {
     // A world smaller than a node is one node of all its ranks.
     const int local = std::min(*config_.ranks_per_node, world);
     const RankGrid nodes({{"node", world / local}, {"local", local}});
-    add(GroupKind::all_to_all_local, nodes, "local");
-    if (world > local) add(GroupKind::all_to_all_global, nodes, "node");
+    add(GroupKind::all_to_all_local, nodes.along({"local"}));
+    if (world > local) add(GroupKind::all_to_all_global, nodes.along({"node"}));
   }
+  context_view_count_ = views_.size();
+
+  add_grid_kinds(megatron_kinds, Grid::dense);
+  // Megatron's default embedding ranks: the first and last stage of each pipeline group.
+  const std::array<int, 2> ends{0, config_.pipeline_parallel_size - 1};
+  const std::size_t end_count = ends[1] == 0 ? 1 : 2;
+  add(GroupKind::embedding, dense_.along_positions("pp", std::span(ends).first(end_count)));
+  add(GroupKind::position_embedding, dense_.along_positions("pp", std::span(ends).first(1)));
+  add_grid_kinds(megatron_kinds, Grid::expert);
 }
 
 int Topology::data_parallel_size() const noexcept {
-  return config_.world_size / (tensor_ * config_.pipeline_parallel_size);
+  return config_.world_size / (tensor_ * config_.context_parallel_size * config_.pipeline_parallel_size);
 }
 
 const GroupLayout& Topology::layout(const GroupId& id) const {
@@ -159,6 +298,39 @@ const GroupLayout& Topology::layout(const GroupId& id) const {
     throw GroupNotFound(fmt::format("this configuration has no {} groups", id.name()));
   }
   return it->layout;
+}
+
+const RankGrid& Topology::expert_grid(int expert_parallel_size) const {
+  const auto& sizes = config_.expert_parallel_sizes;
+  const auto it = std::ranges::find(sizes, expert_parallel_size);
+  if (it == sizes.end()) {
+    throw GroupNotFound(fmt::format("this configuration has no expert grid of expert parallel size {} (sizes: [{}])",
+                                    expert_parallel_size, fmt::join(sizes, ",")));
+  }
+  return expert_grids_[static_cast<std::size_t>(it - sizes.begin())];
+}
+
+GroupLayout Topology::expert_groups(int expert_parallel_size, std::string_view axes) const {
+  return expert_grid(expert_parallel_size).along_names(axes);
+}
+
+RankCoordinates Topology::coordinates(int rank) const {
+  auto on = [rank](const RankGrid& grid) {
+    return [&grid, coords = grid.coordinates(rank)](std::string_view axis) { return coords[grid.axis_index(axis)]; };
+  };
+  const auto dense = on(dense_);
+  RankCoordinates result;
+  result.pipeline = dense("pp");
+  result.data = dense("dp");
+  result.context = dense("cp");
+  result.tensor = dense("tp");
+  result.first_pipeline_stage = result.pipeline == 0;
+  result.last_pipeline_stage = result.pipeline == config_.pipeline_parallel_size - 1;
+  for (std::size_t i = 0; i < expert_grids_.size(); ++i) {
+    const auto expert = on(expert_grids_[i]);
+    result.experts.push_back({config_.expert_parallel_sizes[i], expert("tp"), expert("ep"), expert("dp")});
+  }
+  return result;
 }
 
 }  // namespace pcx

@@ -10,6 +10,7 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -107,10 +108,12 @@ std::uint64_t digits_below(std::uint64_t world) {
 
 /// An upper bound on the bytes the table or JSON listing prints, in O(kinds): every kind
 /// of a full listing names each rank once; a rank's listing names one group per kind.
-std::uint64_t listing_bytes(const pcx::Topology& topology, std::optional<int> rank, bool json) {
+std::uint64_t listing_bytes(const pcx::Topology& topology, std::span<const pcx::GroupView> views,
+                            std::optional<int> rank, bool json) {
   const auto world = static_cast<std::uint64_t>(topology.world_size());
-  std::uint64_t bytes = 256;  // the header line, or JSON's world size and rank
-  for (const pcx::GroupView& view : topology.views()) {
+  // The header line, or JSON's world size and rank; a rank's coordinates.
+  std::uint64_t bytes = 512 + 128 * static_cast<std::uint64_t>(topology.config().expert_parallel_sizes.size());
+  for (const pcx::GroupView& view : views) {
     const auto count = static_cast<std::uint64_t>(view.layout.group_count());
     const auto size = static_cast<std::uint64_t>(view.layout.group_size());
     bytes += view.id.name().size() + 64;  // the kind's heading, or its JSON key
@@ -126,14 +129,34 @@ std::uint64_t listing_bytes(const pcx::Topology& topology, std::optional<int> ra
   return bytes;
 }
 
-void print_json(Output& out, const pcx::Topology& topology, std::optional<int> rank) {
+void print_json_coordinates(Output& out, const pcx::Topology& topology, int rank) {
+  const pcx::RankCoordinates c = topology.coordinates(rank);
+  out.print(
+      ",\"coordinates\":{{\"pipeline\":{},\"first_pipeline_stage\":{},\"last_pipeline_stage\":{},\"data\":{},"
+      "\"context\":{},\"tensor\":{},\"experts\":{{",
+      c.pipeline, c.first_pipeline_stage, c.last_pipeline_stage, c.data, c.context, c.tensor);
+  for (std::size_t i = 0; i < c.experts.size(); ++i) {
+    const pcx::ExpertCoordinates& e = c.experts[i];
+    out.print("{}\"{}\":{{\"tensor\":{},\"expert\":{},\"data\":{}}}", i == 0 ? "" : ",", e.expert_parallel_size,
+              e.tensor, e.expert, e.data);
+  }
+  out.put("}}");
+}
+
+void print_json(Output& out, const pcx::Topology& topology, std::span<const pcx::GroupView> views,
+                std::optional<int> rank, bool coordinates) {
   // The same document nlohmann::ordered_json::dump() gave when it held the whole tree.
   out.print("{{\"world_size\":{}", topology.world_size());
-  if (rank) out.print(",\"rank\":{}", *rank);
+  if (rank) {
+    out.print(",\"rank\":{}", *rank);
+    if (coordinates) print_json_coordinates(out, topology, *rank);
+  }
   out.put(",\"groups\":{");
   bool first_kind = true;
-  for (const pcx::GroupView& view : topology.views()) {
+  for (const pcx::GroupView& view : views) {
     const pcx::GroupLayout& layout = view.layout;
+    // A rank in no group of a kind (a middle pipeline stage's embedding) has none of it.
+    if (rank && layout.colour(*rank) == pcx::GroupLayout::kNoGroup) continue;
     out.print("{}{}:", first_kind ? "" : ",", nlohmann::json(view.id.name()).dump());
     first_kind = false;
     out.put("[");
@@ -151,19 +174,53 @@ void print_json(Output& out, const pcx::Topology& topology, std::optional<int> r
   out.put("}}\n");
 }
 
-void print_table(Output& out, const pcx::Topology& topology, std::optional<int> rank) {
+// "world 16 = pipeline 2 x data 4 x tensor 2", with the context size, the order and the
+// expert tensor size where they are not the defaults.
+std::string world_line(const pcx::Topology& topology) {
   const pcx::ParallelConfig& config = topology.config();
-  out.print("world {} = pipeline {} x data {} x tensor {}", topology.world_size(), topology.pipeline_parallel_size(),
-            topology.data_parallel_size(), topology.tensor_parallel_size());
+  std::string line = fmt::format("world {} = pipeline {} x data {}", topology.world_size(),
+                                 topology.pipeline_parallel_size(), topology.data_parallel_size());
+  if (topology.context_parallel_size() > 1) line += fmt::format(" x context {}", topology.context_parallel_size());
+  line += fmt::format(" x tensor {}", topology.tensor_parallel_size());
+  if (config.order) line += fmt::format(", order {}", *config.order);
   if (!config.expert_parallel_sizes.empty()) {
-    out.print(", experts {} ({})", fmt::join(config.expert_parallel_sizes, ","), to_string(config.expert_order));
+    line += fmt::format(", experts {}", fmt::join(config.expert_parallel_sizes, ","));
+    if (!config.order) line += fmt::format(" ({})", to_string(config.expert_order));
+    if (topology.expert_tensor_parallel_size() != topology.tensor_parallel_size()) {
+      line += fmt::format(", expert tensor {}", topology.expert_tensor_parallel_size());
+    }
+  }
+  return line;
+}
+
+void print_table_coordinates(Output& out, const pcx::Topology& topology, int rank) {
+  const pcx::RankCoordinates c = topology.coordinates(rank);
+  const bool first = c.first_pipeline_stage;
+  const bool last = c.last_pipeline_stage;
+  out.print("coordinates: pipeline {}{}, data {}, context {}, tensor {}", c.pipeline,
+            first && last ? " (first and last stage)" : first ? " (first stage)" : last ? " (last stage)" : "", c.data,
+            c.context, c.tensor);
+  for (const pcx::ExpertCoordinates& e : c.experts) {
+    out.print("; experts/{}: expert tensor {}, expert {}, expert data {}", e.expert_parallel_size, e.tensor, e.expert,
+              e.data);
   }
   out.put("\n");
+}
+
+void print_table(Output& out, const pcx::Topology& topology, std::span<const pcx::GroupView> views,
+                 std::optional<int> rank) {
+  out.print("{}\n", world_line(topology));
   if (rank) {
-    out.print("rank {}\n{:<26} {:>12} {:>12}  members\n", *rank, "kind", "group", "group rank");
-    for (const pcx::GroupView& view : topology.views()) {
+    out.print("rank {}\n", *rank);
+    print_table_coordinates(out, topology, *rank);
+    out.print("{:<36} {:>12} {:>12}  members\n", "kind", "group", "group rank");
+    for (const pcx::GroupView& view : views) {
       const pcx::GroupLayout& layout = view.layout;
-      out.print("{:<26} {:>12} {:>12}  ", view.id.name(),
+      if (layout.colour(*rank) == pcx::GroupLayout::kNoGroup) {
+        out.print("{:<36} {:>12} {:>12}  none\n", view.id.name(), "none", "-");
+        continue;
+      }
+      out.print("{:<36} {:>12} {:>12}  ", view.id.name(),
                 fmt::format("{} of {}", layout.colour(*rank), layout.group_count()),
                 fmt::format("{} of {}", layout.group_rank(*rank), layout.group_size()));
       out.members(layout, layout.colour(*rank), ' ');
@@ -171,7 +228,7 @@ void print_table(Output& out, const pcx::Topology& topology, std::optional<int> 
     }
     return;
   }
-  for (const pcx::GroupView& view : topology.views()) {
+  for (const pcx::GroupView& view : views) {
     const pcx::GroupLayout& layout = view.layout;
     out.print("\n{}: {} group{} of {}\n", view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s",
               layout.group_size());
@@ -186,7 +243,7 @@ void print_table(Output& out, const pcx::Topology& topology, std::optional<int> 
 // The group kind that colours the picture: the one asked for, else the first expert
 // kind, else data parallel.
 const pcx::GroupView& colouring_view(const pcx::Topology& topology, const std::string& wanted) {
-  const auto views = topology.views();
+  const auto views = topology.all_views();
   if (!wanted.empty()) {
     for (const pcx::GroupView& view : views) {
       if (view.id.name() == wanted) return view;
@@ -224,8 +281,7 @@ void print_svg(Output& out, const pcx::Topology& topology, const pcx::GroupView&
       "font-family=\"sans-serif\" font-size=\"12\">\n",
       width, height);
   out.put("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-  out.print("<text x=\"{}\" y=\"22\" font-size=\"15\">world {} = pipeline {} x data {} x tensor {}</text>\n", kMargin,
-            world, topology.pipeline_parallel_size(), topology.data_parallel_size(), topology.tensor_parallel_size());
+  out.print("<text x=\"{}\" y=\"22\" font-size=\"15\">{}</text>\n", kMargin, world_line(topology));
   out.print("<text x=\"{}\" y=\"42\">coloured by {}: {} group{} of {}; cell: rank / group</text>\n", kMargin,
             view.id.name(), layout.group_count(), layout.group_count() == 1 ? "" : "s", layout.group_size());
   for (int row = 0; row < rows; ++row) {
@@ -236,17 +292,20 @@ void print_svg(Output& out, const pcx::Topology& topology, const pcx::GroupView&
     const int x = kMargin + 64 + (r % per_row) * kCell;
     const int y = kTitle + (r / per_row) * kCell;
     const int colour = layout.colour(r);
-    // Neighbouring groups differ in hue and lightness, so that many groups stay apart.
-    const double hue = 360.0 * colour / layout.group_count();
-    const int lightness = colour % 2 == 0 ? 72 : 58;
+    const bool grouped = colour != pcx::GroupLayout::kNoGroup;
+    // Neighbouring groups differ in hue and lightness, so that many groups stay apart; a
+    // rank in no group is white.
+    const std::string fill = grouped ? fmt::format("hsl({:.0f},65%,{}%)", 360.0 * colour / layout.group_count(),
+                                                   colour % 2 == 0 ? 72 : 58)
+                                     : std::string("white");
     const bool outlined = std::ranges::binary_search(highlighted, r);
     out.print(
-        "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"4\" fill=\"hsl({:.0f},65%,{}%)\" "
+        "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"4\" fill=\"{}\" "
         "stroke=\"{}\" stroke-width=\"{}\"/>\n",
-        x + 2, y + 2, kCell - 4, kCell - 4, hue, lightness, outlined ? "black" : "#555", outlined ? 3 : 1);
+        x + 2, y + 2, kCell - 4, kCell - 4, fill, outlined ? "black" : "#555", outlined ? 3 : 1);
     out.print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", x + kCell / 2, y + 20, r);
-    out.print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">g{}</text>\n", x + kCell / 2, y + 34,
-              colour);
+    out.print("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{}</text>\n", x + kCell / 2, y + 34,
+              grouped ? fmt::format("g{}", colour) : std::string("none"));
   }
   out.put("</svg>\n");
 }
@@ -276,7 +335,9 @@ int run(const std::vector<std::string>& args) {
                                        topology.world_size(), kMaxDrawnWorld));
   }
   const pcx::GroupView* colouring = svg ? &colouring_view(topology, options.colour_by) : nullptr;
-  if (const std::uint64_t bytes = svg ? 0 : listing_bytes(topology, options.rank, json); bytes > kMaxOutputBytes) {
+  const std::span<const pcx::GroupView> views = options.megatron ? topology.all_views() : topology.views();
+  if (const std::uint64_t bytes = svg ? 0 : listing_bytes(topology, views, options.rank, json);
+      bytes > kMaxOutputBytes) {
     constexpr double kGiB = 1 << 30;
     throw pcx::ConfigError(
         fmt::format("--format {}: this listing would be up to {} bytes ({:.1f} GiB), over pcx-plan's limit of {} "
@@ -289,9 +350,9 @@ int run(const std::vector<std::string>& args) {
   if (svg) {
     print_svg(out, topology, *colouring, options.rank);
   } else if (json) {
-    print_json(out, topology, options.rank);
+    print_json(out, topology, views, options.rank, options.megatron);
   } else {
-    print_table(out, topology, options.rank);
+    print_table(out, topology, views, options.rank);
   }
   out.finish();
   return 0;

@@ -13,18 +13,28 @@ namespace pcx::cli {
 namespace {
 
 struct RawOptions {
-  std::string world, tp, pp, ep, order, hpz, per_node, rank, format, colour_by;
+  std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, rank, format, colour_by;
+  bool megatron = false;
 };
 
 void describe(CLI::App& app, RawOptions& raw, bool world_required) {
   app.add_option("--world", raw.world, "number of ranks")->type_name("W")->required(world_required);
   app.add_option("--tp", raw.tp, "tensor parallel size (default 1)")->type_name("T");
   app.add_option("--pp", raw.pp, "pipeline parallel size (default 1)")->type_name("P");
+  app.add_option("--cp", raw.cp, "context parallel size (default 1)")->type_name("C");
   app.add_option("--ep", raw.ep, "expert parallel sizes, comma separated")->type_name("E[,E...]");
-  app.add_option("--expert-order", raw.order, "expert-first (default) or data-first")->type_name("ORDER");
+  app.add_option("--etp", raw.etp, "expert tensor parallel size (default: the tensor parallel size)")->type_name("T");
+  app.add_option("--expert-order", raw.order, "expert-first (default, tp-cp-ep-dp-pp) or data-first (tp-cp-dp-ep-pp)")
+      ->type_name("ORDER");
+  app.add_option("--order", raw.megatron_order,
+                 "Megatron's order string, fastest axis first, e.g. tp-cp-ep-dp-pp (replaces --expert-order)")
+      ->type_name("ORDER");
   app.add_option("--zero-hpz", raw.hpz, "ZeRO hpZ partition size")->type_name("Z");
   app.add_option("--ranks-per-node", raw.per_node, "ranks per node, for the all-to-all groups")->type_name("N");
   app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
+  app.add_flag("--megatron", raw.megatron,
+               "also list Megatron's other kinds (context, model, embedding, expert tensor, ...) and, with --rank, "
+               "the rank's coordinates in JSON");
   app.add_option("--format", raw.format, "table (default), json, or svg (a picture of the ranks by node)")
       ->type_name("FORMAT");
   app.add_option("--colour-by", raw.colour_by,
@@ -52,10 +62,10 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   CLI::App app;
   RawOptions raw;
   describe(app, raw, world_required);
-  // CLI11 would take a following flag as the missing value ("--tp --pp 2").
+  // CLI11 would take a following flag as the missing value ("--tp --pp 2"); a flag takes none.
   for (std::size_t i = 0; i + 1 < args.size(); ++i) {
     const CLI::Option* option = args[i].starts_with("--") ? app.get_option_no_throw(args[i]) : nullptr;
-    if (option != nullptr && args[i + 1].starts_with("--")) {
+    if (option != nullptr && option->get_expected_min() > 0 && args[i + 1].starts_with("--")) {
       throw ConfigError(fmt::format("{} needs a value, but {} follows it", args[i], args[i + 1]));
     }
   }
@@ -79,6 +89,8 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   config.world_size = app.count("--world") > 0 ? parse_int("--world", raw.world) : 0;
   if (app.count("--tp") > 0) config.tensor_parallel_size = parse_int("--tp", raw.tp);
   if (app.count("--pp") > 0) config.pipeline_parallel_size = parse_int("--pp", raw.pp);
+  if (app.count("--cp") > 0) config.context_parallel_size = parse_int("--cp", raw.cp);
+  if (app.count("--etp") > 0) config.expert_tensor_parallel_size = parse_int("--etp", raw.etp);
   if (app.count("--ep") > 0) {
     for (std::size_t begin = 0; begin <= raw.ep.size();) {
       const std::size_t end = std::min(raw.ep.find(',', begin), raw.ep.size());
@@ -86,10 +98,15 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
       begin = end + 1;
     }
   }
+  if (app.count("--expert-order") > 0 && app.count("--order") > 0) {
+    throw ConfigError("--expert-order and --order both set the order; give one of them");
+  }
   if (app.count("--expert-order") > 0) config.expert_order = parse_expert_order(raw.order);
+  if (app.count("--order") > 0) config.order = raw.megatron_order;
   if (app.count("--zero-hpz") > 0) config.zero_hpz_size = parse_int("--zero-hpz", raw.hpz);
   if (app.count("--ranks-per-node") > 0) config.ranks_per_node = parse_int("--ranks-per-node", raw.per_node);
   if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
+  options.megatron = raw.megatron;
   if (app.count("--format") > 0) {
     if (raw.format == "json") {
       options.format = Format::json;

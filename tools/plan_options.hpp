@@ -18,6 +18,7 @@ struct PlanOptions {
   std::optional<int> rank;  ///< --rank: print this rank's groups only.
   Format format = Format::table;
   std::string colour_by;  ///< --colour-by: the kind whose groups colour an SVG; empty: a default.
+  bool megatron = false;  ///< --megatron: also list Megatron's other kinds and a rank's coordinates.
   bool help = false;      ///< --help was given; help_text() says what to print.
 };
 

@@ -72,6 +72,21 @@ class RankGrid {
   /// @copydoc along(std::span<const std::string_view>) const
   [[nodiscard]] GroupLayout along(std::initializer_list<std::string_view> varying) const;
 
+  /// The groups that vary the axes named in @p varying, joined by '-' ("tp-dp"), as
+  /// Megatron-Core's `RankGenerator::get_ranks` takes them; the order of the names
+  /// does not matter.
+  /// @throws ConfigError if a name is empty, unknown or repeated.
+  [[nodiscard]] GroupLayout along_names(std::string_view varying) const;
+
+  /// The groups that vary the one axis @p axis, keeping only the ranks whose coordinate
+  /// on it is one of @p positions: the other ranks belong to no group (Megatron's
+  /// embedding groups are the first and last position of the pipeline axis).
+  /// @param axis the axis that varies
+  /// @param positions ascending, distinct coordinates on @p axis, at least one
+  /// @throws ConfigError if the axis is unknown or @p positions is empty, out of range,
+  ///         not ascending or repeats a position.
+  [[nodiscard]] GroupLayout along_positions(std::string_view axis, std::span<const int> positions) const;
+
   /// Same axes in the same order.
   friend bool operator==(const RankGrid&, const RankGrid&) = default;
 
@@ -80,27 +95,38 @@ class RankGrid {
   int world_size_ = 1;
 };
 
-/// The partition of a RankGrid's world into groups that vary a set of axes.
+/// The groups of a RankGrid's world that vary a set of axes.
 ///
 /// Groups are numbered by their *colour*: the row-major index of the fixed axes'
 /// coordinates. Inside a group, members are in ascending global rank, and a
 /// member's *group rank* is its index. Every query on one rank costs O(number of
 /// axes), except listing a group, which costs O(group size).
+///
+/// Usually every rank is in exactly one group. A layout made by
+/// RankGrid::along_positions() leaves some ranks out: for them colour() and
+/// group_rank() give kNoGroup, and covers_world() is false.
 class GroupLayout {
  public:
+  /// colour() and group_rank() of a rank that belongs to no group. Equal to
+  /// Communicator::kNoColour, the colour with which such a rank joins a split.
+  static constexpr int kNoGroup = -1;
+
   /// Number of ranks in the world.
   [[nodiscard]] int world_size() const noexcept { return world_size_; }
   /// Number of ranks in every group.
   [[nodiscard]] int group_size() const noexcept { return group_size_; }
-  /// Number of groups; group_count() * group_size() == world_size().
-  [[nodiscard]] int group_count() const noexcept { return world_size_ / group_size_; }
+  /// Number of groups; group_count() * group_size() is the number of ranks in a group.
+  [[nodiscard]] int group_count() const noexcept { return group_count_; }
+  /// Whether every rank of the world is in a group.
+  [[nodiscard]] bool covers_world() const noexcept { return positions_.empty(); }
 
-  /// Index of the group of @p rank among all groups, in [0, group_count()):
-  /// usable as the colour of a communicator split.
+  /// Index of the group of @p rank among all groups, in [0, group_count()), usable
+  /// as the colour of a communicator split; kNoGroup if @p rank is in no group.
   /// @throws ConfigError if @p rank is outside [0, world_size()).
   [[nodiscard]] int colour(int rank) const;
 
-  /// Index of @p rank inside its group, in [0, group_size()).
+  /// Index of @p rank inside its group, in [0, group_size()); kNoGroup if @p rank is
+  /// in no group.
   /// @throws ConfigError if @p rank is outside [0, world_size()).
   [[nodiscard]] int group_rank(int rank) const;
 
@@ -112,7 +138,7 @@ class GroupLayout {
   /// @throws ConfigError if @p colour is outside [0, group_count()).
   [[nodiscard]] std::vector<int> group(int colour) const;
 
-  /// Members of the group that holds @p rank, ascending.
+  /// Members of the group that holds @p rank, ascending; empty if it is in no group.
   /// @throws ConfigError if @p rank is outside [0, world_size()).
   [[nodiscard]] std::vector<int> group_of(int rank) const;
 
@@ -134,10 +160,16 @@ class GroupLayout {
 
   GroupLayout(std::vector<Dim> dims, int world_size, int group_size);
   void check_rank(int rank) const;
+  // The coordinate of @p rank on @p dim as a digit of its group rank or colour, or
+  // kNoGroup for a position left out.
+  [[nodiscard]] int digit(const Dim& dim, int rank) const;
 
   std::vector<Dim> dims_;  // slowest first, axes of size 1 left out
   int world_size_;
   int group_size_;
+  int group_count_;
+  // The positions kept on the one varying axis; empty when every rank is in a group.
+  std::vector<int> positions_;
 };
 
 }  // namespace pcx

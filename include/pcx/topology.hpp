@@ -26,17 +26,35 @@ enum class ExpertOrder {
 /// @throws ConfigError for any other text.
 [[nodiscard]] ExpertOrder parse_expert_order(std::string_view text);
 
+/// Megatron-Core's order string of ExpertOrder::expert_first: "tp-cp-ep-dp-pp".
+inline constexpr std::string_view kExpertFirstOrder = "tp-cp-ep-dp-pp";
+/// Megatron-Core's order string of ExpertOrder::data_first: "tp-cp-dp-ep-pp".
+inline constexpr std::string_view kDataFirstOrder = "tp-cp-dp-ep-pp";
+
 /// Everything that decides the groups of a world. A regular value; validate()
 /// checks every rule at once, before anything is built.
+///
+/// Ranks are laid out as Megatron-Core lays them out, on two grids ordered by one
+/// order string: the dense grid (tp, cp, dp, pp) and, per expert parallel size E, the
+/// expert grid (etp, E, edp, pp). The order string is `order` when set, else the one
+/// `expert_order` names (kExpertFirstOrder or kDataFirstOrder).
 struct ParallelConfig {
   /// Number of ranks. 0, the default, means the world communicator's size when a
   /// ParallelContext is built; a Topology on its own (a planner) must be given it.
   int world_size = 0;
   int tensor_parallel_size = 1;    ///< From the MPU, or 1. Clamped to the world size.
   int pipeline_parallel_size = 1;  ///< From the MPU, or 1.
-  /// Expert parallel sizes, one per MoE layer size; each divides the data parallel size.
+  int context_parallel_size = 1;   ///< Megatron's context parallel size (cp), dense grid only.
+  /// Expert parallel sizes, one per MoE layer size: W must be divisible by expert tensor
+  /// × E × pipeline (with the defaults: each divides the data parallel size).
   std::vector<int> expert_parallel_sizes;
+  /// Tensor parallel size of the expert grid (etp). Absent: the clamped tensor parallel size.
+  std::optional<int> expert_tensor_parallel_size;
   ExpertOrder expert_order = ExpertOrder::expert_first;  ///< Order of the expert groups.
+  /// Megatron's order string, fastest axis first, from the names tp, cp, ep, dp and pp
+  /// (each at most once; an axis of size 1 may be left out). When set it decides the
+  /// layout and `expert_order` is ignored.
+  std::optional<std::string> order;
   /// ZeRO hpZ partition size; groups of this many consecutive ranks (clamped to the
   /// world size). Absent: no ZeRO param intra groups.
   std::optional<int> zero_hpz_size;
@@ -49,10 +67,18 @@ struct ParallelConfig {
 
 /// Checks every rule of a configuration.
 /// @throws ConfigError naming the values and the rule broken: a size below 1, the
-///         world not divisible by tensor × pipeline, an expert parallel size that does
-///         not divide the data parallel size or is listed twice, a world not divisible
-///         by the hpZ size or (for several nodes) by the ranks per node, or an overflow.
+///         world not divisible by tensor × context × pipeline or by expert tensor ×
+///         expert × pipeline, an expert parallel size listed twice, a malformed order
+///         string or one that leaves out an axis larger than 1, pipeline groups that differ
+///         between the dense and an expert grid, an expert data parallel size other than
+///         the data parallel size when the order does not end in pp and pp > 1, a world not
+///         divisible by the hpZ size or (for several nodes) by the ranks per node, or an
+///         overflow.
 void validate(const ParallelConfig& config);
+
+/// The order string that lays out @p config: its `order`, else the one its
+/// `expert_order` names.
+[[nodiscard]] std::string_view order_of(const ParallelConfig& config) noexcept;
 
 /// The kinds of group pcx builds.
 enum class GroupKind {
@@ -67,13 +93,68 @@ enum class GroupKind {
   all_to_all_global,     ///< The ranks of one local index across nodes.
   sequence_parallel,     ///< The MPU's sequence parallel groups, when it has them.
   sequence_data_parallel,  ///< The MPU's sequence data parallel groups (else data parallel).
+  context_parallel,              ///< Megatron's context parallel groups ("cp").
+  data_context_parallel,         ///< Data and context parallel together ("dp-cp").
+  tensor_context_parallel,       ///< Tensor and context parallel together ("tp-cp").
+  tensor_data_parallel,          ///< Tensor and data parallel together ("tp-dp").
+  tensor_data_context_parallel,  ///< Tensor, data and context parallel together ("tp-dp-cp").
+  model_parallel,                ///< Tensor and pipeline parallel together ("tp-pp").
+  /// First and last rank of each pipeline group (its only rank when pp = 1); the
+  /// ranks of the middle stages are in none.
+  embedding,
+  position_embedding,               ///< First rank of each pipeline group; the others are in none.
+  expert_tensor_parallel,           ///< Tensor parallel groups of the expert grid ("tp" there).
+  tensor_expert_parallel,           ///< Expert tensor and expert parallel together ("tp-ep").
+  tensor_expert_pipeline_parallel,  ///< Expert tensor, expert and pipeline together ("tp-ep-pp").
 };
 
-/// Names one group kind of a topology: the kind, and for the two expert kinds the
-/// expert parallel size.
+/// The two grids of Megatron's layout.
+enum class Grid {
+  dense,   ///< tp, cp, dp, pp: the attention (non-expert) layers.
+  expert,  ///< etp, ep, edp, pp (one grid per expert parallel size): the MoE layers.
+};
+
+/// A group kind that is "the groups that vary these axes of this grid".
+struct GridKind {
+  GroupKind kind;            ///< The kind.
+  Grid grid;                 ///< Its grid.
+  std::string_view varying;  ///< The axes that vary, as Megatron's get_ranks names them ("tp-dp").
+};
+
+/// Every kind that is a grid view, the ones a ParallelContext builds first (as in
+/// Topology::views()), then Megatron's others (as in Topology::megatron_views()).
+[[nodiscard]] std::span<const GridKind> grid_kinds() noexcept;
+
+/// Where one rank sits on the expert grid of one expert parallel size.
+struct ExpertCoordinates {
+  int expert_parallel_size = 0;  ///< Which expert grid.
+  int tensor = 0;                ///< Index on the expert tensor axis (etp).
+  int expert = 0;                ///< Index on the expert axis.
+  int data = 0;                  ///< Index on the expert data axis (edp).
+
+  /// Field-wise equality.
+  friend bool operator==(const ExpertCoordinates&, const ExpertCoordinates&) = default;
+};
+
+/// Where one rank sits on every axis of both grids.
+struct RankCoordinates {
+  int pipeline = 0;  ///< Pipeline stage, shared by both grids.
+  int data = 0;      ///< Index on the dense data axis.
+  int context = 0;   ///< Index on the context axis.
+  int tensor = 0;    ///< Index on the dense tensor axis.
+  bool first_pipeline_stage = false;  ///< Whether pipeline == 0.
+  bool last_pipeline_stage = false;   ///< Whether pipeline is the last stage.
+  std::vector<ExpertCoordinates> experts;  ///< One per expert parallel size, in configured order.
+
+  /// Field-wise equality.
+  friend bool operator==(const RankCoordinates&, const RankCoordinates&) = default;
+};
+
+/// Names one group kind of a topology: the kind, and for the kinds of the expert grid
+/// the expert parallel size.
 struct GroupId {
   GroupKind kind = GroupKind::world;  ///< The kind.
-  int expert_parallel_size = 0;       ///< Set for the expert kinds only.
+  int expert_parallel_size = 0;       ///< Set for the kinds of the expert grid only.
 
   /// "tensor_parallel", "expert_parallel/4", ... (the names pcx-plan prints).
   [[nodiscard]] std::string name() const;
@@ -85,12 +166,12 @@ struct GroupId {
 /// One group kind of a topology and its layout.
 struct GroupView {
   GroupId id;          ///< Which kind.
-  GroupLayout layout;  ///< Its groups.
+  GroupLayout layout;  ///< Its groups; a rank in none has colour GroupLayout::kNoGroup.
 };
 
 /// A validated configuration with every group kind it implies, each as a view of
-/// a rank grid (pipeline × data × tensor for Megatron's groups, pipeline × expert
-/// data × expert × tensor for the expert groups, and so on). Pure: no communication.
+/// a rank grid: Megatron's dense grid (tp, cp, dp, pp), its expert grid (etp, ep,
+/// edp, pp) per expert parallel size, hpZ blocks, nodes. Pure: no communication.
 class Topology {
  public:
   /// Validates @p config and lays out its groups.
@@ -105,29 +186,75 @@ class Topology {
   [[nodiscard]] int tensor_parallel_size() const noexcept { return tensor_; }
   /// Pipeline parallel size.
   [[nodiscard]] int pipeline_parallel_size() const noexcept { return config_.pipeline_parallel_size; }
-  /// world / (tensor × pipeline).
+  /// Context parallel size.
+  [[nodiscard]] int context_parallel_size() const noexcept { return config_.context_parallel_size; }
+  /// world / (tensor × context × pipeline).
   [[nodiscard]] int data_parallel_size() const noexcept;
+  /// The expert grid's tensor parallel size: as configured, else the tensor parallel size.
+  [[nodiscard]] int expert_tensor_parallel_size() const noexcept { return expert_tensor_; }
+  /// The order string of both grids, fastest axis first (see order_of()).
+  [[nodiscard]] std::string_view order() const noexcept { return order_of(config_); }
   /// The hpZ partition size after clamping to the world size, if hpZ is configured.
   [[nodiscard]] std::optional<int> zero_hpz_partition_size() const noexcept { return hpz_; }
   /// Sizes that were clamped to the world size, each as a sentence to log.
   [[nodiscard]] const std::vector<std::string>& clamp_notes() const noexcept { return clamp_notes_; }
 
-  /// Every group kind of this configuration, in a fixed order: world, tensor,
+  /// The group kinds a ParallelContext builds, in a fixed order: world, tensor,
   /// pipeline, data parallel, then an expert parallel and expert data parallel pair
   /// per expert parallel size (in the configured order), then ZeRO hpZ, then the
-  /// all-to-all kinds (global only when there is more than one node).
-  [[nodiscard]] std::span<const GroupView> views() const noexcept { return views_; }
+  /// all-to-all kinds (global only when there is more than one node). Every rank is in
+  /// one group of each.
+  [[nodiscard]] std::span<const GroupView> views() const noexcept {
+    return std::span<const GroupView>(views_).first(context_view_count_);
+  }
+
+  /// Megatron's other kinds, in a fixed order: context, data-context, tensor-context,
+  /// tensor-data, tensor-data-context and model parallel, embedding, position
+  /// embedding, then per expert parallel size expert tensor, tensor-expert and
+  /// tensor-expert-pipeline parallel. In the embedding kinds some ranks are in no group.
+  [[nodiscard]] std::span<const GroupView> megatron_views() const noexcept {
+    return std::span<const GroupView>(views_).subspan(context_view_count_);
+  }
+
+  /// views() followed by megatron_views().
+  [[nodiscard]] std::span<const GroupView> all_views() const noexcept { return views_; }
 
   /// The layout of group kind @p id.
   /// @throws GroupNotFound if this configuration has no such kind.
   [[nodiscard]] const GroupLayout& layout(const GroupId& id) const;
 
+  /// The dense grid: tp, cp, dp, pp (and ep of size 1), laid out by order().
+  [[nodiscard]] const RankGrid& dense_grid() const noexcept { return dense_; }
+
+  /// The expert grid of expert parallel size @p expert_parallel_size: tp (the expert
+  /// tensor size), ep, dp (the expert data size), pp (and cp of size 1), laid out by order().
+  /// @throws GroupNotFound if that size is not configured.
+  [[nodiscard]] const RankGrid& expert_grid(int expert_parallel_size) const;
+
+  /// The groups that vary @p axes of the dense grid, as Megatron's
+  /// `get_ranks("tp-dp")` lists them.
+  /// @throws ConfigError if an axis name is empty, unknown or repeated.
+  [[nodiscard]] GroupLayout dense_groups(std::string_view axes) const { return dense_.along_names(axes); }
+
+  /// The groups that vary @p axes of the expert grid of @p expert_parallel_size
+  /// ("tp" there is the expert tensor axis, "dp" the expert data axis).
+  /// @throws GroupNotFound if that size is not configured; ConfigError as dense_groups().
+  [[nodiscard]] GroupLayout expert_groups(int expert_parallel_size, std::string_view axes) const;
+
+  /// Where @p rank sits on every axis of both grids.
+  /// @throws ConfigError if @p rank is outside [0, world_size()).
+  [[nodiscard]] RankCoordinates coordinates(int rank) const;
+
  private:
   ParallelConfig config_;
   int tensor_ = 1;
+  int expert_tensor_ = 1;
+  RankGrid dense_;
+  std::vector<RankGrid> expert_grids_;  // one per expert parallel size, in configured order
   std::optional<int> hpz_;
   std::vector<std::string> clamp_notes_;
-  std::vector<GroupView> views_;
+  std::vector<GroupView> views_;  // views(), then megatron_views()
+  std::size_t context_view_count_ = 0;
 };
 
 }  // namespace pcx

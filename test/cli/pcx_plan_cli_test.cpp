@@ -917,3 +917,99 @@ BOOST_AUTO_TEST_CASE(a_closed_stdout_is_an_error) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------
+// Megatron's flags (--cp, --etp, --order) and kinds (--megatron).
+// ---------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(megatron)
+
+namespace {
+
+const std::vector<std::string> kMegatronArgs{"--world", "16", "--tp",    "2", "--cp",    "2", "--pp", "2", "--ep",
+                                             "2",       "--etp", "1", "--order", "tp-cp-ep-dp-pp", "--megatron"};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(rank_listing_has_coordinates_and_every_kind_worked_out_by_hand) {
+  // W 16 = tp 2 x cp 2 x dp 2 x pp 2; expert grid etp 1 x ep 2 x edp 4 x pp 2. Rank 13 = 0b1101.
+  const Outcome o = run_ok(with(kMegatronArgs, {"--format", "json", "--rank", "13"}));
+  const Json j = parse_json(o);
+  BOOST_TEST(j["coordinates"].dump() ==
+             R"({"pipeline":1,"first_pipeline_stage":false,"last_pipeline_stage":true,"data":1,"context":0,)"
+             R"("tensor":1,"experts":{"2":{"tensor":0,"expert":1,"data":2}}})");
+  const std::map<std::string, std::vector<int>> expected{
+      {"tensor_parallel", {12, 13}},
+      {"context_parallel", {13, 15}},
+      {"data_parallel", {9, 13}},
+      {"pipeline_parallel", {5, 13}},
+      {"data_context_parallel", {9, 11, 13, 15}},
+      {"tensor_context_parallel", {12, 13, 14, 15}},
+      {"tensor_data_parallel", {8, 9, 12, 13}},
+      {"tensor_data_context_parallel", {8, 9, 10, 11, 12, 13, 14, 15}},
+      {"model_parallel", {4, 5, 12, 13}},
+      {"embedding", {5, 13}},
+      {"expert_parallel/2", {12, 13}},
+      {"expert_data_parallel/2", {9, 11, 13, 15}},
+      {"expert_tensor_parallel/2", {13}},
+      {"tensor_expert_parallel/2", {12, 13}},
+      {"tensor_expert_pipeline_parallel/2", {4, 5, 12, 13}},
+  };
+  for (const auto& [kind, members] : expected) {
+    BOOST_TEST_REQUIRE(j["groups"].contains(kind), kind);
+    BOOST_TEST(j["groups"][kind].get<std::vector<int>>() == members, boost::test_tools::per_element());
+  }
+  // Rank 13 is on the last stage: no position embedding group.
+  BOOST_TEST(!j["groups"].contains("position_embedding"));
+}
+
+BOOST_AUTO_TEST_CASE(full_listing_has_megatrons_kinds_only_when_asked) {
+  const Json all = parse_json(run_ok(with(kMegatronArgs, {"--format", "json"})));
+  BOOST_TEST(all["groups"].size() == 17u);
+  BOOST_TEST(all["groups"]["embedding"].dump() == "[[0,8],[1,9],[2,10],[3,11],[4,12],[5,13],[6,14],[7,15]]");
+  std::vector<std::string> without(kMegatronArgs.begin(), kMegatronArgs.end() - 1);
+  const Json plain = parse_json(run_ok(with(without, {"--format", "json"})));
+  BOOST_TEST(keys_of(plain["groups"]) == (std::vector<std::string>{"world", "tensor_parallel", "pipeline_parallel",
+                                                                   "data_parallel", "expert_parallel/2",
+                                                                   "expert_data_parallel/2"}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(table_names_the_sizes_the_coordinates_and_ranks_without_a_group) {
+  const Outcome o = run_ok({"--world", "8", "--tp", "2", "--pp", "4", "--megatron", "--rank", "2"});
+  BOOST_TEST(o.out.find("coordinates: pipeline 1, data 0, context 0, tensor 0\n") != std::string::npos, o.out);
+  BOOST_TEST(std::regex_search(o.out, std::regex(R"(\nembedding +none +- +none\n)")), o.out);
+  const Outcome header = run_ok(kMegatronArgs);
+  BOOST_TEST(header.out.starts_with("world 16 = pipeline 2 x data 2 x context 2 x tensor 2, order tp-cp-ep-dp-pp, "
+                                    "experts 2, expert tensor 1\n"),
+             header.out.substr(0, 120));
+}
+
+BOOST_AUTO_TEST_CASE(svg_shows_ranks_in_no_group) {
+  const Outcome o = run_ok({"--world", "8", "--pp", "4", "--format", "svg", "--colour-by", "embedding"});
+  std::size_t none = 0;
+  for (std::size_t at = o.out.find(">none<"); at != std::string::npos; at = o.out.find(">none<", at + 1)) ++none;
+  BOOST_TEST(none == 4u);  // stages 1 and 2 of both pipeline groups
+}
+
+BOOST_AUTO_TEST_CASE(megatrons_rules_are_usage_errors_naming_the_values) {
+  check_usage_error({"--world", "8", "--tp", "2", "--cp", "3"}, {"context parallel size 3", "8"});
+  check_usage_error({"--world", "8", "--cp", "0"}, {"context parallel size 0"});
+  check_usage_error({"--world", "8", "--ep", "1", "--etp", "3"}, {"expert tensor parallel size 3", "8"});
+  check_usage_error({"--world", "8", "--order", "tp-xx"}, {"'tp-xx'", "'xx'"});
+  check_usage_error({"--world", "8", "--tp", "2", "--order", "tp-pp"}, {"'dp'", "4"});
+  check_usage_error({"--world", "8", "--order", "tp-dp-pp", "--expert-order", "data-first"},
+                    {"--expert-order", "--order"});
+  check_usage_error({"--world", "8", "--pp", "2", "--ep", "2", "--order", "tp-cp-ep-pp-dp"},
+                    {"'tp-cp-ep-pp-dp'", "expert data parallel size 2", "data parallel size 4"});
+  check_usage_error({"--world", "8", "--cp"}, {"--cp"});
+}
+
+BOOST_AUTO_TEST_CASE(the_named_orders_are_the_two_order_strings) {
+  for (const auto& [name, order] : {std::pair{"expert-first", "tp-cp-ep-dp-pp"}, std::pair{"data-first", "tp-cp-dp-ep-pp"}}) {
+    const Outcome named = run_ok({"--world", "16", "--tp", "2", "--ep", "4", "--expert-order", name, "--format", "json"});
+    const Outcome ordered = run_ok({"--world", "16", "--tp", "2", "--ep", "4", "--order", order, "--format", "json"});
+    BOOST_TEST(named.out == ordered.out);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -78,6 +78,18 @@ struct Reference {
       case GroupKind::sequence_parallel:
       case GroupKind::sequence_data_parallel:
         throw std::logic_error("a topology has no sequence parallel kinds: they come from an MPU");
+      case GroupKind::context_parallel:
+      case GroupKind::data_context_parallel:
+      case GroupKind::tensor_context_parallel:
+      case GroupKind::tensor_data_parallel:
+      case GroupKind::tensor_data_context_parallel:
+      case GroupKind::model_parallel:
+      case GroupKind::embedding:
+      case GroupKind::position_embedding:
+      case GroupKind::expert_tensor_parallel:
+      case GroupKind::tensor_expert_parallel:
+      case GroupKind::tensor_expert_pipeline_parallel:
+        throw std::logic_error("the SPEC has no formula for Megatron's kinds: see megatron_reference.hpp");
     }
     return g;
   }
