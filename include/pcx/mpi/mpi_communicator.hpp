@@ -59,6 +59,7 @@ class MpiEnvironment {
 class MpiCommunicator final : public Communicator {
  public:
   /// Uses @p comm without owning it; the caller keeps it alive and frees it.
+  /// @param comm the handle to use
   /// @param options name (for messages only: a borrowed handle is not renamed) and timeout
   /// @throws ConfigError if @p comm is MPI_COMM_NULL; CommError if MPI fails.
   [[nodiscard]] static MpiCommunicator borrow(MPI_Comm comm, const CommOptions& options = {});
