@@ -51,6 +51,13 @@ namespace {
 // The configuration as this rank sees it, for comparison with every other rank. The
 // values are the same, in the same order, on every rank, so every rank words a
 // disagreement the same way.
+// FNV-1a of a text, its top bit cleared: a digest to compare, never INT64_MIN.
+std::int64_t digest(std::string_view text) {
+  std::uint64_t hash = 1469598103934665603ULL;  // wraps by design
+  for (const char c : text) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+  return static_cast<std::int64_t>(hash >> 1);
+}
+
 std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, const MpuAnswers* mpu) {
   std::uint64_t ep_hash = 1469598103934665603ULL;  // FNV-1a over the ordered sizes; wraps by design
   for (const int ep : c.expert_parallel_sizes) ep_hash = (ep_hash ^ static_cast<std::uint32_t>(ep)) * 1099511628211ULL;
@@ -70,6 +77,9 @@ std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, cons
       {"largest expert parallel size", c.expert_parallel_sizes.empty() ? 0 : std::ranges::max(c.expert_parallel_sizes)},
       {"expert parallel sizes", static_cast<std::int64_t>(ep_hash >> 1), /*digest=*/true},
       {"expert order (0 expert-first, 1 data-first)", c.expert_order == ExpertOrder::expert_first ? 0 : 1},
+      {"context parallel size", c.context_parallel_size},
+      {"expert tensor parallel size (0: the tensor parallel size)", c.expert_tensor_parallel_size.value_or(0)},
+      {"order strings", digest(order_of(c)), /*digest=*/true},
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
       {"ranks per node (0 none)", c.ranks_per_node.value_or(0)},
       {"MPU present (0 no, 1 yes)", has_mpu},
@@ -119,11 +129,13 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
     };
     take(config.tensor_parallel_size, mpu->tensor, "tensor parallel size");
     take(config.pipeline_parallel_size, mpu->pipeline, "pipeline parallel size");
-  } else if (config.tensor_parallel_size != 1 || config.pipeline_parallel_size != 1) {
-    throw ConfigError(
-        fmt::format("tensor parallel size {} and pipeline parallel size {} need an MPU (for example pcx::GridMpu); "
-                    "without one both are 1",
-                    config.tensor_parallel_size, config.pipeline_parallel_size));
+  } else if (config.tensor_parallel_size != 1 || config.pipeline_parallel_size != 1 ||
+             config.context_parallel_size != 1) {
+    // Without an MPU, data parallel is the whole world, which it is only when all three are 1.
+    throw ConfigError(fmt::format(
+        "tensor parallel size {}, pipeline parallel size {} and context parallel size {} need an MPU (for example "
+        "pcx::GridMpu); without one all three are 1",
+        config.tensor_parallel_size, config.pipeline_parallel_size, config.context_parallel_size));
   }
   Topology topology(std::move(config));
   if (mpu) {

@@ -24,6 +24,7 @@ using pcx::ParallelContext;
 using pcx::ProcessGroup;
 using pcx::Topology;
 using pcx::testing::FakeCommunicator;
+using pcx::Communicator;
 using pcx::testing::FakeMember;
 using pcx::testing::FakeWorld;
 using pcx::testing::MockMpu;
@@ -210,6 +211,11 @@ BOOST_AUTO_TEST_CASE(bad_configurations_are_config_errors_naming_the_values) {
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 2, 1, {})), pcx::ConfigError, [](const pcx::Error& e) {
     return message_has(e, {"tensor parallel size 2", "MPU"});
   });
+  pcx::ParallelConfig context_parallel = make_config(8);
+  context_parallel.context_parallel_size = 2;
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, context_parallel), pcx::ConfigError, [](const pcx::Error& e) {
+    return message_has(e, {"context parallel size 2", "MPU"});
+  });
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(16, 1, 1, {})), pcx::ConfigError, [](const pcx::Error& e) {
     return message_has(e, {"16", "8"});
   });
@@ -259,6 +265,61 @@ BOOST_AUTO_TEST_CASE(a_failing_operation_names_the_group_kind_and_rank) {
     }
     BOOST_TEST(world->live_communicators() == 0);
   }
+}
+
+namespace {
+
+// A fake whose splits give children one member too many, as a backend would whose ranks
+// disagreed on the colours; everything else is its inner fake's.
+class WrongSizeSplits final : public Communicator {
+ public:
+  WrongSizeSplits(std::shared_ptr<FakeWorld> world, int rank) : world_(world), inner_(std::move(world), rank) {}
+  [[nodiscard]] int size() const noexcept override { return inner_.size(); }
+  [[nodiscard]] int rank() const noexcept override { return inner_.rank(); }
+  [[nodiscard]] std::string_view backend() const noexcept override { return "wrong-size-splits"; }
+  [[nodiscard]] std::unique_ptr<Communicator> self() const override { return inner_.self(); }
+
+ private:
+  [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
+                                                       const pcx::CommOptions&) const override {
+    if (colour == kNoColour) return nullptr;
+    return std::make_unique<FakeCommunicator>(world_, FakeMember{.size = size + 1, .rank = key, .caller = rank()});
+  }
+  [[nodiscard]] std::unique_ptr<Communicator> do_dup(const pcx::CommOptions&) const override {
+    return std::make_unique<WrongSizeSplits>(world_, rank());
+  }
+  void do_all_reduce(const void* send, void* recv, std::size_t count, pcx::DataType type,
+                     pcx::ReduceOp op) const override {
+    inner_.all_reduce(send, recv, count, type, op);
+  }
+  void do_all_to_all(const void*, void*, std::size_t, pcx::DataType) const override {}
+  void do_all_to_all_v(const void*, std::span<const std::size_t>, std::span<const std::size_t>, void*,
+                       std::span<const std::size_t>, std::span<const std::size_t>, pcx::DataType) const override {}
+  void do_all_gather(const void*, void*, std::size_t, pcx::DataType) const override {}
+  void do_reduce_scatter(const void*, void*, std::size_t, pcx::DataType, pcx::ReduceOp) const override {}
+  void do_broadcast(void*, std::size_t, pcx::DataType, int) const override {}
+  void do_send(const void*, std::size_t, pcx::DataType, int) const override {}
+  void do_recv(void*, std::size_t, pcx::DataType, int) const override {}
+  void do_barrier() const override {}
+
+  std::shared_ptr<FakeWorld> world_;
+  FakeCommunicator inner_;
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_split_whose_child_has_the_wrong_size_is_a_comm_error_and_leaks_nothing) {
+  const auto world = std::make_shared<FakeWorld>(16);
+  {
+    const WrongSizeSplits comm(world, 5);
+    BOOST_CHECK_EXCEPTION((void)comm.split_checked(1, 2, 4), pcx::CommError, [](const pcx::CommError& e) {
+      return message_has(e, {"gave a child of 5 members", "not 4", "ranks disagree on the colours"});
+    });
+    BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(16, 1, 1, {4})), pcx::CommError,
+                          [](const pcx::CommError& e) { return message_has(e, {"expert_parallel/4", "rank 5"}); });
+    BOOST_TEST(world->live_communicators() == 1);  // the inner fake of `comm` alone
+  }
+  BOOST_TEST(world->live_communicators() == 0);
 }
 
 BOOST_AUTO_TEST_CASE(contexts_in_one_process_are_independent) {
