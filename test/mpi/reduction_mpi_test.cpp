@@ -8,6 +8,7 @@
 
 #include "mpi_fixture.hpp"
 #include "pcx/error.hpp"
+#include "support/elements.hpp"
 
 using pcx::MpiCommunicator;
 using pcx::ReduceOp;
@@ -17,24 +18,8 @@ namespace {
 template <class T>
 constexpr bool kIntegral = std::is_integral_v<T>;
 
-// Results are compared as doubles, which hold every value of every type here exactly.
-template <class T>
-double as_double(T value) {
-  if constexpr (std::is_same_v<T, pcx::float16> || std::is_same_v<T, pcx::bfloat16>) {
-    return static_cast<double>(static_cast<float>(value));
-  } else {
-    return static_cast<double>(value);
-  }
-}
-
-template <class T>
-T make(double value) {
-  if constexpr (std::is_same_v<T, pcx::float16> || std::is_same_v<T, pcx::bfloat16>) {
-    return T(static_cast<float>(value));
-  } else {
-    return static_cast<T>(value);
-  }
-}
+using pcx::test::as_double;
+using pcx::test::make;
 
 // Member r contributes {r + 1, 1 + r % 2}. Every partial result of every order is exact
 // in every type here, except the product of 1..n in bfloat16 (315 = 3 * 5 * 3 * 7 needs 9

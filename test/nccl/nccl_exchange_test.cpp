@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "nccl_test_support.hpp"
+#include "support/elements.hpp"
 
 namespace nccltest {
 namespace {
@@ -38,23 +39,8 @@ Plan uneven_plan(int n, int r) {
   return p;
 }
 
-template <class T>
-double as_double(T value) {
-  if constexpr (std::is_same_v<T, pcx::float16> || std::is_same_v<T, pcx::bfloat16>) {
-    return static_cast<double>(static_cast<float>(value));
-  } else {
-    return static_cast<double>(value);
-  }
-}
-
-template <class T>
-T make(double value) {
-  if constexpr (std::is_same_v<T, pcx::float16> || std::is_same_v<T, pcx::bfloat16>) {
-    return T(static_cast<float>(value));
-  } else {
-    return static_cast<T>(value);
-  }
-}
+using pcx::test::as_double;
+using pcx::test::make;
 
 // Member r contributes {r + 1, 1 + r % 2}, on device memory or on host memory. The
 // product of 1..n is not exact in bfloat16 (315 needs 9 significant bits), so that

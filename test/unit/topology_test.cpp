@@ -24,8 +24,6 @@
 
 namespace {
 
-using pcx::test::make_config;
-
 using pcx::ConfigError;
 using pcx::ExpertOrder;
 using pcx::GroupId;
@@ -35,6 +33,7 @@ using pcx::ParallelConfig;
 using pcx::Topology;
 using pcx::test::as_set;
 using pcx::test::GoldenBlock;
+using pcx::test::make_config;
 using pcx::test::Reference;
 using pcx::test::Groups;
 using pcx::test::message_names;
