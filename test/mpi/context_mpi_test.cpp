@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "mpi_fixture.hpp"
+#include "unit/spec_reference.hpp"
 #include "pcx/error.hpp"
 #include "pcx/parallel_context.hpp"
 #include "pcx/testing/mock_mpu.hpp"
@@ -68,13 +69,23 @@ bool group_works(const ProcessGroup& group, const std::vector<int>& expected, in
   return ok;
 }
 
-// Checks every group of a context against its topology, on every rank.
+// Checks every group of a context, its MPU's included, against the SPEC's formulas
+// (spec_reference.hpp), which share nothing with the layout engine, on every rank.
 bool context_works(const ParallelContext& context) {
+  const pcx::ParallelConfig& config = context.topology().config();
+  const auto reference = pcx::test::Reference::of(config);
   bool ok = true;
-  for (const pcx::GroupView& view : context.topology().views()) {
-    const GroupKind kind = view.id.kind;
-    if (kind == GroupKind::tensor_parallel || kind == GroupKind::pipeline_parallel) continue;
-    ok = group_works(context.group(view.id), view.layout.group_of(context.rank()), context.rank()) && ok;
+  for (pcx::GroupId id : context.group_ids()) {
+    const ProcessGroup& group = context.group(id);
+    // Sequence groups are whatever the MPU says (the test that injects them checks them);
+    // without them, sequence data parallel is data parallel (DeepSpeed's rule).
+    if (id.kind == GroupKind::sequence_parallel) continue;
+    if (id.kind == GroupKind::sequence_data_parallel) {
+      if (&group != &context.data_parallel_group()) continue;
+      id.kind = GroupKind::data_parallel;
+    }
+    const std::vector<int> expected = reference.group(id, context.rank(), config.zero_hpz_size, config.ranks_per_node);
+    ok = group_works(group, expected, context.rank()) && ok;
   }
   return ok;
 }
@@ -98,16 +109,7 @@ BOOST_AUTO_TEST_CASE(every_group_of_every_configuration_communicates_as_laid_out
         const ParallelContext context(world, world_config(divisors(dp), order, std::max(1, n / 2), std::max(1, n / 2)),
                                       mpu);
         BOOST_TEST(context.expert_tensor_parallel_size() == tp);
-        if (mpu) {
-          ok = group_works(*mpu->tensor_parallel_group(),
-                           context.topology().layout({GroupKind::tensor_parallel}).group_of(world.rank()),
-                           world.rank()) &&
-               ok;
-          ok = group_works(*mpu->pipeline_parallel_group(),
-                           context.topology().layout({GroupKind::pipeline_parallel}).group_of(world.rank()),
-                           world.rank()) &&
-               ok;
-        }
+        BOOST_TEST((context.find({GroupKind::tensor_parallel}) != nullptr) == (mpu != nullptr));
         ok = context_works(context) && ok;
         ++configurations;
       }
@@ -150,6 +152,9 @@ BOOST_AUTO_TEST_CASE(a_mock_mpu_is_injected) {
   BOOST_TEST(context.sequence_parallel_size() == tp);
   BOOST_TEST(context.model_parallel_size() == tp);
   BOOST_TEST(context.broadcast_source_rank() == world.rank() % tp);
+  std::vector<int> tensor_group;  // the MPU's sequence groups are the tensor groups: consecutive blocks of tp
+  for (int t = 0; t < tp; ++t) tensor_group.push_back(world.rank() / tp * tp + t);
+  BOOST_TEST(context.sequence_parallel_group().ranks() == tensor_group, boost::test_tools::per_element());
   BOOST_TEST(everyone(context_works(context)));
 }
 
