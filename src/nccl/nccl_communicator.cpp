@@ -439,7 +439,7 @@ NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, c
       device = options.device.value_or(default_device(local_rank, devices, rank));
       if (device < 0 || device >= devices) {
         throw ConfigError(
-            fmt::format("rank {}: CUDA device {} is outside the {} visible devices", rank, device, devices));
+            fmt::format("CUDA device {} is outside the {} visible devices", device, devices));
       }
       check_cuda(cudaDeviceGetPCIBusId(bus_id.data(), static_cast<int>(bus_id.size()) - 1, device),
                  "cudaDeviceGetPCIBusId");
