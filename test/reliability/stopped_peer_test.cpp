@@ -76,6 +76,10 @@ BOOST_AUTO_TEST_CASE(a_stopped_member_gives_timeout_on_the_others, *boost::unit_
   const int victim = world.size() - 1;
   const auto reduce = world.dup(options("pcx:test/stopped_reduce", kTimeout));
   const auto split = world.dup(options("pcx:test/stopped_split", kTimeout));
+  // The members that stay, to resume the stopped one only once all of them have given up:
+  // resumed earlier, it would complete the barrier before the split of a member still
+  // waiting there, which would then enter MPI_Comm_split alone.
+  const auto survivors = world.split(world.rank() == victim ? pcx::Communicator::kNoColour : 0, world.rank());
   std::vector<std::int64_t> pids(static_cast<std::size_t>(world.size()));
   world.all_gather(std::vector<std::int64_t>{getpid()}, pids);
   const auto victim_pid = static_cast<pid_t>(pids.back());
@@ -83,27 +87,35 @@ BOOST_AUTO_TEST_CASE(a_stopped_member_gives_timeout_on_the_others, *boost::unit_
   bool ok = true;
 
   world.barrier();
-  if (world.rank() == victim) {
-    raise(SIGSTOP);
-    // Resumed: complete what the others abandoned; the sum holds every member's value.
-    reduce->all_reduce(values, ReduceOp::sum);
-    split->barrier();
-    ok = values[0] == world.size() * (world.size() + 1) / 2 && !reduce->aborted();
-  } else {
-    ok = times_out("all_reduce", world, [&] { reduce->all_reduce(values, ReduceOp::sum); }) && ok;
-    ok = times_out("split", world, [&] { static_cast<void>(split->split(0, world.rank())); }) && ok;
-    BOOST_CHECK_THROW(reduce->all_reduce(values, ReduceOp::sum), pcx::CommError);
-    BOOST_CHECK_THROW(static_cast<void>(split->dup()), pcx::CommError);
-    ok = ok && reduce->aborted() && split->aborted() && values[0] == world.rank() + 1;
-    if (world.rank() == 0) {
-      // It stopped long before the deadline passed; make sure before resuming it.
-      for (int tries = 0; tries < 100 && !stopped(victim_pid); ++tries) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Whatever happens, every rank reaches the verdict below: an exception on one rank must
+  // not leave the others waiting in it.
+  try {
+    if (world.rank() == victim) {
+      raise(SIGSTOP);
+      // Resumed: complete what the others abandoned; the sum holds every member's value.
+      reduce->all_reduce(values, ReduceOp::sum);
+      split->barrier();
+      ok = values[0] == world.size() * (world.size() + 1) / 2 && !reduce->aborted();
+    } else {
+      ok = times_out("all_reduce", world, [&] { reduce->all_reduce(values, ReduceOp::sum); }) && ok;
+      ok = times_out("split", world, [&] { static_cast<void>(split->split(0, world.rank())); }) && ok;
+      BOOST_CHECK_THROW(reduce->all_reduce(values, ReduceOp::sum), pcx::CommError);
+      BOOST_CHECK_THROW(static_cast<void>(split->dup()), pcx::CommError);
+      ok = ok && reduce->aborted() && split->aborted() && values[0] == world.rank() + 1;
+      survivors->barrier();
+      if (world.rank() == 0) {
+        // It stopped long before the deadline passed; make sure before resuming it.
+        for (int tries = 0; tries < 100 && !stopped(victim_pid); ++tries) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        BOOST_TEST(stopped(victim_pid), "rank " << victim << " was stopped during the collectives");
+        ok = ok && stopped(victim_pid);
+        kill(victim_pid, SIGCONT);
       }
-      BOOST_TEST(stopped(victim_pid), "rank " << victim << " was stopped during the collectives");
-      ok = ok && stopped(victim_pid);
-      kill(victim_pid, SIGCONT);
     }
+  } catch (const std::exception& e) {
+    BOOST_ERROR("rank " << world.rank() << ": " << e.what());
+    ok = false;
   }
   BOOST_TEST(everyone(ok));
 }
