@@ -162,8 +162,8 @@ void agree(const Communicator& comm, AgreementStage stage, std::span<const Agree
                                 : fmt::format("{} ranges from {} to {}", values[i].name, low(slot), high(slot)));
   }
   const bool failed = high(kFailureSlot) != INT64_MIN;
-  const std::int64_t kind = high(kFailureSlot) & 7;
-  const auto failing_rank = static_cast<int>((kind - high(kFailureSlot)) / 8);
+  const std::int64_t kind = failed ? high(kFailureSlot) & 7 : 0;
+  const auto failing_rank = failed ? static_cast<int>((kind - high(kFailureSlot)) / 8) : -1;
   const std::string text = failed ? shared_text(comm, failing_rank, failure) : std::string();
   if (!disagreements.empty()) {
     throw ConfigMismatch(fmt::format("ranks disagree on the {}: {}{}", subject(stage), fmt::join(disagreements, "; "),
