@@ -1,12 +1,9 @@
 #include "pcx/mpu.hpp"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <exception>
 
 #include "pcx/agreement.hpp"
-#include "pcx/error.hpp"
 
 namespace pcx {
 namespace {

@@ -18,18 +18,12 @@ using pcx::CommOptions;
 using pcx::MpiCommunicator;
 using pcx::ReduceOp;
 using pcx::test::everyone;
+using pcx::test::options;
 using pcx::test::two_or_more_ranks;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 namespace {
-
-CommOptions options(std::string name, std::chrono::milliseconds timeout) {
-  CommOptions chosen;
-  chosen.name = std::move(name);
-  chosen.timeout = timeout;
-  return chosen;
-}
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();

@@ -4,6 +4,7 @@
 // rank leaving the others waiting in a collective.
 
 #include <boost/test/unit_test.hpp>
+#include <chrono>
 #include <functional>
 #include <optional>
 #include <string>
@@ -29,6 +30,14 @@ inline boost::test_tools::assertion_result two_or_more_ranks(boost::unit_test::t
   boost::test_tools::assertion_result enough(ranks >= 2);
   enough.message() << "needs two or more ranks; this job has " << ranks;
   return enough;
+}
+
+/// Communicator settings with a name and a deadline.
+inline CommOptions options(std::string name, std::chrono::milliseconds timeout) {
+  CommOptions chosen;
+  chosen.name = std::move(name);
+  chosen.timeout = timeout;
+  return chosen;
 }
 
 /// True on every rank when @p ok is true on every rank.

@@ -19,43 +19,22 @@ template <class T>
 constexpr bool kIntegral = std::is_integral_v<T>;
 
 using pcx::test::as_double;
+using pcx::test::first_is_exact;
 using pcx::test::make;
+using pcx::test::reduction_cases;
+using pcx::test::ReductionCase;
 
-// Member r contributes {r + 1, 1 + r % 2}. Every partial result of every order is exact
-// in every type here, except the product of 1..n in bfloat16 (315 = 3 * 5 * 3 * 7 needs 9
-// significant bits, bfloat16 has 8), so that element is left out there.
+// Member r contributes {r + 1, 1 + r % 2}; the expected results are reduction_cases().
 template <class T>
 void check_every_op(const MpiCommunicator& world) {
   const int n = world.size();
   const int r = world.rank();
-  double factorial = 1;
-  double ones_and_twos = 0;
-  for (int q = 0; q < n; ++q) {
-    factorial *= q + 1;
-    ones_and_twos += 1 + q % 2;
-  }
-  const double triangle = n * (n + 1) / 2.0;
-  // avg is the sum divided by n; integer sums truncate.
-  const auto average = [&](double sum) { return kIntegral<T> ? static_cast<double>(static_cast<long long>(sum) / n) : sum / n; };
-  struct Case {
-    ReduceOp op;
-    double first;
-    double second;
-  };
-  const std::array<Case, 5> cases = {{
-      {ReduceOp::sum, triangle, ones_and_twos},
-      {ReduceOp::prod, factorial, static_cast<double>(1LL << (n / 2))},
-      {ReduceOp::min, 1, 1},
-      {ReduceOp::max, static_cast<double>(n), n > 1 ? 2.0 : 1.0},
-      {ReduceOp::avg, average(triangle), average(ones_and_twos)},
-  }};
-  const bool first_exact = !std::is_same_v<T, pcx::bfloat16>;
-  for (const Case& c : cases) {
+  for (const ReductionCase& c : reduction_cases<T>(n)) {
     const std::vector<T> mine = {make<T>(r + 1), make<T>(1 + r % 2)};
     std::vector<T> out(2);
     world.all_reduce(mine, out, c.op);
     BOOST_TEST_CONTEXT(pcx::to_string(pcx::data_type_of<T>()) << " " << pcx::to_string(c.op) << " over " << n) {
-      if (c.op != ReduceOp::prod || first_exact) BOOST_TEST(as_double(out[0]) == c.first);
+      if (first_is_exact<T>(c)) BOOST_TEST(as_double(out[0]) == c.first);
       BOOST_TEST(as_double(out[1]) == c.second);
     }
   }

@@ -40,37 +40,17 @@ Plan uneven_plan(int n, int r) {
 }
 
 using pcx::test::as_double;
+using pcx::test::first_is_exact;
 using pcx::test::make;
+using pcx::test::reduction_cases;
+using pcx::test::ReductionCase;
 
-// Member r contributes {r + 1, 1 + r % 2}, on device memory or on host memory. The
-// product of 1..n is not exact in bfloat16 (315 needs 9 significant bits), so that
-// element is left out there.
+// Member r contributes {r + 1, 1 + r % 2}, on device memory or on host memory; the
+// expected results are reduction_cases().
 template <class T>
 void check_every_op(const NcclCommunicator& comm, bool on_host, Checks& checks) {
-  const int n = comm.size();
   const int r = comm.rank();
-  double factorial = 1;
-  double ones_and_twos = 0;
-  for (int q = 0; q < n; ++q) {
-    factorial *= q + 1;
-    ones_and_twos += 1 + q % 2;
-  }
-  const double triangle = n * (n + 1) / 2.0;
-  const bool integral = std::is_integral_v<T>;
-  const auto average = [&](double sum) { return integral ? static_cast<double>(static_cast<long long>(sum) / n) : sum / n; };
-  struct Case {
-    ReduceOp op;
-    double first;
-    double second;
-  };
-  const std::array<Case, 5> cases = {{
-      {ReduceOp::sum, triangle, ones_and_twos},
-      {ReduceOp::prod, factorial, static_cast<double>(1LL << (n / 2))},
-      {ReduceOp::min, 1, 1},
-      {ReduceOp::max, static_cast<double>(n), n > 1 ? 2.0 : 1.0},
-      {ReduceOp::avg, average(triangle), average(ones_and_twos)},
-  }};
-  for (const Case& c : cases) {
+  for (const ReductionCase& c : reduction_cases<T>(comm.size())) {
     const std::string what = fmt::format("{} all_reduce {} on {} memory", pcx::to_string(pcx::data_type_of<T>()),
                                          pcx::to_string(c.op), on_host ? "host" : "device");
     checks.run(what, [&] {
@@ -82,8 +62,7 @@ void check_every_op(const NcclCommunicator& comm, bool on_host, Checks& checks) 
         comm.all_reduce(buffer.span(), c.op);
         values = buffer.host();
       }
-      const bool first_exact = c.op != ReduceOp::prod || !std::is_same_v<T, pcx::bfloat16>;
-      checks.expect((!first_exact || as_double(values[0]) == c.first) && as_double(values[1]) == c.second,
+      checks.expect((!first_is_exact<T>(c) || as_double(values[0]) == c.first) && as_double(values[1]) == c.second,
                     fmt::format("{}: got {}, {}; expected {}, {}", what, as_double(values[0]), as_double(values[1]),
                                 c.first, c.second));
     });

@@ -24,17 +24,11 @@ using pcx::CommOptions;
 using pcx::MpiCommunicator;
 using pcx::ReduceOp;
 using pcx::test::everyone;
+using pcx::test::options;
 using pcx::test::two_or_more_ranks;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-CommOptions options(std::string name, std::chrono::milliseconds timeout) {
-  CommOptions chosen;
-  chosen.name = std::move(name);
-  chosen.timeout = timeout;
-  return chosen;
-}
 
 constexpr std::chrono::milliseconds kTimeout{2000};
 
