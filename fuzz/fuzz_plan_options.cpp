@@ -44,6 +44,8 @@ std::vector<std::string> write_back(const PlanOptions& options, bool world_requi
   if (world_required || c.world_size != 0) args.push_back("--world=" + std::to_string(c.world_size));
   args.push_back("--tp=" + std::to_string(c.tensor_parallel_size));
   args.push_back("--pp=" + std::to_string(c.pipeline_parallel_size));
+  args.push_back("--cp=" + std::to_string(c.context_parallel_size));
+  if (c.expert_tensor_parallel_size) args.push_back("--etp=" + std::to_string(*c.expert_tensor_parallel_size));
   if (!c.expert_parallel_sizes.empty()) {
     std::string ep = "--ep=";
     for (std::size_t i = 0; i < c.expert_parallel_sizes.size(); ++i) {
@@ -52,12 +54,18 @@ std::vector<std::string> write_back(const PlanOptions& options, bool world_requi
     }
     args.push_back(ep);
   }
-  args.push_back("--expert-order=" + std::string(pcx::to_string(c.expert_order)));
+  // --order and --expert-order exclude each other; --order leaves expert_order at its default.
+  if (c.order) {
+    args.push_back("--order=" + *c.order);
+  } else {
+    args.push_back("--expert-order=" + std::string(pcx::to_string(c.expert_order)));
+  }
   if (c.zero_hpz_size) args.push_back("--zero-hpz=" + std::to_string(*c.zero_hpz_size));
   if (c.ranks_per_node) args.push_back("--ranks-per-node=" + std::to_string(*c.ranks_per_node));
   if (options.rank) args.push_back("--rank=" + std::to_string(*options.rank));
   args.push_back("--format=" + std::string(format_name(options.format)));
   if (!options.colour_by.empty()) args.push_back("--colour-by=" + options.colour_by);
+  if (options.megatron) args.push_back("--megatron");
   return args;
 }
 
@@ -95,6 +103,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     PCX_FUZZ_CHECK(again.rank == options.rank);
     PCX_FUZZ_CHECK(again.format == options.format);
     PCX_FUZZ_CHECK(again.colour_by == options.colour_by);
+    PCX_FUZZ_CHECK(again.megatron == options.megatron);
 
     std::vector<int> probes;
     if (options.rank) probes.push_back(*options.rank);

@@ -12,12 +12,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <map>
 #include <span>
 #include <string>
 #include <string_view>
 #include <typeinfo>
 #include <vector>
 
+#include "megatron_reference.hpp"
 #include "pcx/error.hpp"
 #include "pcx/layout.hpp"
 #include "pcx/topology.hpp"
@@ -178,20 +180,78 @@ inline std::vector<std::vector<int>> check_layout(const pcx::GroupLayout& layout
   return groups;
 }
 
-/// Whether @p c satisfies every rule SPEC.md states, computed independently of pcx::validate.
+/// The order string that lays out @p c, as Megatron's initialize_model_parallel takes it.
+inline std::string reference_order(const pcx::ParallelConfig& c) {
+  if (c.order) return *c.order;
+  return c.expert_order == pcx::ExpertOrder::expert_first ? "tp-cp-ep-dp-pp" : "tp-cp-dp-ep-pp";
+}
+
+/// The axis names of a well-formed order string (each of tp, cp, ep, dp, pp at most once),
+/// fastest first; empty for a malformed one.
+inline std::vector<std::string> order_axes(const std::string& order) {
+  static const std::vector<std::string> known = {"tp", "cp", "ep", "dp", "pp"};
+  if (order.empty()) return {};
+  // The added '-' is the trailing one split() drops, so that "tp-" keeps its empty last name.
+  const std::vector<std::string> axes = split(order + "-", '-');
+  for (std::size_t i = 0; i < axes.size(); ++i) {
+    if (std::ranges::find(known, axes[i]) == known.end()) return {};
+    if (std::find(axes.begin(), axes.begin() + static_cast<std::ptrdiff_t>(i), axes[i]) !=
+        axes.begin() + static_cast<std::ptrdiff_t>(i)) {
+      return {};
+    }
+  }
+  return axes;
+}
+
+/// One grid of Megatron's: a size per axis name, laid out by the order's axes.
+struct ReferenceGrid {
+  std::map<std::string, long long> sizes;
+
+  /// Every axis larger than 1 is named by the order (Megatron appends only axes of size 1).
+  [[nodiscard]] bool ordered_by(const std::vector<std::string>& axes) const {
+    return std::ranges::all_of(sizes, [&](const auto& axis) {
+      return axis.second == 1 || std::ranges::find(axes, axis.first) != axes.end();
+    });
+  }
+  /// Ranks between consecutive pipeline stages: the product of the axes ordered before pp.
+  [[nodiscard]] long long stage_stride(const std::vector<std::string>& axes) const {
+    long long stride = 1;
+    for (const std::string& axis : axes) {
+      if (axis == "pp") break;
+      stride *= sizes.at(axis);
+    }
+    return stride;
+  }
+};
+
+/// Whether @p c satisfies every rule of SPEC.md and of Megatron's layout (issue: context
+/// parallel, expert tensor parallel, order strings), computed independently of pcx::validate.
 inline bool reference_valid(const pcx::ParallelConfig& c) {
   if (c.world_size < 1 || c.tensor_parallel_size < 1 || c.pipeline_parallel_size < 1) return false;
+  if (c.context_parallel_size < 1) return false;
+  if (c.expert_tensor_parallel_size && *c.expert_tensor_parallel_size < 1) return false;
   const long long world = c.world_size;
   const long long tensor = std::min<long long>(c.tensor_parallel_size, world);
-  const long long model = tensor * c.pipeline_parallel_size;
-  if (world % model != 0) return false;
-  const long long data = world / model;
+  const long long pp = c.pipeline_parallel_size;
+  if (world % (tensor * pp) != 0 || world / (tensor * pp) % c.context_parallel_size != 0) return false;
+  const long long data = world / (tensor * pp) / c.context_parallel_size;
+  const std::string order = reference_order(c);
+  const std::vector<std::string> axes = order_axes(order);
+  if (axes.empty()) return false;
+  const ReferenceGrid dense{{{"tp", tensor}, {"cp", c.context_parallel_size}, {"ep", 1}, {"dp", data}, {"pp", pp}}};
+  if (!dense.ordered_by(axes)) return false;
+  const long long expert_tensor = c.expert_tensor_parallel_size.value_or(static_cast<int>(tensor));
   for (std::size_t i = 0; i < c.expert_parallel_sizes.size(); ++i) {
     const int ep = c.expert_parallel_sizes[i];
-    if (ep < 1 || data % ep != 0) return false;
+    if (ep < 1 || world % (expert_tensor * pp) != 0 || world / (expert_tensor * pp) % ep != 0) return false;
     for (std::size_t j = 0; j < i; ++j) {
       if (c.expert_parallel_sizes[j] == ep) return false;
     }
+    const long long expert_data = world / (expert_tensor * pp) / ep;
+    const ReferenceGrid expert{{{"tp", expert_tensor}, {"cp", 1}, {"ep", ep}, {"dp", expert_data}, {"pp", pp}}};
+    if (!expert.ordered_by(axes)) return false;
+    if (!order.ends_with("pp") && pp > 1 && expert_data != data) return false;
+    if (pp > 1 && dense.stage_stride(axes) != expert.stage_stride(axes)) return false;
   }
   if (c.zero_hpz_size) {
     if (*c.zero_hpz_size < 1) return false;
@@ -202,6 +262,16 @@ inline bool reference_valid(const pcx::ParallelConfig& c) {
     if (world > *c.ranks_per_node && world % *c.ranks_per_node != 0) return false;
   }
   return true;
+}
+
+/// Whether @p c lays ranks out as the seed does (SPEC.md's formulas): no context
+/// parallelism, expert tensor parallel size the tensor one, and one of the two named orders.
+inline bool seed_layout(const pcx::ParallelConfig& c) {
+  const std::string order = reference_order(c);
+  return c.context_parallel_size == 1 &&
+         c.expert_tensor_parallel_size.value_or(std::min(c.tensor_parallel_size, c.world_size)) ==
+             std::min(c.tensor_parallel_size, c.world_size) &&
+         (order == "tp-cp-ep-dp-pp" || order == "tp-cp-dp-ep-pp");
 }
 
 /// Checks that every group of @p groups (a layout's, as check_layout returns them) is exactly
@@ -230,8 +300,42 @@ inline void check_blocks(const std::vector<std::vector<int>>& groups, int block)
   }
 }
 
+/// Checks every Megatron kind of @p topology (its all_views() but the world, hpZ and node
+/// kinds) against Megatron's algorithm as megatron_reference.hpp restates it: the groups in
+/// Megatron's order, and each rank's colour and index (kNoGroup where it is in none).
+inline void check_megatron_kinds(const pcx::Topology& topology, const pcx::ParallelConfig& config) {
+  using pcx::GroupKind;
+  const int world = config.world_size;
+  const int tensor = std::min(config.tensor_parallel_size, world);
+  const auto reference = pcx::test::MegatronReference::of(
+      world, tensor, config.context_parallel_size, config.pipeline_parallel_size,
+      config.expert_tensor_parallel_size.value_or(tensor), config.expert_parallel_sizes, reference_order(config));
+  for (const pcx::GroupView& view : topology.all_views()) {
+    const GroupKind kind = view.id.kind;
+    if (kind == GroupKind::world || kind == GroupKind::zero_param_intra || kind == GroupKind::all_to_all_local ||
+        kind == GroupKind::all_to_all_global) {
+      continue;
+    }
+    const pcx::test::Groups expected = reference.groups(view.id);
+    PCX_FUZZ_CHECK(view.layout.groups() == expected);
+    std::vector<int> colour(static_cast<std::size_t>(world), pcx::GroupLayout::kNoGroup);
+    std::vector<int> index(static_cast<std::size_t>(world), pcx::GroupLayout::kNoGroup);
+    for (std::size_t g = 0; g < expected.size(); ++g) {
+      for (std::size_t i = 0; i < expected[g].size(); ++i) {
+        colour[static_cast<std::size_t>(expected[g][i])] = static_cast<int>(g);
+        index[static_cast<std::size_t>(expected[g][i])] = static_cast<int>(i);
+      }
+    }
+    for (int r = 0; r < world; ++r) {
+      PCX_FUZZ_CHECK(view.layout.colour(r) == colour[static_cast<std::size_t>(r)]);
+      PCX_FUZZ_CHECK(view.layout.group_rank(r) == index[static_cast<std::size_t>(r)]);
+    }
+  }
+}
+
 /// Checks a topology built from @p config against SPEC.md: the list of views, every
-/// view's contract, and each kind's groups. Needs world_size <= kMaxCheckedWorld.
+/// view's contract, and each kind's groups (by Megatron's algorithm, and for the seed's
+/// layout by SPEC.md's formulas too). Needs world_size <= kMaxCheckedWorld.
 inline void check_topology(const pcx::Topology& topology, const pcx::ParallelConfig& config,
                            std::span<const int> probes = {}) {
   using pcx::GroupId;
@@ -243,7 +347,7 @@ inline void check_topology(const pcx::Topology& topology, const pcx::ParallelCon
   const int pp = config.pipeline_parallel_size;
   PCX_FUZZ_CHECK(topology.tensor_parallel_size() == tp);
   PCX_FUZZ_CHECK(topology.pipeline_parallel_size() == pp);
-  const int dp = world / (tp * pp);
+  const int dp = world / (tp * config.context_parallel_size * pp);
   PCX_FUZZ_CHECK(topology.data_parallel_size() == dp);
   const int stage = world / pp;  // S in SPEC.md
 
@@ -310,49 +414,52 @@ inline void check_topology(const pcx::Topology& topology, const pcx::ParallelCon
         "layout(all_to_all_global) with one node did not throw GroupNotFound");
   }
 
-  // Megatron: r = p*S + d*tp + t.
   check_blocks(groups_of(GroupKind::world), world);
-  check_classes(groups_of(GroupKind::tensor_parallel), tp, [&](int r) { return static_cast<long long>(r / tp); });
-  check_classes(groups_of(GroupKind::pipeline_parallel), pp, [&](int r) { return static_cast<long long>(r % stage); });
-  check_classes(groups_of(GroupKind::data_parallel), dp,
-                [&](int r) { return static_cast<long long>(r / stage) * tp + r % tp; });
-  const pcx::GroupLayout& data_view = topology.layout({GroupKind::data_parallel, 0});
+  if (world <= kFullyCheckedWorld) check_megatron_kinds(topology, config);
+  // The seed's layout also by SPEC.md's formulas: r = p*S + d*tp + t.
+  if (seed_layout(config)) {
+    check_classes(groups_of(GroupKind::tensor_parallel), tp, [&](int r) { return static_cast<long long>(r / tp); });
+    check_classes(groups_of(GroupKind::pipeline_parallel), pp, [&](int r) { return static_cast<long long>(r % stage); });
+    check_classes(groups_of(GroupKind::data_parallel), dp,
+                  [&](int r) { return static_cast<long long>(r / stage) * tp + r % tp; });
+    const pcx::GroupLayout& data_view = topology.layout({GroupKind::data_parallel, 0});
 
-  std::vector<int> ranks = {0, world - 1, world / 2};
-  for (const int p : probes) ranks.push_back(static_cast<int>(static_cast<unsigned>(p) % static_cast<unsigned>(world)));
+    std::vector<int> ranks = {0, world - 1, world / 2};
+    for (const int p : probes) ranks.push_back(static_cast<int>(static_cast<unsigned>(p) % static_cast<unsigned>(world)));
 
-  for (const int ep : config.expert_parallel_sizes) {
-    const int edp = dp / ep;
-    const bool expert_first = config.expert_order == pcx::ExpertOrder::expert_first;
-    // expert-first: r = p*S + (j*ep + e)*tp + t; data-first: r = p*S + (e*edp + j)*tp + t.
-    auto coords = [&](int r, long long& p, long long& e, long long& j, long long& t) {
-      p = r / stage;
-      t = r % tp;
-      const long long q = (r % stage) / tp;
-      e = expert_first ? q % ep : q / edp;
-      j = expert_first ? q / ep : q % edp;
-    };
-    const pcx::GroupLayout& expert_view = topology.layout({GroupKind::expert_parallel, ep});
-    const pcx::GroupLayout& replica_view = topology.layout({GroupKind::expert_data_parallel, ep});
-    check_classes(groups_of(GroupKind::expert_parallel, ep), ep, [&](int r) {
-      long long p, e, j, t;
-      coords(r, p, e, j, t);
-      return (p * edp + j) * tp + t;  // e varies
-    });
-    check_classes(groups_of(GroupKind::expert_data_parallel, ep), edp, [&](int r) {
-      long long p, e, j, t;
-      coords(r, p, e, j, t);
-      return (p * ep + e) * tp + t;  // j varies
-    });
-    for (const int r : ranks) {
-      const std::vector<int> experts = expert_view.group_of(r);
-      const std::vector<int> replicas = replica_view.group_of(r);
-      const std::vector<int> data = data_view.group_of(r);
-      std::vector<int> both;
-      std::ranges::set_intersection(experts, replicas, std::back_inserter(both));
-      PCX_FUZZ_CHECK(both == std::vector<int>{r});
-      PCX_FUZZ_CHECK(std::ranges::includes(data, experts));
-      PCX_FUZZ_CHECK(std::ranges::includes(data, replicas));
+    for (const int ep : config.expert_parallel_sizes) {
+      const int edp = dp / ep;
+      const bool expert_first = reference_order(config) == "tp-cp-ep-dp-pp";
+      // expert-first: r = p*S + (j*ep + e)*tp + t; data-first: r = p*S + (e*edp + j)*tp + t.
+      auto coords = [&](int r, long long& p, long long& e, long long& j, long long& t) {
+        p = r / stage;
+        t = r % tp;
+        const long long q = (r % stage) / tp;
+        e = expert_first ? q % ep : q / edp;
+        j = expert_first ? q / ep : q % edp;
+      };
+      const pcx::GroupLayout& expert_view = topology.layout({GroupKind::expert_parallel, ep});
+      const pcx::GroupLayout& replica_view = topology.layout({GroupKind::expert_data_parallel, ep});
+      check_classes(groups_of(GroupKind::expert_parallel, ep), ep, [&](int r) {
+        long long p, e, j, t;
+        coords(r, p, e, j, t);
+        return (p * edp + j) * tp + t;  // e varies
+      });
+      check_classes(groups_of(GroupKind::expert_data_parallel, ep), edp, [&](int r) {
+        long long p, e, j, t;
+        coords(r, p, e, j, t);
+        return (p * ep + e) * tp + t;  // j varies
+      });
+      for (const int r : ranks) {
+        const std::vector<int> experts = expert_view.group_of(r);
+        const std::vector<int> replicas = replica_view.group_of(r);
+        const std::vector<int> data = data_view.group_of(r);
+        std::vector<int> both;
+        std::ranges::set_intersection(experts, replicas, std::back_inserter(both));
+        PCX_FUZZ_CHECK(both == std::vector<int>{r});
+        PCX_FUZZ_CHECK(std::ranges::includes(data, experts));
+        PCX_FUZZ_CHECK(std::ranges::includes(data, replicas));
+      }
     }
   }
 
@@ -385,9 +492,9 @@ inline void check_config(const pcx::ParallelConfig& config, std::span<const int>
   const bool valid = reference_valid(config);
   if (!valid) {
     expect_throws<pcx::ConfigError>([&] { pcx::validate(config); },
-                                    "validate() accepted a configuration that breaks a rule of SPEC.md");
+                                    "validate() accepted a configuration that breaks a rule of SPEC.md or Megatron's layout");
     expect_throws<pcx::ConfigError>([&] { const pcx::Topology topology(config); },
-                                    "Topology accepted a configuration that breaks a rule of SPEC.md");
+                                    "Topology accepted a configuration that breaks a rule of SPEC.md or Megatron's layout");
     return;
   }
   pcx::validate(config);  // a ConfigError here escapes to the guard: a valid config was refused

@@ -11,15 +11,24 @@
 //   byte        number of expert parallel sizes, % 5; each: a byte < 0xC0 picks a divisor
 //               of the data parallel size, < 0xF0 gives (byte - 0xC8) (-8..39), else a raw int
 //   byte        expert order: odd = data-first
-//   byte        bit 0: hpZ present, bit 1: ranks per node present; each present value is
-//               a byte: < 0x80 a divisor of the world, < 0xC0 (byte - 0x84) (-4..59),
-//               < 0xF0 the world + (byte - 0xC0) (larger than the world), else a raw int
+//   byte        bit 0: hpZ present, bit 1: ranks per node present, bit 2: context parallel
+//               size, bit 3: expert tensor parallel size, bit 4: order string; then, in this
+//               order, the values present:
+//               cp    a byte (% 4 + 1, the world multiplied by it while it fits an int) or,
+//                     >= 0xF0, a raw int
+//               etp   a byte (% 5, 0 included) or, >= 0xF0, a raw int
+//               order a byte picking one of the 120 orders of tp, cp, ep, dp, pp and a byte
+//                     whose bits 0-4 leave names out, bit 5 repeats the first name and bit 6
+//                     adds a trailing '-'
+//               hpZ, ranks per node: a byte: < 0x80 a divisor of the world, < 0xC0
+//               (byte - 0x84) (-4..59), < 0xF0 the world + (byte - 0xC0) (larger than the
+//               world), else a raw int
 //   the rest    up to 4 raw ints: ranks to probe in detail
 //
 // Oracles: validate() and Topology throw ConfigError exactly when the configuration breaks
-// a rule of SPEC.md (recomputed independently) and nothing else ever escapes; a valid
+// a rule of SPEC.md or of Megatron's layout (recomputed independently) and nothing else ever escapes; a valid
 // configuration with at most 4096 ranks has every documented view, each a partition of the
-// world with the groups SPEC.md gives (Megatron, expert-first / data-first expert and expert
+// world with the groups Megatron's algorithm gives (and, for the seed's layout, SPEC.md) (Megatron, expert-first / data-first expert and expert
 // data groups, hpZ blocks, all-to-all local blocks and global strides), every rank's expert
 // and expert data groups meet only in that rank and lie in its data parallel group, and
 // kinds the configuration lacks are GroupNotFound.
@@ -28,6 +37,7 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "fuzz_support.hpp"
@@ -66,6 +76,21 @@ int world_relative(pcx_fuzz::Bytes& in, int world) {
   if (b < 0xC0) return b - 0x84;
   if (b < 0xF0) return static_cast<int>(std::min<long long>(static_cast<long long>(world) + (b - 0xC0), INT_MAX));
   return in.raw_int();
+}
+
+// The @p permutation-th order of the five axis names, with @p mask's bits 0-4 leaving names
+// out, bit 5 repeating the first name and bit 6 adding a trailing '-'.
+std::string order_string(std::uint8_t permutation, std::uint8_t mask) {
+  std::vector<std::string> names = {"tp", "cp", "ep", "dp", "pp"};
+  for (int i = 0; i < permutation % 120; ++i) std::ranges::next_permutation(names);
+  std::string order;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (mask & (1u << i)) continue;
+    order += (order.empty() ? "" : "-") + names[i];
+  }
+  if (mask & 0x20) order += "-" + names.front();
+  if (mask & 0x40) order += "-";
+  return order;
 }
 
 }  // namespace
@@ -109,6 +134,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     config.expert_order = in.byte() % 2 == 1 ? pcx::ExpertOrder::data_first : pcx::ExpertOrder::expert_first;
     const std::uint8_t optional = in.byte();
+    if (optional & 4) {
+      config.context_parallel_size = in.value([](std::uint8_t b) { return b % 4 + 1; });
+      const long long world = static_cast<long long>(config.world_size) * config.context_parallel_size;
+      if (world <= INT_MAX && world >= INT_MIN) config.world_size = static_cast<int>(world);
+    }
+    if (optional & 8) config.expert_tensor_parallel_size = in.value([](std::uint8_t b) { return b % 5; });
+    if (optional & 16) config.order = order_string(in.byte(), in.byte());
     if (optional & 1) config.zero_hpz_size = world_relative(in, config.world_size);
     if (optional & 2) config.ranks_per_node = world_relative(in, config.world_size);
 

@@ -4,15 +4,19 @@
 // as a list of groups by mixed-radix arithmetic over the order string, with no grid, so
 // that it checks pcx's RankGrid independently.
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "golden.hpp"
 #include "pcx/topology.hpp"
 
 namespace pcx::test {
+
+/// Groups as lists of global ranks (the same alias as golden.hpp's, which this header does
+/// not include, so that it needs no conformance data: the fuzzers use it too).
+using Groups = std::vector<std::vector<int>>;
 
 /// Megatron's RankGenerator: sizes by name, and an order string fastest axis first to
 /// which the unnamed axes (all of size 1) are appended.
