@@ -209,9 +209,8 @@ struct ReferenceGrid {
 
   /// Every axis larger than 1 is named by the order (Megatron appends only axes of size 1).
   [[nodiscard]] bool ordered_by(const std::vector<std::string>& axes) const {
-    return std::ranges::all_of(sizes, [&](const auto& axis) {
-      return axis.second == 1 || std::ranges::find(axes, axis.first) != axes.end();
-    });
+    return std::ranges::all_of(
+        sizes, [&](const auto& axis) { return axis.second == 1 || std::ranges::find(axes, axis.first) != axes.end(); });
   }
   /// Ranks between consecutive pipeline stages: the product of the axes ordered before pp.
   [[nodiscard]] long long stage_stride(const std::vector<std::string>& axes) const {
@@ -419,13 +418,15 @@ inline void check_topology(const pcx::Topology& topology, const pcx::ParallelCon
   // The seed's layout also by SPEC.md's formulas: r = p*S + d*tp + t.
   if (seed_layout(config)) {
     check_classes(groups_of(GroupKind::tensor_parallel), tp, [&](int r) { return static_cast<long long>(r / tp); });
-    check_classes(groups_of(GroupKind::pipeline_parallel), pp, [&](int r) { return static_cast<long long>(r % stage); });
+    check_classes(groups_of(GroupKind::pipeline_parallel), pp,
+                  [&](int r) { return static_cast<long long>(r % stage); });
     check_classes(groups_of(GroupKind::data_parallel), dp,
                   [&](int r) { return static_cast<long long>(r / stage) * tp + r % tp; });
     const pcx::GroupLayout& data_view = topology.layout({GroupKind::data_parallel, 0});
 
     std::vector<int> ranks = {0, world - 1, world / 2};
-    for (const int p : probes) ranks.push_back(static_cast<int>(static_cast<unsigned>(p) % static_cast<unsigned>(world)));
+    for (const int p : probes)
+      ranks.push_back(static_cast<int>(static_cast<unsigned>(p) % static_cast<unsigned>(world)));
 
     for (const int ep : config.expert_parallel_sizes) {
       const int edp = dp / ep;
@@ -491,10 +492,12 @@ inline void check_topology(const pcx::Topology& topology, const pcx::ParallelCon
 inline void check_config(const pcx::ParallelConfig& config, std::span<const int> probes = {}) {
   const bool valid = reference_valid(config);
   if (!valid) {
-    expect_throws<pcx::ConfigError>([&] { pcx::validate(config); },
-                                    "validate() accepted a configuration that breaks a rule of SPEC.md or Megatron's layout");
-    expect_throws<pcx::ConfigError>([&] { const pcx::Topology topology(config); },
-                                    "Topology accepted a configuration that breaks a rule of SPEC.md or Megatron's layout");
+    expect_throws<pcx::ConfigError>(
+        [&] { pcx::validate(config); },
+        "validate() accepted a configuration that breaks a rule of SPEC.md or Megatron's layout");
+    expect_throws<pcx::ConfigError>(
+        [&] { const pcx::Topology topology(config); },
+        "Topology accepted a configuration that breaks a rule of SPEC.md or Megatron's layout");
     return;
   }
   pcx::validate(config);  // a ConfigError here escapes to the guard: a valid config was refused

@@ -28,10 +28,10 @@
 // Oracles: validate() and Topology throw ConfigError exactly when the configuration breaks
 // a rule of SPEC.md or of Megatron's layout (recomputed independently) and nothing else ever escapes; a valid
 // configuration with at most 4096 ranks has every documented view, each a partition of the
-// world with the groups Megatron's algorithm gives (and, for the seed's layout, SPEC.md) (Megatron, expert-first / data-first expert and expert
-// data groups, hpZ blocks, all-to-all local blocks and global strides), every rank's expert
-// and expert data groups meet only in that rank and lie in its data parallel group, and
-// kinds the configuration lacks are GroupNotFound.
+// world with the groups Megatron's algorithm gives (and, for the seed's layout, SPEC.md) (Megatron, expert-first /
+// data-first expert and expert data groups, hpZ blocks, all-to-all local blocks and global strides), every rank's
+// expert and expert data groups meet only in that rank and lie in its data parallel group, and kinds the configuration
+// lacks are GroupNotFound.
 
 #include <algorithm>
 #include <climits>

@@ -99,6 +99,12 @@ std::string shared_text(const Communicator& comm, int failing_rank, const std::e
 
 }  // namespace
 
+std::int64_t digest_of(std::string_view text) noexcept {
+  std::uint64_t hash = 1469598103934665603ULL;  // wraps by design
+  for (const char c : text) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+  return static_cast<std::int64_t>(hash >> 1);
+}
+
 std::string_view to_string(AgreementStage stage) noexcept {
   switch (stage) {
     case AgreementStage::context: return "context";
@@ -122,7 +128,8 @@ void agree(const Communicator& comm, AgreementStage stage, std::span<const Agree
   for (std::size_t i = 0; i < values.size(); ++i) {
     const std::optional<std::int64_t> value = values[i].value;
     if (value == INT64_MIN) {
-      throw ConfigError(fmt::format("agreed value \"{}\" is INT64_MIN, which stands for an unknown value", values[i].name));
+      throw ConfigError(
+          fmt::format("agreed value \"{}\" is INT64_MIN, which stands for an unknown value", values[i].name));
     }
     message[kHeader + i] = value.value_or(INT64_MIN);
     message[kSlots + kHeader + i] = value ? ~*value : INT64_MIN;

@@ -178,8 +178,23 @@ GroupLayout RankGrid::along_positions(std::string_view axis, std::span<const int
   return layout;
 }
 
+// Neighbouring dims that both vary or are both fixed, and are contiguous (the slower one's
+// stride spans the faster one), are one dim: merged, every query gives the same answer, and
+// two layouts with the same groups in the same order have the same dims, so that == compares
+// groups whatever grid they were cut from.
 GroupLayout::GroupLayout(std::vector<Dim> dims, int world_size, int group_size)
-    : dims_(std::move(dims)), world_size_(world_size), group_size_(group_size), group_count_(world_size / group_size) {}
+    : world_size_(world_size), group_size_(group_size), group_count_(world_size / group_size) {
+  for (const Dim& dim : dims) {
+    if (!dims_.empty()) {
+      Dim& slower = dims_.back();
+      if (slower.varying == dim.varying && slower.stride == dim.size * dim.stride) {
+        slower = {slower.size * dim.size, dim.stride, dim.varying};
+        continue;
+      }
+    }
+    dims_.push_back(dim);
+  }
+}
 
 int GroupLayout::digit(const Dim& dim, int rank) const {
   const int coordinate = rank / dim.stride % dim.size;

@@ -16,26 +16,25 @@ namespace {
 
 // Everything the context takes from its MPU, asked once, before the agreement: an MPU
 // that throws (anything) then fails this rank in the agreement, and none is asked after.
+// The sizes come first; the dense groups once the layout they are checked against is known.
 struct MpuAnswers {
   explicit MpuAnswers(const Mpu& mpu)
       : tensor(mpu.tensor_parallel_size()),
         pipeline(mpu.pipeline_parallel_size()),
+        context(mpu.context_parallel_size()),
         data(mpu.data_parallel_size()),
         model(mpu.model_parallel_size()),
-        data_group(&mpu.data_parallel_group()),
-        tensor_group(mpu.tensor_parallel_group()),
-        pipeline_group(mpu.pipeline_parallel_group()),
         sequence(mpu.sequence_parallel_group()),
         sequence_data(mpu.sequence_data_parallel_group()) {}
   int tensor;
   int pipeline;
+  int context;
   int data;
   int model;
-  const ProcessGroup* data_group;
-  const ProcessGroup* tensor_group;
-  const ProcessGroup* pipeline_group;
   const ProcessGroup* sequence;
   const ProcessGroup* sequence_data;
+  // The MPU's group of each dense kind of the layout, in the layout's order; null where it has none.
+  std::vector<std::pair<GroupKind, const ProcessGroup*>> dense;
 };
 
 }  // namespace
@@ -51,16 +50,7 @@ namespace {
 // The configuration as this rank sees it, for comparison with every other rank. The
 // values are the same, in the same order, on every rank, so every rank words a
 // disagreement the same way.
-// FNV-1a of a text, its top bit cleared: a digest to compare, never INT64_MIN.
-std::int64_t digest(std::string_view text) {
-  std::uint64_t hash = 1469598103934665603ULL;  // wraps by design
-  for (const char c : text) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
-  return static_cast<std::int64_t>(hash >> 1);
-}
-
 std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, const MpuAnswers* mpu) {
-  std::uint64_t ep_hash = 1469598103934665603ULL;  // FNV-1a over the ordered sizes; wraps by design
-  for (const int ep : c.expert_parallel_sizes) ep_hash = (ep_hash ^ static_cast<std::uint32_t>(ep)) * 1099511628211ULL;
   // An MPU that threw has no answers: they are left out of the comparison, and the
   // agreement reports the throw.
   const auto answer = [&](auto field) -> std::optional<std::int64_t> {
@@ -75,16 +65,17 @@ std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, cons
       {"pipeline parallel size", c.pipeline_parallel_size},
       {"number of expert parallel sizes", static_cast<std::int64_t>(c.expert_parallel_sizes.size())},
       {"largest expert parallel size", c.expert_parallel_sizes.empty() ? 0 : std::ranges::max(c.expert_parallel_sizes)},
-      {"expert parallel sizes", static_cast<std::int64_t>(ep_hash >> 1), /*digest=*/true},
+      {"expert parallel sizes", digest_of(fmt::format("{}", fmt::join(c.expert_parallel_sizes, ","))), /*digest=*/true},
       {"expert order (0 expert-first, 1 data-first)", c.expert_order == ExpertOrder::expert_first ? 0 : 1},
       {"context parallel size", c.context_parallel_size},
       {"expert tensor parallel size (0: the tensor parallel size)", c.expert_tensor_parallel_size.value_or(0)},
-      {"order strings", digest(order_of(c)), /*digest=*/true},
+      {"order strings", digest_of(order_of(c)), /*digest=*/true},
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
       {"ranks per node (0 none)", c.ranks_per_node.value_or(0)},
       {"MPU present (0 no, 1 yes)", has_mpu},
       {"MPU tensor parallel size", answer([](const MpuAnswers& m) { return m.tensor; })},
       {"MPU pipeline parallel size", answer([](const MpuAnswers& m) { return m.pipeline; })},
+      {"MPU context parallel size", answer([](const MpuAnswers& m) { return m.context; })},
       {"MPU data parallel size", answer([](const MpuAnswers& m) { return m.data; })},
       {"MPU model parallel size", answer([](const MpuAnswers& m) { return m.model; })},
       {"MPU sequence parallel size (0 none)", answer([&](const MpuAnswers& m) { return size_or_zero(m.sequence); })},
@@ -101,6 +92,7 @@ ParallelConfig as_built(ParallelConfig config, int world_size, const MpuAnswers*
   if (mpu) {
     if (config.tensor_parallel_size == 1) config.tensor_parallel_size = mpu->tensor;
     if (config.pipeline_parallel_size == 1) config.pipeline_parallel_size = mpu->pipeline;
+    if (config.context_parallel_size == 1) config.context_parallel_size = mpu->context;
   }
   const auto clamp = [&](std::optional<int>& size) {
     if (size && config.world_size > 0) size = std::min(*size, config.world_size);
@@ -129,6 +121,7 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
     };
     take(config.tensor_parallel_size, mpu->tensor, "tensor parallel size");
     take(config.pipeline_parallel_size, mpu->pipeline, "pipeline parallel size");
+    take(config.context_parallel_size, mpu->context, "context parallel size");
   } else if (config.tensor_parallel_size != 1 || config.pipeline_parallel_size != 1 ||
              config.context_parallel_size != 1) {
     // Without an MPU, data parallel is the whole world, which it is only when all three are 1.
@@ -137,19 +130,40 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
         "pcx::GridMpu); without one all three are 1",
         config.tensor_parallel_size, config.pipeline_parallel_size, config.context_parallel_size));
   }
-  Topology topology(std::move(config));
-  if (mpu) {
-    const int rank = world.rank();
-    const GroupLayout& data = topology.layout({GroupKind::data_parallel});
-    if (!mpu->data_group->same_members(data, data.colour(rank))) {
+  return Topology(std::move(config));
+}
+
+// Asks the MPU for its group of every dense kind of @p topology and checks each it gives
+// against the layout: the expert groups and the ranks' agreement assume Megatron's layout.
+std::vector<std::pair<GroupKind, const ProcessGroup*>> checked_dense_groups(const Mpu& mpu, const Topology& topology,
+                                                                            int rank) {
+  std::vector<std::pair<GroupKind, const ProcessGroup*>> dense;
+  for (const GroupView& view : topology.all_views()) {
+    if (!is_dense_kind(view.id.kind)) continue;
+    const ProcessGroup* group = mpu.dense_group(view.id.kind);
+    const std::string layout_text =
+        fmt::format("Megatron's layout of world {}, tensor {}, context {}, pipeline {} and order '{}'",
+                    topology.world_size(), topology.tensor_parallel_size(), topology.context_parallel_size(),
+                    topology.pipeline_parallel_size(), topology.order());
+    std::string kind = view.id.name();
+    std::ranges::replace(kind, '_', ' ');
+    const int colour = view.layout.colour(rank);
+    if (group == nullptr) {
+      if (view.id.kind == GroupKind::data_parallel) {
+        throw ConfigError(fmt::format("on rank {} the MPU gives no data parallel group", rank));
+      }
+    } else if (colour == GroupLayout::kNoGroup) {
       throw ConfigError(
-          fmt::format("on rank {} the MPU's data parallel group [{}] is not [{}], the group the expert groups assume "
-                      "(Megatron layout of world {}, tensor {}, pipeline {})",
-                      rank, fmt::join(mpu->data_group->ranks(), ","), fmt::join(data.group_of(rank), ","),
-                      topology.world_size(), topology.tensor_parallel_size(), topology.pipeline_parallel_size()));
+          fmt::format("on rank {} the MPU gives the {} group [{}], but in {} the rank is in no such group", rank, kind,
+                      fmt::join(group->ranks(), ","), layout_text));
+    } else if (!group->same_members(view.layout, colour)) {
+      throw ConfigError(fmt::format("on rank {} the MPU's {} group [{}] is not [{}], its group in {}", rank, kind,
+                                    fmt::join(group->ranks(), ","), fmt::join(view.layout.group(colour), ","),
+                                    layout_text));
     }
+    dense.emplace_back(view.id.kind, group);
   }
-  return topology;
+  return dense;
 }
 
 CommOptions options_for(const ContextOptions& options, const GroupId& id) {
@@ -181,6 +195,7 @@ ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, con
   try {
     if (mpu) answers.emplace(*mpu);
     topology.emplace(local_topology(world, config, answers ? &*answers : nullptr));
+    if (mpu) answers->dense = checked_dense_groups(*mpu, *topology, world.rank());
   } catch (...) {
     failure = std::current_exception();
   }
@@ -202,33 +217,30 @@ ParallelContext::ParallelContext(const Communicator& world, ParallelConfig confi
 ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std::shared_ptr<const Mpu>&& mpu,
                                  ContextOptions&& options)
     : mpu_(std::move(mpu)), topology_(std::move(agreed.topology)), rank_(world.rank()) {
-  if (agreed.mpu) {
-    tensor_ = agreed.mpu->tensor_group;
-    pipeline_ = agreed.mpu->pipeline_group;
-    model_parallel_size_ = agreed.mpu->model;
-  }
+  if (agreed.mpu) model_parallel_size_ = agreed.mpu->model;
   const auto logger = logger_or_null(options.logger);
   if (rank_ == 0) {
     for (const std::string& note : topology_.clamp_notes()) logger->warn("pcx: {}", note);
   }
 
   int splits = 0;
-  groups_.entries.reserve(topology_.views().size());
-  for (const GroupView& view : topology_.views()) {
-    // Tensor, pipeline and data parallel groups belong to the MPU.
-    const GroupKind kind = view.id.kind;
-    if (kind == GroupKind::tensor_parallel || kind == GroupKind::pipeline_parallel ||
-        kind == GroupKind::data_parallel) {
-      continue;
-    }
+  groups_.entries.reserve(topology_.all_views().size());
+  std::vector<CommOptions> built_options;  // of each entry, for sharing
+  for (const GroupView& view : topology_.all_views()) {
+    // The dense kinds belong to the MPU.
+    if (is_dense_kind(view.id.kind)) continue;
+    const CommOptions chosen = options_for(options, view.id);
     try {
-      if (kind == GroupKind::world) {
-        groups_.entries.push_back({view.id, ProcessGroup(view.layout, 0, world.dup(options_for(options, view.id)))});
+      if (view.id.kind == GroupKind::world) {
+        groups_.entries.push_back({view.id, ProcessGroup(view.layout, 0, world.dup(chosen))});
+      } else if (const ProcessGroup* same = same_groups(view, chosen, options.dedicated, built_options)) {
+        groups_.entries.push_back({view.id, same->shared_as(view.layout, view.layout.colour(rank_))});
       } else {
         splits += view.layout.group_size() > 1 ? 1 : 0;
-        groups_.entries.push_back(
-            {view.id, make_group(world_group().communicator(), view.layout, options_for(options, view.id))});
+        // Every kind the context builds covers the world: each rank has a group.
+        groups_.entries.push_back({view.id, *make_group(world_group().communicator(), view.layout, chosen)});
       }
+      built_options.push_back(chosen);
     } catch (const CommError& e) {
       throw CommError(fmt::format("building the {} groups on rank {}: {}", view.id.name(), rank_, e.what()), e.code());
     } catch (const Timeout& e) {
@@ -245,16 +257,47 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
     }
   }
 
-  data_ = agreed.mpu ? agreed.mpu->data_group : &world_group();
-  sequence_ = agreed.mpu ? agreed.mpu->sequence : nullptr;
-  sequence_data_ = agreed.mpu && agreed.mpu->sequence_data ? agreed.mpu->sequence_data : data_;
+  // The MPU's kinds: its dense groups, then the sequence kinds (sequence data parallel
+  // falling back to data parallel); without an MPU, data parallel is the world clone.
+  const ProcessGroup* data = &world_group();
+  if (agreed.mpu) {
+    for (const auto& [kind, group] : agreed.mpu->dense) {
+      if (group) borrowed_.push_back({{kind}, group});
+      if (kind == GroupKind::data_parallel) data = group;
+    }
+    if (agreed.mpu->sequence) borrowed_.push_back({{GroupKind::sequence_parallel}, agreed.mpu->sequence});
+  } else {
+    borrowed_.push_back({{GroupKind::data_parallel}, data});
+  }
+  borrowed_.push_back({{GroupKind::sequence_data_parallel},
+                       agreed.mpu && agreed.mpu->sequence_data ? agreed.mpu->sequence_data : data});
 
   if (rank_ == 0) {
     logger->info(
-        "pcx: context of world {} (tensor {}, pipeline {}, data {}, expert sizes [{}]): {} group kinds, {} splits",
-        world_size(), topology_.tensor_parallel_size(), topology_.pipeline_parallel_size(), data_parallel_size(),
-        fmt::join(topology_.config().expert_parallel_sizes, ","), groups_.entries.size(), splits);
+        "pcx: context of world {} (tensor {}, context {}, pipeline {}, data {}, expert sizes [{}], expert tensor {}): "
+        "{} group kinds, {} splits",
+        world_size(), topology_.tensor_parallel_size(), topology_.context_parallel_size(),
+        topology_.pipeline_parallel_size(), data_parallel_size(),
+        fmt::join(topology_.config().expert_parallel_sizes, ","), topology_.expert_tensor_parallel_size(),
+        group_ids().size(), splits);
   }
+}
+
+const ProcessGroup* ParallelContext::same_groups(const GroupView& view, const CommOptions& chosen,
+                                                 const std::set<GroupKind>& dedicated,
+                                                 std::span<const CommOptions> built_options) const {
+  if (dedicated.contains(view.id.kind)) return nullptr;
+  const auto equivalent = [&chosen](CommOptions other) {
+    other.name = chosen.name;
+    return other == chosen;
+  };
+  for (std::size_t i = 0; i < groups_.entries.size(); ++i) {
+    const Entry& earlier = groups_.entries[i];
+    if (!dedicated.contains(earlier.id.kind) && earlier.group.made_from(view.layout) && equivalent(built_options[i])) {
+      return &earlier.group;
+    }
+  }
+  return nullptr;
 }
 
 ParallelContext::ParallelContext(ParallelContext&& other) noexcept
@@ -262,26 +305,18 @@ ParallelContext::ParallelContext(ParallelContext&& other) noexcept
       topology_(std::move(other.topology_)),
       rank_(std::exchange(other.rank_, -1)),
       groups_(std::move(other.groups_)),
-      data_(std::exchange(other.data_, nullptr)),
-      tensor_(std::exchange(other.tensor_, nullptr)),
-      pipeline_(std::exchange(other.pipeline_, nullptr)),
-      sequence_(std::exchange(other.sequence_, nullptr)),
-      sequence_data_(std::exchange(other.sequence_data_, nullptr)),
+      borrowed_(std::exchange(other.borrowed_, {})),
       model_parallel_size_(std::exchange(other.model_parallel_size_, 1)) {}
 
 ParallelContext& ParallelContext::operator=(ParallelContext&& other) noexcept {
   if (this != &other) {
-    // Groups first (newest first), then the MPU whose groups data_ may point into, as the
+    // Groups first (newest first), then the MPU whose groups borrowed_ points into, as the
     // destructor does.
     groups_ = std::move(other.groups_);
     mpu_ = std::move(other.mpu_);
     topology_ = std::move(other.topology_);
     rank_ = std::exchange(other.rank_, -1);
-    data_ = std::exchange(other.data_, nullptr);
-    tensor_ = std::exchange(other.tensor_, nullptr);
-    pipeline_ = std::exchange(other.pipeline_, nullptr);
-    sequence_ = std::exchange(other.sequence_, nullptr);
-    sequence_data_ = std::exchange(other.sequence_data_, nullptr);
+    borrowed_ = std::exchange(other.borrowed_, {});
     model_parallel_size_ = std::exchange(other.model_parallel_size_, 1);
   }
   return *this;
@@ -301,14 +336,7 @@ void ParallelContext::abort() const noexcept {
 }
 
 const ProcessGroup* ParallelContext::find_group(const GroupId& id) const noexcept {
-  switch (id.kind) {
-    case GroupKind::data_parallel: return data_;
-    case GroupKind::sequence_parallel: return sequence_;
-    case GroupKind::sequence_data_parallel: return sequence_data_;
-    case GroupKind::tensor_parallel: return tensor_;
-    case GroupKind::pipeline_parallel: return pipeline_;
-    default: break;
-  }
+  if (const auto it = std::ranges::find(borrowed_, id, &Borrowed::id); it != borrowed_.end()) return it->group;
   const auto it = std::ranges::find(groups_.entries, id, &Entry::id);
   return it == groups_.entries.end() ? nullptr : &it->group;
 }
@@ -323,10 +351,7 @@ const ProcessGroup& ParallelContext::group(const GroupId& id) const {
 std::vector<GroupId> ParallelContext::group_ids() const {
   (void)built();
   std::vector<GroupId> ids = {groups_.entries.front().id};
-  for (const GroupKind kind : {GroupKind::tensor_parallel, GroupKind::pipeline_parallel, GroupKind::data_parallel,
-                               GroupKind::sequence_parallel, GroupKind::sequence_data_parallel}) {
-    if (find_group({kind}) != nullptr) ids.push_back({kind});
-  }
+  for (const Borrowed& borrowed : borrowed_) ids.push_back(borrowed.id);
   for (auto entry = groups_.entries.begin() + 1; entry != groups_.entries.end(); ++entry) ids.push_back(entry->id);
   return ids;
 }

@@ -1,6 +1,7 @@
 #include "pcx/process_group.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 
@@ -10,7 +11,7 @@ namespace pcx {
 
 namespace {
 
-void check_communicator(const std::unique_ptr<Communicator>& communicator, std::size_t members) {
+void check_communicator(const std::shared_ptr<const Communicator>& communicator, std::size_t members) {
   if (!communicator) throw ConfigError("a process group needs a communicator");
   if (static_cast<std::size_t>(communicator->size()) != members) {
     throw ConfigError(fmt::format("a process group of {} ranks was given a communicator of {} members", members,
@@ -41,6 +42,16 @@ ProcessGroup::ProcessGroup(const GroupLayout& layout, int colour, std::unique_pt
   }
 }
 
+ProcessGroup ProcessGroup::shared_as(const GroupLayout& layout, int colour) const {
+  if (!same_members(layout, colour)) {
+    throw ConfigError(
+        fmt::format("group {} of the layout, [{}], is not this group's members [{}]: it cannot share "
+                    "this group's communicator",
+                    colour, fmt::join(layout.group(colour), ","), fmt::join(ranks(), ",")));
+  }
+  return ProcessGroup(Sharing{}, layout, colour, communicator_);
+}
+
 std::vector<int> ProcessGroup::ranks() const { return layout_ ? layout_->group(colour_) : listed_; }
 
 int ProcessGroup::global_rank(int group_rank) const {
@@ -64,13 +75,22 @@ bool ProcessGroup::contains(int global) const noexcept {
   return std::ranges::find(listed_, global) != listed_.end();
 }
 
-ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout, const CommOptions& options) {
+std::optional<ProcessGroup> make_group(const Communicator& parent, const GroupLayout& layout,
+                                       const CommOptions& options) {
   const int rank = parent.rank();
   const int colour = layout.colour(rank);
   // Group sizes are the same for every rank of a layout, so either every rank
   // splits or none does: skipping the collective here cannot leave a peer waiting.
-  if (layout.group_size() == 1) return ProcessGroup(layout, colour, parent.self());
-  return ProcessGroup(layout, colour, parent.split_checked(colour, layout.group_rank(rank), layout.group_size(), options));
+  if (layout.group_size() == 1) {
+    if (colour == GroupLayout::kNoGroup) return std::nullopt;
+    return ProcessGroup(layout, colour, parent.self());
+  }
+  if (colour == GroupLayout::kNoGroup) {
+    (void)parent.split_checked(Communicator::kNoColour, 0, 0, options);
+    return std::nullopt;
+  }
+  return ProcessGroup(layout, colour,
+                      parent.split_checked(colour, layout.group_rank(rank), layout.group_size(), options));
 }
 
 }  // namespace pcx

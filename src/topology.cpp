@@ -77,18 +77,21 @@ RankGrid dense_grid_of(const ParallelConfig& c) {
   const int tensor = clamped_tensor(c);
   const int cp = c.context_parallel_size;
   const int pp = c.pipeline_parallel_size;
-  const std::array<Axis, 5> sizes{{{"tp", tensor}, {"cp", cp}, {"ep", 1}, {"dp", c.world_size / tensor / cp / pp}, {"pp", pp}}};
+  const std::array<Axis, 5> sizes{
+      {{"tp", tensor}, {"cp", cp}, {"ep", 1}, {"dp", c.world_size / tensor / cp / pp}, {"pp", pp}}};
   try {
     return RankGrid::from_order(order_of(c), sizes);
   } catch (const ConfigError& e) {
-    throw ConfigError(fmt::format("dense grid (tp {}, cp {}, dp {}, pp {}): {}", tensor, cp, sizes[3].size, pp, e.what()));
+    throw ConfigError(
+        fmt::format("dense grid (tp {}, cp {}, dp {}, pp {}): {}", tensor, cp, sizes[3].size, pp, e.what()));
   }
 }
 
 RankGrid expert_grid_of(const ParallelConfig& c, int ep) {
   const int tensor = c.expert_tensor_parallel_size.value_or(clamped_tensor(c));
   const int pp = c.pipeline_parallel_size;
-  const std::array<Axis, 5> sizes{{{"tp", tensor}, {"cp", 1}, {"ep", ep}, {"dp", c.world_size / tensor / ep / pp}, {"pp", pp}}};
+  const std::array<Axis, 5> sizes{
+      {{"tp", tensor}, {"cp", 1}, {"ep", ep}, {"dp", c.world_size / tensor / ep / pp}, {"pp", pp}}};
   try {
     return RankGrid::from_order(order_of(c), sizes);
   } catch (const ConfigError& e) {
@@ -116,9 +119,10 @@ void validate_expert_grids(const ParallelConfig& c, const RankGrid& dense) {
     // In 64 bits: both factors are at most INT_MAX.
     const long long replicated = static_cast<long long>(expert_tensor) * pp;
     if (c.world_size % replicated != 0) {
-      throw ConfigError(fmt::format("world size {} is not divisible by expert tensor parallel size {} x pipeline "
-                                    "parallel size {} (needed by expert parallel size {})",
-                                    c.world_size, expert_tensor, pp, ep));
+      throw ConfigError(
+          fmt::format("world size {} is not divisible by expert tensor parallel size {} x pipeline "
+                      "parallel size {} (needed by expert parallel size {})",
+                      c.world_size, expert_tensor, pp, ep));
     }
     const auto per_stage = static_cast<int>(c.world_size / replicated);
     if (per_stage % ep != 0) {
@@ -177,10 +181,16 @@ std::string_view order_of(const ParallelConfig& config) noexcept {
 
 std::span<const GridKind> grid_kinds() noexcept { return kGridKinds; }
 
+bool is_dense_kind(GroupKind kind) noexcept {
+  return kind == GroupKind::embedding || kind == GroupKind::position_embedding ||
+         std::ranges::any_of(kGridKinds, [kind](const GridKind& k) { return k.kind == kind && k.grid == Grid::dense; });
+}
+
 void validate(const ParallelConfig& c) {
   if (c.world_size == 0) {
-    throw ConfigError("world size 0 (the default) stands for the world communicator's size, which a Topology without "
-                      "a communicator does not know: set ParallelConfig::world_size");
+    throw ConfigError(
+        "world size 0 (the default) stands for the world communicator's size, which a Topology without "
+        "a communicator does not know: set ParallelConfig::world_size");
   }
   require_positive(c.world_size, "world size");
   require_positive(c.tensor_parallel_size, "tensor parallel size");
@@ -252,7 +262,8 @@ Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(v
     }
     for (std::size_t i = 0; i < expert_grids_.size(); ++i) {
       for (const GridKind& k : kinds) {
-        if (k.grid == Grid::expert) add(k.kind, expert_grids_[i].along_names(k.varying), config_.expert_parallel_sizes[i]);
+        if (k.grid == Grid::expert)
+          add(k.kind, expert_grids_[i].along_names(k.varying), config_.expert_parallel_sizes[i]);
       }
     }
   };

@@ -40,6 +40,10 @@ struct AgreedValue {
   bool digest;                        ///< Whether a disagreement reads "differs".
 };
 
+/// A digest of @p text for an AgreedValue of a list or a string (64-bit FNV-1a with its
+/// top bit cleared, so never INT64_MIN): the same text gives the same digest on every rank.
+[[nodiscard]] std::int64_t digest_of(std::string_view text) noexcept;
+
 /// How many values one agreement compares at most.
 inline constexpr std::size_t kMaxAgreedValues = 48;
 

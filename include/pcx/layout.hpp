@@ -145,7 +145,8 @@ class GroupLayout {
   /// Every group, in colour order. Costs O(world size).
   [[nodiscard]] std::vector<std::vector<int>> groups() const;
 
-  /// Same world and the same groups.
+  /// Same world and the same groups, in the same colour and member order, whatever
+  /// grids the two layouts were cut from.
   friend bool operator==(const GroupLayout&, const GroupLayout&) = default;
 
  private:
@@ -164,7 +165,7 @@ class GroupLayout {
   // kNoGroup for a position left out.
   [[nodiscard]] int digit(const Dim& dim, int rank) const;
 
-  std::vector<Dim> dims_;  // slowest first, axes of size 1 left out
+  std::vector<Dim> dims_;  // slowest first, axes of size 1 left out, contiguous neighbours merged
   int world_size_;
   int group_size_;
   int group_count_;

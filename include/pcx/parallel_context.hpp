@@ -7,6 +7,8 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -27,6 +29,9 @@ struct ContextOptions {
   CommOptions communicators;
   /// Settings for the communicators of one kind, replacing `communicators` for it.
   std::map<GroupKind, CommOptions> per_kind;
+  /// Kinds that get a communicator of their own even where an earlier kind has the same
+  /// groups (by default such kinds share one; see ParallelContext).
+  std::set<GroupKind> dedicated;
 };
 
 /// The process groups of one parallel layout, built once and immutable afterwards.
@@ -38,15 +43,23 @@ struct ContextOptions {
 ///    rank's configuration and MPU sizes: if any rank failed step 1 (whatever it threw),
 ///    every rank throws the same error naming that rank, and if ranks disagree, every
 ///    rank throws the same ConfigMismatch (none is left waiting),
-/// 3. clones the world (one dup), then makes one split per group kind (expert parallel
-///    and expert data parallel per expert size, ZeRO hpZ, all-to-all local and global);
-///    groups of one rank get a SelfCommunicator and no split.
+/// 3. clones the world (one dup), then makes one split per group kind it owns: per
+///    expert parallel size the expert parallel and expert data parallel groups, ZeRO
+///    hpZ, all-to-all local and global, then per expert parallel size Megatron's expert
+///    tensor, tensor-expert and tensor-expert-pipeline parallel groups; groups of one
+///    rank get a SelfCommunicator and no split. A kind whose groups are those of an
+///    earlier kind, in the same order (GroupLayout equality, the same on every rank, so
+///    no communication decides it), with the same settings but the name, shares that
+///    kind's communicator (named after it) unless either is in ContextOptions::dedicated;
+///    a shared communicator is released with the last kind that holds it. The dense kinds
+///    (tensor, context, pipeline, data parallel and their combinations) are the MPU's.
 /// If any step throws, everything built so far is released. Groups are released in
 /// reverse order of creation; destroy a context before finalizing its backend.
 ///
 /// One convention for groups that may be absent: the named getters and group() throw
 /// GroupNotFound, find() returns nullptr. The context reaches every kind it built and
-/// every kind its MPU has (tensor, pipeline, data, sequence and sequence data parallel).
+/// every kind its MPU has (its dense kinds, see Mpu::dense_group(), and sequence and
+/// sequence data parallel); each MPU group is checked against Megatron's layout first.
 ///
 /// All getters are const and safe to call from many threads. Any number of contexts
 /// may live in one process; they share nothing. Model code holds the context (or the
@@ -59,9 +72,9 @@ class ParallelContext {
  public:
   /// Builds every group of @p config over @p world.
   /// @param world the world communicator; it must outlive the constructor only
-  /// @param config the layout; world_size 0 means world.size(). With an MPU, the tensor
-  ///        and pipeline parallel sizes come from it (a size other than 1 in @p config
-  ///        must then agree with the MPU); without one they must be 1.
+  /// @param config the layout; world_size 0 means world.size(). With an MPU, the tensor,
+  ///        pipeline and context parallel sizes come from it (a size other than 1 in
+  ///        @p config must then agree with the MPU); without one they must be 1.
   /// @param mpu the model parallel unit, or null: then data parallel is the world clone
   /// @param options logger
   /// @throws ConfigError for a configuration that breaks a rule (same on every rank) or
@@ -107,11 +120,12 @@ class ParallelContext {
   /// Global rank of group rank 0 of the caller's expert data parallel group for @p ep.
   /// @throws GroupNotFound as expert_data_parallel_group().
   [[nodiscard]] int expert_broadcast_source_rank(int ep) const { return expert_data_parallel_group(ep).front(); }
-  /// Tensor parallel size the expert groups were built with (1 without an MPU).
-  [[nodiscard]] int expert_tensor_parallel_size() const { return topology().tensor_parallel_size(); }
+  /// Tensor parallel size of the expert grid (etp): as configured, else the tensor
+  /// parallel size (1 without an MPU).
+  [[nodiscard]] int expert_tensor_parallel_size() const { return topology().expert_tensor_parallel_size(); }
 
   /// The MPU's data parallel group, or the world clone without an MPU.
-  [[nodiscard]] const ProcessGroup& data_parallel_group() const { return *built().data_; }
+  [[nodiscard]] const ProcessGroup& data_parallel_group() const { return group({GroupKind::data_parallel}); }
   /// Size of data_parallel_group().
   [[nodiscard]] int data_parallel_size() const { return data_parallel_group().size(); }
   /// The MPU's model parallel size, or 1 without an MPU.
@@ -120,11 +134,19 @@ class ParallelContext {
   /// @throws GroupNotFound if the MPU has none (or there is no MPU).
   [[nodiscard]] const ProcessGroup& sequence_parallel_group() const { return group({GroupKind::sequence_parallel}); }
   /// Size of the sequence parallel group, 1 without one.
-  [[nodiscard]] int sequence_parallel_size() const { return built().sequence_ ? sequence_->size() : 1; }
+  [[nodiscard]] int sequence_parallel_size() const {
+    const ProcessGroup* sequence = find({GroupKind::sequence_parallel});
+    return sequence ? sequence->size() : 1;
+  }
   /// Rank in the sequence parallel group, 0 without one.
-  [[nodiscard]] int sequence_parallel_rank() const { return built().sequence_ ? sequence_->rank() : 0; }
+  [[nodiscard]] int sequence_parallel_rank() const {
+    const ProcessGroup* sequence = find({GroupKind::sequence_parallel});
+    return sequence ? sequence->rank() : 0;
+  }
   /// The MPU's sequence data parallel group, else data_parallel_group().
-  [[nodiscard]] const ProcessGroup& sequence_data_parallel_group() const { return *built().sequence_data_; }
+  [[nodiscard]] const ProcessGroup& sequence_data_parallel_group() const {
+    return group({GroupKind::sequence_data_parallel});
+  }
   /// Global rank of group rank 0 of sequence_data_parallel_group().
   [[nodiscard]] int broadcast_source_rank() const { return sequence_data_parallel_group().front(); }
 
@@ -143,9 +165,10 @@ class ParallelContext {
   [[nodiscard]] const ProcessGroup& group(const GroupId& id) const;
   /// The caller's group of kind @p id, or nullptr if this context has no such kind.
   [[nodiscard]] const ProcessGroup* find(const GroupId& id) const { return built().find_group(id); }
-  /// Every kind group() reaches: the world clone, then the MPU's kinds (tensor and
-  /// pipeline parallel when it exposes them, data parallel always, sequence and sequence
-  /// data parallel when it has them), then the kinds the context split, in creation order.
+  /// Every kind group() reaches on this rank: the world clone, then the MPU's dense kinds
+  /// it gives this rank (data parallel always; in Topology::all_views() order), sequence
+  /// parallel when it has it, sequence data parallel, then the kinds the context split,
+  /// in creation order.
   [[nodiscard]] std::vector<GroupId> group_ids() const;
   /// The MPU the context was built from, or null.
   [[nodiscard]] const Mpu* mpu() const { return built().mpu_.get(); }
@@ -196,16 +219,21 @@ class ParallelContext {
   // This context; throws ConfigError if it was moved from.
   [[nodiscard]] const ParallelContext& built() const;
   [[nodiscard]] const ProcessGroup* find_group(const GroupId& id) const noexcept;
+  // The group built earlier whose communicator @p view can share, or null.
+  [[nodiscard]] const ProcessGroup* same_groups(const GroupView& view, const CommOptions& chosen,
+                                                const std::set<GroupKind>& dedicated,
+                                                std::span<const CommOptions> built_options) const;
 
   std::shared_ptr<const Mpu> mpu_;
   Topology topology_;
   int rank_ = -1;
   Groups groups_;
-  const ProcessGroup* data_ = nullptr;
-  const ProcessGroup* tensor_ = nullptr;
-  const ProcessGroup* pipeline_ = nullptr;
-  const ProcessGroup* sequence_ = nullptr;
-  const ProcessGroup* sequence_data_ = nullptr;
+  // A kind the context does not own: the MPU's (or the world clone as data parallel).
+  struct Borrowed {
+    GroupId id;
+    const ProcessGroup* group;
+  };
+  std::vector<Borrowed> borrowed_;  // in group_ids() order
   int model_parallel_size_ = 1;
 };
 

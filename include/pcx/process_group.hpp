@@ -16,7 +16,8 @@ namespace pcx {
 /// Member i of the list is group rank i of the communicator. The members are either
 /// listed (as an MPU hands them in) or implied by one group of a GroupLayout, which
 /// costs O(1) memory whatever the group's size. Move-only: the group owns its
-/// communicator, which is released when the group is destroyed.
+/// communicator, shared with the groups made by shared_as() (kinds with the same
+/// members), and released when the last of them is destroyed.
 class ProcessGroup {
  public:
   /// A group of listed members.
@@ -54,6 +55,15 @@ class ProcessGroup {
   [[nodiscard]] bool contains(int global) const noexcept;
   /// The first member's global rank: the source of a broadcast from group rank 0.
   [[nodiscard]] int front() const { return global_rank(0); }
+  /// Group @p colour of @p layout over this group's communicator, whose members must be
+  /// the same, in the same order: a second kind with the same members at no cost.
+  /// @throws ConfigError if the members differ (see same_members()).
+  [[nodiscard]] ProcessGroup shared_as(const GroupLayout& layout, int colour) const;
+  /// Whether the communicator is shared with another group (see shared_as()).
+  [[nodiscard]] bool shares_communicator() const noexcept { return communicator_.use_count() > 1; }
+  /// Whether this group was made from @p layout, or from a layout with the same groups.
+  /// O(number of axes). A group of listed members is made from none.
+  [[nodiscard]] bool made_from(const GroupLayout& layout) const noexcept { return layout_ && *layout_ == layout; }
   /// Whether the members are those of group @p colour of @p layout, in the same order.
   /// O(number of axes) for a group made from an equal layout, else O(size()).
   /// @throws ConfigError if @p colour is out of range.
@@ -62,21 +72,28 @@ class ProcessGroup {
   [[nodiscard]] const Communicator& communicator() const noexcept { return *communicator_; }
 
  private:
+  // shared_as(): the members of a layout's group over a communicator already checked.
+  struct Sharing {};
+  ProcessGroup(Sharing, const GroupLayout& layout, int colour, std::shared_ptr<const Communicator> communicator)
+      : layout_(layout), colour_(colour), communicator_(std::move(communicator)) {}
+
   std::vector<int> listed_;            // the members, unless implied by layout_
   std::optional<GroupLayout> layout_;  // with colour_: the members of a layout's group
   int colour_ = 0;
-  std::unique_ptr<Communicator> communicator_;
+  std::shared_ptr<const Communicator> communicator_;
 };
 
 /// Builds the caller's group of @p layout over @p parent, whose rank r must be
 /// global rank r of the layout: one split call (none for groups of one rank, which
 /// get parent.self()), in O(number of axes) whatever the group's size. Every member of
-/// @p parent must call it.
+/// @p parent must call it: a rank in no group of the layout (GroupLayout::kNoGroup,
+/// as on the middle pipeline stages of the embedding kinds) takes part in the split
+/// with Communicator::kNoColour and gets std::nullopt.
 /// @param parent the communicator to split, ranked like the layout's world
 /// @param layout the groups, of which the caller builds its own
 /// @param options settings of the new communicator
 /// @throws ConfigError, CommError or Timeout from the backend's split.
-[[nodiscard]] ProcessGroup make_group(const Communicator& parent, const GroupLayout& layout,
-                                      const CommOptions& options = {});
+[[nodiscard]] std::optional<ProcessGroup> make_group(const Communicator& parent, const GroupLayout& layout,
+                                                     const CommOptions& options = {});
 
 }  // namespace pcx

@@ -82,17 +82,17 @@ void validate(const ParallelConfig& config);
 
 /// The kinds of group pcx builds.
 enum class GroupKind {
-  world,                 ///< Every rank: a clone of the world.
-  tensor_parallel,       ///< Megatron tensor parallel groups.
-  pipeline_parallel,     ///< Megatron pipeline parallel groups.
-  data_parallel,         ///< Megatron data parallel groups.
-  expert_parallel,       ///< Expert parallel groups of one expert parallel size.
-  expert_data_parallel,  ///< Expert data parallel groups of one expert parallel size.
-  zero_param_intra,      ///< ZeRO hpZ parameter partition groups.
-  all_to_all_local,      ///< The ranks of one node.
-  all_to_all_global,     ///< The ranks of one local index across nodes.
-  sequence_parallel,     ///< The MPU's sequence parallel groups, when it has them.
-  sequence_data_parallel,  ///< The MPU's sequence data parallel groups (else data parallel).
+  world,                         ///< Every rank: a clone of the world.
+  tensor_parallel,               ///< Megatron tensor parallel groups.
+  pipeline_parallel,             ///< Megatron pipeline parallel groups.
+  data_parallel,                 ///< Megatron data parallel groups.
+  expert_parallel,               ///< Expert parallel groups of one expert parallel size.
+  expert_data_parallel,          ///< Expert data parallel groups of one expert parallel size.
+  zero_param_intra,              ///< ZeRO hpZ parameter partition groups.
+  all_to_all_local,              ///< The ranks of one node.
+  all_to_all_global,             ///< The ranks of one local index across nodes.
+  sequence_parallel,             ///< The MPU's sequence parallel groups, when it has them.
+  sequence_data_parallel,        ///< The MPU's sequence data parallel groups (else data parallel).
   context_parallel,              ///< Megatron's context parallel groups ("cp").
   data_context_parallel,         ///< Data and context parallel together ("dp-cp").
   tensor_context_parallel,       ///< Tensor and context parallel together ("tp-cp").
@@ -125,6 +125,11 @@ struct GridKind {
 /// Topology::views()), then Megatron's others (as in Topology::megatron_views()).
 [[nodiscard]] std::span<const GridKind> grid_kinds() noexcept;
 
+/// Whether @p kind is one of Megatron's dense kinds, which an MPU owns: a view of the
+/// dense grid (tensor, context, pipeline, data parallel and their combinations) or an
+/// embedding kind.
+[[nodiscard]] bool is_dense_kind(GroupKind kind) noexcept;
+
 /// Where one rank sits on the expert grid of one expert parallel size.
 struct ExpertCoordinates {
   int expert_parallel_size = 0;  ///< Which expert grid.
@@ -138,12 +143,12 @@ struct ExpertCoordinates {
 
 /// Where one rank sits on every axis of both grids.
 struct RankCoordinates {
-  int pipeline = 0;  ///< Pipeline stage, shared by both grids.
-  int data = 0;      ///< Index on the dense data axis.
-  int context = 0;   ///< Index on the context axis.
-  int tensor = 0;    ///< Index on the dense tensor axis.
-  bool first_pipeline_stage = false;  ///< Whether pipeline == 0.
-  bool last_pipeline_stage = false;   ///< Whether pipeline is the last stage.
+  int pipeline = 0;                        ///< Pipeline stage, shared by both grids.
+  int data = 0;                            ///< Index on the dense data axis.
+  int context = 0;                         ///< Index on the context axis.
+  int tensor = 0;                          ///< Index on the dense tensor axis.
+  bool first_pipeline_stage = false;       ///< Whether pipeline == 0.
+  bool last_pipeline_stage = false;        ///< Whether pipeline is the last stage.
   std::vector<ExpertCoordinates> experts;  ///< One per expert parallel size, in configured order.
 
   /// Field-wise equality.

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <functional>
 #include <numeric>
+#include <string>
 
 #include "mpi_fixture.hpp"
+#include "unit/megatron_reference.hpp"
 #include "unit/spec_reference.hpp"
 #include "pcx/error.hpp"
 #include "pcx/parallel_context.hpp"
@@ -70,10 +72,16 @@ bool group_works(const ProcessGroup& group, const std::vector<int>& expected, in
 }
 
 // Checks every group of a context, its MPU's included, against the SPEC's formulas
-// (spec_reference.hpp), which share nothing with the layout engine, on every rank.
+// (spec_reference.hpp) or, for Megatron's dense kinds, Megatron's algorithm
+// (megatron_reference.hpp), which share nothing with the layout engine, on every rank.
 bool context_works(const ParallelContext& context) {
-  const pcx::ParallelConfig& config = context.topology().config();
+  const pcx::Topology& topology = context.topology();
+  const pcx::ParallelConfig& config = topology.config();
   const auto reference = pcx::test::Reference::of(config);
+  const auto megatron = pcx::test::MegatronReference::of(
+      topology.world_size(), topology.tensor_parallel_size(), topology.context_parallel_size(),
+      topology.pipeline_parallel_size(), topology.expert_tensor_parallel_size(), config.expert_parallel_sizes,
+      std::string(topology.order()));
   bool ok = true;
   for (pcx::GroupId id : context.group_ids()) {
     const ProcessGroup& group = context.group(id);
@@ -84,7 +92,18 @@ bool context_works(const ParallelContext& context) {
       if (&group != &context.data_parallel_group()) continue;
       id.kind = GroupKind::data_parallel;
     }
-    const std::vector<int> expected = reference.group(id, context.rank(), config.zero_hpz_size, config.ranks_per_node);
+    // SPEC.md's formulas hold for the seed's layout; Megatron's algorithm for every kind
+    // of its grids (world, hpZ and the node kinds are not on them).
+    const bool on_grid = id.kind != GroupKind::world && id.kind != GroupKind::zero_param_intra &&
+                         id.kind != GroupKind::all_to_all_local && id.kind != GroupKind::all_to_all_global;
+    const bool spec_formula = !pcx::is_dense_kind(id.kind) || id.kind == GroupKind::tensor_parallel ||
+                              id.kind == GroupKind::pipeline_parallel || id.kind == GroupKind::data_parallel;
+    const bool seed_layout = topology.context_parallel_size() == 1 && !config.order &&
+                             topology.expert_tensor_parallel_size() == topology.tensor_parallel_size();
+    const std::vector<int> expected =
+        !on_grid || (seed_layout && spec_formula)
+            ? reference.group(id, context.rank(), config.zero_hpz_size, config.ranks_per_node)
+            : megatron.group_of(id, context.rank());
     ok = group_works(group, expected, context.rank()) && ok;
   }
   return ok;
@@ -119,6 +138,52 @@ BOOST_AUTO_TEST_CASE(every_group_of_every_configuration_communicates_as_laid_out
   BOOST_TEST(everyone(ok));
 }
 
+BOOST_AUTO_TEST_CASE(context_parallel_and_expert_tensor_layouts_communicate_as_megatron_lays_them_out) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  int configurations = 0;
+  bool ok = true;
+  for (const int tp : {1, 2}) {
+    for (const int cp : {1, 2}) {
+      for (const int pp : {1, 2}) {
+        for (const int etp : {1, 2}) {
+          for (const std::string order : {"tp-cp-ep-dp-pp", "tp-cp-dp-ep-pp", "tp-pp-dp-cp-ep"}) {
+            pcx::ParallelConfig config = world_config({});
+            config.tensor_parallel_size = tp;
+            config.context_parallel_size = cp;
+            config.pipeline_parallel_size = pp;
+            config.expert_tensor_parallel_size = etp;
+            config.order = order;
+            config.world_size = n;
+            for (int ep = 1; ep <= n; ++ep) {
+              if (n % (etp * pp * ep) == 0) config.expert_parallel_sizes.push_back(ep);
+            }
+            // Every rank decides alike which configurations Megatron accepts.
+            try {
+              pcx::validate(config);
+            } catch (const pcx::ConfigError&) {
+              continue;
+            }
+            const auto mpu = std::make_shared<const pcx::GridMpu>(world, config);
+            const ParallelContext context(world, config, mpu);
+            BOOST_TEST(context.expert_tensor_parallel_size() == etp);
+            ok = context_works(context) && ok;
+            // A rank is in an embedding group exactly on the first and last stage.
+            const pcx::RankCoordinates where = context.topology().coordinates(world.rank());
+            const bool end_stage = where.pipeline == 0 || where.pipeline == pp - 1;
+            ok = (context.find({GroupKind::embedding}) != nullptr) == end_stage && ok;
+            ok = (context.find({GroupKind::position_embedding}) != nullptr) == (where.pipeline == 0) && ok;
+            ++configurations;
+          }
+        }
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE(configurations << " configurations on " << n << " ranks");
+  if (n == 8) BOOST_TEST(configurations >= 20);
+  BOOST_TEST(everyone(ok));
+}
+
 BOOST_AUTO_TEST_CASE(two_contexts_used_alternately) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();
@@ -145,8 +210,8 @@ BOOST_AUTO_TEST_CASE(a_mock_mpu_is_injected) {
 
   auto mpu = std::make_shared<pcx::testing::MockMpu>();
   mpu->set_tensor_parallel_size(tp).set_model_parallel_size(tp);
-  mpu->set_data_parallel_group(pcx::make_group(world, layout.layout({GroupKind::data_parallel})));
-  mpu->set_sequence_parallel_group(pcx::make_group(world, layout.layout({GroupKind::tensor_parallel})));
+  mpu->set_data_parallel_group(*pcx::make_group(world, layout.layout({GroupKind::data_parallel})));
+  mpu->set_sequence_parallel_group(*pcx::make_group(world, layout.layout({GroupKind::tensor_parallel})));
   const ParallelContext context(world, world_config({n / tp}), mpu);
   BOOST_TEST(context.data_parallel_size() == n / tp);
   BOOST_TEST(context.sequence_parallel_size() == tp);
@@ -212,7 +277,7 @@ BOOST_AUTO_TEST_CASE(ranks_that_disagree_all_throw_the_same_mismatch,
   // An MPU that reports another model parallel size on one rank.
   auto mpu = std::make_shared<pcx::testing::MockMpu>();
   mpu->set_model_parallel_size(odd_one ? 2 : 1);
-  mpu->set_data_parallel_group(pcx::make_group(world, pcx::RankGrid({{"data", n}}).along({"data"})));
+  mpu->set_data_parallel_group(*pcx::make_group(world, pcx::RankGrid({{"data", n}}).along({"data"})));
   const std::string message =
       expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, world_config({1}), mpu); });
   BOOST_TEST(message.find("MPU model parallel size ranges from 1 to 2") != std::string::npos, message);

@@ -171,17 +171,23 @@ BOOST_AUTO_TEST_CASE(a_parallel_context_runs_on_nccl) {
       config.ranks_per_node = n;
       pcx::ContextOptions options;
       options.communicators = settings;  // no name: the context names each kind
+      // Every kind has the world's groups and would share the clone; one gets its own.
+      options.dedicated = {pcx::GroupKind::expert_parallel};
       const pcx::ParallelContext context(world, config, nullptr, options);
       caller.check(checks, "the context's construction");
-      for (const pcx::GroupId& id : context.group_ids()) {
+      const std::vector<pcx::GroupId> ids = context.group_ids();
+      for (const pcx::GroupId& id : ids) {
         const pcx::ProcessGroup& group = context.group(id);
         std::int32_t mine = world.rank();
         std::vector<std::int32_t> seen(static_cast<std::size_t>(group.size()));
         group.communicator().all_gather(std::span<const std::int32_t>(&mine, 1), std::span<std::int32_t>(seen));
         checks.expect(std::vector<int>(seen.begin(), seen.end()) == group.ranks(),
                       fmt::format("{} group: all_gather gave {}", id.name(), text(seen)));
-        // Without an MPU, data parallel is the world clone.
-        const std::string name = "pcx:" + (&group == &context.world_group() ? std::string("world") : id.name());
+        // A shared communicator is named after the first kind that holds it (without an
+        // MPU, data parallel is the world clone).
+        const auto first = std::ranges::find_if(
+            ids, [&](const pcx::GroupId& other) { return &context.group(other).communicator() == &group.communicator(); });
+        const std::string name = "pcx:" + first->name();
         if (const auto* nccl = dynamic_cast<const NcclCommunicator*>(&group.communicator())) {
           checks.expect(nccl->options().name == name && nccl->options().timeout == settings.timeout,
                         fmt::format("{} group is named \"{}\"", id.name(), nccl->options().name));

@@ -142,7 +142,8 @@ int main(int argc, char** argv) {
   const Dying dying(std::make_unique<pcx::MpiCommunicator>(pcx::MpiCommunicator::world()), plan);
 
   // Plenty of splits on every world size: one per expert kind of each ep size (every
-  // divisor of the world) that is not a group of one, hpZ, and the all-to-all kinds.
+  // divisor of the world) that is not a group of one, hpZ, and the all-to-all kinds, each
+  // dedicated so that kinds with the same groups do not share one.
   pcx::ParallelConfig config;
   config.world_size = n;
   for (int ep = 1; ep <= n; ++ep) {
@@ -150,8 +151,12 @@ int main(int argc, char** argv) {
   }
   config.zero_hpz_size = n;
   config.ranks_per_node = n % 2 == 0 ? n / 2 : n;
+  pcx::ContextOptions options;
+  options.dedicated = {pcx::GroupKind::expert_parallel, pcx::GroupKind::expert_data_parallel,
+                       pcx::GroupKind::zero_param_intra, pcx::GroupKind::all_to_all_local,
+                       pcx::GroupKind::all_to_all_global};
   try {
-    const pcx::ParallelContext context(dying, config);
+    const pcx::ParallelContext context(dying, config, nullptr, options);
     world.barrier();
     if (world.rank() == 0) {
       std::printf("dying_rank: every rank built its context (%d splits on rank 0); no rank died\n", plan->splits);

@@ -87,7 +87,7 @@ void expect_mismatch(const std::string& name, const std::string& expected,
 // Every rank's data parallel group is the world, built collectively before the timing.
 std::shared_ptr<MockMpu> mock_mpu_over_the_world(const MpiCommunicator& world) {
   auto mpu = std::make_shared<MockMpu>();
-  mpu->set_data_parallel_group(pcx::make_group(world, pcx::RankGrid({{"data", world.size()}}).along({"data"})));
+  mpu->set_data_parallel_group(*pcx::make_group(world, pcx::RankGrid({{"data", world.size()}}).along({"data"})));
   return mpu;
 }
 

@@ -81,7 +81,7 @@ int read_everything(const ParallelContext& context, const std::vector<Expected>&
   check(context.sequence_parallel_size() == 2 && context.sequence_parallel_rank() == 1);
   check(context.model_parallel_size() == 2 && context.expert_tensor_parallel_size() == 2);
   check(context.group_ids().size() == expected.size());
-  check(context.topology().views().size() >= expected.size());
+  check(context.topology().all_views().size() >= expected.size());
   check(context.mpu() != nullptr);
   // A missing kind throws from every thread, with the same text.
   try {

@@ -51,19 +51,27 @@ void check_every_rank(const ParallelConfig& config) {
       return reference.group(id, rank, config.zero_hpz_size, config.ranks_per_node);
     };
     const auto world = std::make_shared<FakeWorld>(config.world_size);
+    // The kinds the context builds: all but the world clone and the MPU's dense kinds.
     std::vector<pcx::GroupId> split_kinds;
     const Topology topology(config);
-    for (const pcx::GroupView& view : topology.views()) {
-      const GroupKind kind = view.id.kind;
-      if (kind != GroupKind::world && kind != GroupKind::tensor_parallel && kind != GroupKind::pipeline_parallel &&
-          kind != GroupKind::data_parallel) {
-        split_kinds.push_back(view.id);
+    for (const pcx::GroupView& view : topology.all_views()) {
+      if (view.id.kind != GroupKind::world && !pcx::is_dense_kind(view.id.kind)) split_kinds.push_back(view.id);
+    }
+    // One split per distinct set of groups (kinds with the same groups share one, and
+    // groups of the whole world share the clone), none for groups of one rank.
+    const auto groups_of = [&](const pcx::GroupId& id) {
+      std::vector<std::vector<int>> groups;
+      for (int rank = 0; rank < config.world_size; ++rank) groups.push_back(expected_group(id, rank));
+      return groups;
+    };
+    std::vector<std::vector<std::vector<int>>> distinct = {groups_of({GroupKind::world})};
+    for (const pcx::GroupId& id : split_kinds) {
+      auto groups = groups_of(id);
+      if (groups.front().size() > 1 && std::ranges::find(distinct, groups) == distinct.end()) {
+        distinct.push_back(std::move(groups));
       }
     }
-    // One split per kind the context builds, none for groups of one rank.
-    const auto expected_splits = std::ranges::count_if(split_kinds, [&](const pcx::GroupId& id) {
-      return expected_group(id, 0).size() > 1;
-    });
+    const auto expected_splits = static_cast<int>(distinct.size()) - 1;
     bool all_match = true;
     for (int rank = 0; rank < config.world_size; ++rank) {
       const FakeCommunicator comm(world, rank);
@@ -128,8 +136,11 @@ BOOST_AUTO_TEST_CASE(splits_per_rank_do_not_grow_with_the_world) {
     const auto fake = std::make_shared<FakeWorld>(world);
     const FakeCommunicator comm(fake, world - 1);
     const ParallelContext context(comm, make_config(world, 1, 1, {2, 4}, {}, 2, 4));
-    // expert_parallel and expert_data_parallel per ep size, hpZ, local and global all-to-all
-    BOOST_TEST(fake->split_count(world - 1) == 7);
+    // expert_parallel and expert_data_parallel per ep size, hpZ, local and global all-to-all,
+    // Megatron's expert kinds; with tp = pp = 1, hpZ 2 has the groups of expert_parallel/2,
+    // local those of expert_parallel/4 and global those of expert_data_parallel/4, and the
+    // tensor-expert kinds those of expert_parallel (expert tensor: one rank): 4 splits.
+    BOOST_TEST(fake->split_count(world - 1) == 4);
     BOOST_TEST(fake->dup_count(world - 1) == 1);
   }
 }
@@ -250,7 +261,9 @@ BOOST_AUTO_TEST_CASE(a_failing_operation_names_the_group_kind_and_rank) {
     const ParallelContext context(FakeCommunicator(world, 6), config);
     operations = world->operation_count();
   }
-  BOOST_TEST(operations == 1 + 1 + 7);  // agreement, world clone, one split per kind
+  // Agreement, world clone, one split per distinct kind: expert parallel and expert data
+  // parallel of 2 and 4, local and global all-to-all (hpZ 4 shares expert_parallel/4).
+  BOOST_TEST(operations == 1 + 1 + 6);
   for (int k = 0; k < operations; ++k) {
     const auto world = std::make_shared<FakeWorld>(16);
     world->fail_operation(k);
@@ -400,6 +413,52 @@ BOOST_AUTO_TEST_CASE(process_groups_compare_members_with_a_layout) {
       ProcessGroup(layout, 2, std::make_unique<FakeCommunicator>(world, FakeMember{.size = 3, .rank = 0, .caller = 0})),
       pcx::ConfigError);
   BOOST_CHECK_THROW(fake_process_group(world, {1, 1}, 1), pcx::ConfigError);
+}
+
+BOOST_AUTO_TEST_CASE(a_group_shares_its_communicator_only_with_the_same_members) {
+  const auto world = std::make_shared<FakeWorld>(8);
+  const pcx::GroupLayout pairs = pcx::RankGrid({{"data", 4}, {"tensor", 2}}).along({"tensor"});
+  const pcx::GroupLayout same_pairs = pcx::RankGrid({{"block", 4}, {"one", 1}, {"pair", 2}}).along({"pair", "one"});
+  const pcx::GroupLayout strided = pcx::RankGrid({{"data", 4}, {"tensor", 2}}).along({"data"});
+  const ProcessGroup first(pairs, 2, std::make_unique<FakeCommunicator>(world, FakeMember{.size = 2, .rank = 1, .caller = 5}));
+  BOOST_TEST(!first.shares_communicator());
+  const ProcessGroup second = first.shared_as(same_pairs, 2);
+  BOOST_TEST(&second.communicator() == &first.communicator());
+  BOOST_TEST(first.shares_communicator());
+  BOOST_TEST(second.ranks() == std::vector<int>({4, 5}));
+  BOOST_TEST(second.made_from(pairs));
+  BOOST_TEST(!second.made_from(strided));
+  BOOST_CHECK_EXCEPTION((void)first.shared_as(pairs, 1), pcx::ConfigError,
+                        [](const pcx::Error& e) { return message_has(e, {"[2,3]", "[4,5]"}); });
+  BOOST_CHECK_THROW((void)first.shared_as(strided, 1), pcx::ConfigError);
+  BOOST_TEST(world->live_communicators() == 1);
+}
+
+BOOST_AUTO_TEST_CASE(kinds_with_the_same_groups_share_unless_dedicated) {
+  // tp = pp = 1, hpZ 4 = expert_parallel/4 and the tensor-expert kinds = expert_parallel:
+  // 6 splits; hpZ dedicated adds one, and both it and expert_parallel/4 own a communicator.
+  const ParallelConfig config = make_config(16, 1, 1, {2, 4}, {}, 4, 8);
+  for (const bool dedicated : {false, true}) {
+    const auto world = std::make_shared<FakeWorld>(16);
+    pcx::ContextOptions options;
+    if (dedicated) options.dedicated = {GroupKind::zero_param_intra};
+    const ParallelContext context(FakeCommunicator(world, 6), config, nullptr, options);
+    BOOST_TEST(world->split_count(6) == (dedicated ? 7 : 6));
+    const ProcessGroup& hpz = context.zero_param_intra_group();
+    const ProcessGroup& experts = context.expert_parallel_group(4);
+    BOOST_TEST(hpz.ranks() == experts.ranks());
+    BOOST_TEST((&hpz.communicator() == &experts.communicator()) == !dedicated);
+    BOOST_TEST(&context.group({GroupKind::tensor_expert_parallel, 2}).communicator() ==
+               &context.expert_parallel_group(2).communicator());
+  }
+  // Kinds with the world's groups share the clone: expert parallel 16 of 16 ranks, and
+  // Megatron's tensor-expert kinds with it; the rest are groups of one rank: no split.
+  const auto world = std::make_shared<FakeWorld>(16);
+  const ParallelContext context(FakeCommunicator(world, 6), make_config(16, 1, 1, {16}));
+  BOOST_TEST(world->split_count(6) == 0);
+  BOOST_TEST(&context.expert_parallel_group(16).communicator() == &context.world_group().communicator());
+  BOOST_TEST(&context.group({GroupKind::tensor_expert_pipeline_parallel, 16}).communicator() ==
+             &context.world_group().communicator());
 }
 
 BOOST_AUTO_TEST_CASE(values_outside_the_enumerations_and_byte_overflows_are_config_errors_naming_them) {

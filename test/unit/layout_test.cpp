@@ -218,6 +218,30 @@ BOOST_AUTO_TEST_CASE(selecting_every_axis_gives_one_group_of_the_whole_world) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(layouts_with_the_same_groups_are_equal_whatever_their_grid) {
+  const RankGrid line({{"rank", 8}});
+  const RankGrid square({{"data", 2}, {"tensor", 4}});
+  const RankGrid cube({{"block", 2}, {"a", 2}, {"b", 2}});
+  const auto same_answers = [](const GroupLayout& x, const GroupLayout& y) {
+    for (int r = 0; r < 8; ++r) {
+      if (x.colour(r) != y.colour(r) || x.group_rank(r) != y.group_rank(r)) return false;
+    }
+    return x.groups() == y.groups();
+  };
+  // The whole world, cut from three grids.
+  BOOST_TEST((square.along({"data", "tensor"}) == line.along({"rank"})));
+  BOOST_TEST((cube.along({"block", "a", "b"}) == line.along({"rank"})));
+  // Consecutive blocks of 4, and strided pairs, each from two grids.
+  BOOST_TEST((cube.along({"a", "b"}) == square.along({"tensor"})));
+  BOOST_TEST(same_answers(cube.along({"a", "b"}), square.along({"tensor"})));
+  BOOST_TEST((cube.along({"block"}) == square.along({"data"})));
+  BOOST_TEST(same_answers(cube.along({"block"}), square.along({"data"})));
+  // The same group size with other groups is another layout.
+  BOOST_TEST(!(cube.along({"block"}) == cube.along({"b"})));
+  BOOST_TEST(!(cube.along({"a"}) == cube.along({"b"})));
+  BOOST_TEST(!(cube.along({"block", "b"}) == square.along({"tensor"})));
+}
+
 BOOST_AUTO_TEST_CASE(along_accepts_a_span_of_names) {
   const std::vector<std::string> names{"t", "p"};
   const std::vector<std::string_view> views(names.begin(), names.end());

@@ -132,6 +132,14 @@ struct MegatronReference {
     throw std::runtime_error("no expert generator of size " + std::to_string(ep));
   }
 
+  /// The group of @p id that holds @p rank, or an empty list if it is in none.
+  std::vector<int> group_of(const GroupId& id, int rank) const {
+    for (const std::vector<int>& group : groups(id)) {
+      if (std::find(group.begin(), group.end(), rank) != group.end()) return group;
+    }
+    return {};
+  }
+
   /// The groups of @p id, in Megatron's order; for the embedding kinds, only the groups
   /// there are (a rank in none is in no listed group).
   Groups groups(const GroupId& id) const {

@@ -1,6 +1,8 @@
 #pragma once
 // The groups of every kind, rank by rank, straight from the formulas of SPEC.md: an
-// independent reference for the layout engine and for the contexts built from it.
+// independent reference for the layout engine and for the contexts built from it. The
+// seed's layout only (context parallel size 1, expert tensor size the tensor size, the two
+// named orders); megatron_reference.hpp covers the general one.
 
 #include <algorithm>
 #include <numeric>
@@ -45,18 +47,41 @@ struct Reference {
         for (int x = 0; x < dp; ++x) g.push_back(p * stride + x * tp + t);
         break;
       case GroupKind::expert_parallel:
-      case GroupKind::expert_data_parallel: {
+      case GroupKind::expert_data_parallel:
+      case GroupKind::expert_tensor_parallel:
+      case GroupKind::tensor_expert_parallel:
+      case GroupKind::tensor_expert_pipeline_parallel: {
         const int ep = id.expert_parallel_size;
         const int edp = dp / ep;
         // expert-first: d = j*ep + e; data-first: d = e*edp + j.
         const bool expert_first = order == ExpertOrder::expert_first;
         const int e = expert_first ? d % ep : d / edp;
         const int j = expert_first ? d / ep : d % edp;
-        auto rank = [&](int ee, int jj) { return p * stride + (expert_first ? jj * ep + ee : ee * edp + jj) * tp + t; };
-        if (id.kind == GroupKind::expert_parallel) {
-          for (int x = 0; x < ep; ++x) g.push_back(rank(x, j));
-        } else {
-          for (int x = 0; x < edp; ++x) g.push_back(rank(e, x));
+        auto rank = [&](int pp_, int ee, int jj, int tt) {
+          return pp_ * stride + (expert_first ? jj * ep + ee : ee * edp + jj) * tp + tt;
+        };
+        // Megatron's expert kinds with the expert tensor size the tensor size: members by
+        // tensor index fastest, then expert index, then stage.
+        switch (id.kind) {
+          case GroupKind::expert_parallel:
+            for (int x = 0; x < ep; ++x) g.push_back(rank(p, x, j, t));
+            break;
+          case GroupKind::expert_data_parallel:
+            for (int x = 0; x < edp; ++x) g.push_back(rank(p, e, x, t));
+            break;
+          case GroupKind::expert_tensor_parallel:
+            for (int x = 0; x < tp; ++x) g.push_back(rank(p, e, j, x));
+            break;
+          case GroupKind::tensor_expert_parallel:
+            for (int y = 0; y < ep; ++y)
+              for (int x = 0; x < tp; ++x) g.push_back(rank(p, y, j, x));
+            break;
+          case GroupKind::tensor_expert_pipeline_parallel:
+            for (int z = 0; z < pp; ++z)
+              for (int y = 0; y < ep; ++y)
+                for (int x = 0; x < tp; ++x) g.push_back(rank(z, y, j, x));
+            break;
+          default: break;
         }
         break;
       }
@@ -86,10 +111,7 @@ struct Reference {
       case GroupKind::model_parallel:
       case GroupKind::embedding:
       case GroupKind::position_embedding:
-      case GroupKind::expert_tensor_parallel:
-      case GroupKind::tensor_expert_parallel:
-      case GroupKind::tensor_expert_pipeline_parallel:
-        throw std::logic_error("the SPEC has no formula for Megatron's kinds: see megatron_reference.hpp");
+        throw std::logic_error("the SPEC has no formula for Megatron's dense kinds: see megatron_reference.hpp");
     }
     return g;
   }

@@ -2,6 +2,7 @@
 /// @file mock_mpu.hpp
 /// @brief An MPU whose answers a test sets, and one in Megatron's layout in one line.
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -25,6 +26,11 @@ class MockMpu final : public Mpu {
     pipeline_ = size;
     return *this;
   }
+  /// Sets the context parallel size.
+  MockMpu& set_context_parallel_size(int size) {
+    context_ = size;
+    return *this;
+  }
   /// Sets the model parallel size.
   MockMpu& set_model_parallel_size(int size) {
     model_ = size;
@@ -45,6 +51,11 @@ class MockMpu final : public Mpu {
     pipeline_group_.emplace(std::move(group));
     return *this;
   }
+  /// Sets the group of another dense kind (see Mpu::dense_group(); by default there is none).
+  MockMpu& set_dense_group(GroupKind kind, ProcessGroup group) {
+    dense_.insert_or_assign(kind, std::move(group));
+    return *this;
+  }
   /// Sets the sequence parallel group (by default there is none).
   MockMpu& set_sequence_parallel_group(ProcessGroup group) {
     sequence_.emplace(std::move(group));
@@ -58,6 +69,7 @@ class MockMpu final : public Mpu {
 
   [[nodiscard]] int tensor_parallel_size() const override { return tensor_; }
   [[nodiscard]] int pipeline_parallel_size() const override { return pipeline_; }
+  [[nodiscard]] int context_parallel_size() const override { return context_; }
   [[nodiscard]] int model_parallel_size() const override { return model_; }
   /// @throws ConfigError if no data parallel group was set.
   [[nodiscard]] const ProcessGroup& data_parallel_group() const override;
@@ -66,6 +78,10 @@ class MockMpu final : public Mpu {
   }
   [[nodiscard]] const ProcessGroup* pipeline_parallel_group() const override {
     return pipeline_group_ ? &*pipeline_group_ : nullptr;
+  }
+  [[nodiscard]] const ProcessGroup* dense_group(GroupKind kind) const override {
+    const auto it = dense_.find(kind);
+    return it == dense_.end() ? Mpu::dense_group(kind) : &it->second;
   }
   [[nodiscard]] const ProcessGroup* sequence_parallel_group() const override {
     return sequence_ ? &*sequence_ : nullptr;
@@ -77,12 +93,14 @@ class MockMpu final : public Mpu {
  private:
   int tensor_ = 1;
   int pipeline_ = 1;
+  int context_ = 1;
   int model_ = 1;
   std::optional<ProcessGroup> data_;
   std::optional<ProcessGroup> tensor_group_;
   std::optional<ProcessGroup> pipeline_group_;
   std::optional<ProcessGroup> sequence_;
   std::optional<ProcessGroup> sequence_data_;
+  std::map<GroupKind, ProcessGroup> dense_;
 };
 
 /// The group of world ranks @p ranks (in group-rank order) as world rank @p caller of
