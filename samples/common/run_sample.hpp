@@ -37,13 +37,8 @@ class HelpRequested : public std::exception {
   std::string text_;
 };
 
-/// A digest of @p text for an AgreedValue with digest=true: 64-bit FNV-1a with the top
-/// bit cleared, so that it is never INT64_MIN, which agree() reserves for "unknown".
-inline std::int64_t digest(std::string_view text) noexcept {
-  std::uint64_t hash = 0xcbf29ce484222325;
-  for (const char c : text) hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3;
-  return static_cast<std::int64_t>(hash >> 1);
-}
+/// A digest of @p text for an AgreedValue with digest=true (pcx::digest_of).
+inline std::int64_t digest(std::string_view text) noexcept { return pcx::digest_of(text); }
 
 /// A digest of a list of numbers, as digest(std::string_view) of their decimal text.
 inline std::int64_t digest(std::span<const int> numbers) { return digest(fmt::format("{}", fmt::join(numbers, ","))); }

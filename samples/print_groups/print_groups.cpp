@@ -11,9 +11,12 @@
 // - --world is optional; when given it must equal the MPI world size.
 // - --rank is rejected: every rank's groups are printed.
 // - --format is ignored (after its value is checked): the output is always JSON.
-// - --tp or --pp above 1 builds a pcx::GridMpu (Megatron layout) that supplies the tensor,
-//   pipeline and data parallel groups; without it, tensor and pipeline groups are the
-//   rank alone and data parallel is the world clone, as in DeepSpeed.
+// - --tp, --pp or --cp above 1, or --megatron, builds a pcx::GridMpu (Megatron's parallel
+//   state) that supplies the dense kinds (tensor, context, pipeline, data parallel and their
+//   combinations); without it, tensor and pipeline groups are the rank alone and data
+//   parallel is the world clone, as in DeepSpeed.
+// - --megatron prints Megatron's other kinds too; a rank in no group of a kind (embedding on
+//   a middle pipeline stage) has none of it, as in pcx-plan.
 //
 // Exit status: 0 on success; 2 on every rank for a bad flag or an invalid configuration,
 // with one error line on stderr from rank 0, also when only some ranks have the bad flag or
@@ -83,15 +86,13 @@ std::vector<std::vector<int>> gather_over_world(const pcx::Communicator& world, 
   return result;
 }
 
-// The caller's group of kind @p id: tensor and pipeline from the MPU (or the rank
-// alone without one), every other kind from the context.
-const pcx::ProcessGroup& group_of(const pcx::ParallelContext& context, const pcx::GridMpu* mpu, const pcx::GroupId& id,
+// The caller's group of kind @p id, or null where it is in none: the dense kinds from the
+// MPU (tensor and pipeline the rank alone without one), every other kind from the context.
+const pcx::ProcessGroup* group_of(const pcx::ParallelContext& context, const pcx::GridMpu* mpu, const pcx::GroupId& id,
                                   const pcx::ProcessGroup& alone) {
-  switch (id.kind) {
-    case pcx::GroupKind::tensor_parallel: return mpu ? *mpu->tensor_parallel_group() : alone;
-    case pcx::GroupKind::pipeline_parallel: return mpu ? *mpu->pipeline_parallel_group() : alone;
-    default: return context.group(id);
-  }
+  if (mpu && pcx::is_dense_kind(id.kind)) return mpu->dense_group(id.kind);
+  if (id.kind == pcx::GroupKind::tensor_parallel || id.kind == pcx::GroupKind::pipeline_parallel) return &alone;
+  return &context.group(id);
 }
 
 std::string help() {
@@ -99,38 +100,43 @@ std::string help() {
          "\nBuilds the groups over MPI (run it under mpiexec) and prints every rank's groups from rank 0,\n"
          "as JSON, each read back from the group's communicator.\n"
          "--world, if given, must equal the MPI world size. --rank is rejected (every rank is printed).\n"
-         "--format is ignored: the output is always JSON. --tp or --pp above 1 builds a pcx::GridMpu.\n"
+         "--format is ignored: the output is always JSON. --tp, --pp or --cp above 1, or --megatron, builds a\n"
+         "pcx::GridMpu.\n"
          "Exit status 2: a bad flag or an invalid configuration.\n";
 }
 
 // The flags, checked against the MPI world size; pcx::validate() is left to the context.
-pcx::ParallelConfig parse(const std::vector<std::string>& args, int world_size) {
-  const pcx::cli::PlanOptions options = pcx::cli::parse_plan_options(args, /*world_required=*/false);
+pcx::cli::PlanOptions parse(const std::vector<std::string>& args, int world_size) {
+  pcx::cli::PlanOptions options = pcx::cli::parse_plan_options(args, /*world_required=*/false);
   if (options.help) throw pcx::samples::HelpRequested(help());
   if (options.rank) {
     throw pcx::ConfigError(fmt::format("--rank: {} prints every rank's groups; leave --rank out", kProgram));
   }
-  pcx::ParallelConfig config = options.config;
+  pcx::ParallelConfig& config = options.config;
   if (config.world_size != 0 && config.world_size != world_size) {
     throw pcx::ConfigError(fmt::format("--world: {} is not the MPI world size {} (leave --world out to use it)",
                                        config.world_size, world_size));
   }
   config.world_size = world_size;
-  return config;
+  return options;
 }
 
-std::vector<pcx::AgreedValue> agreed_values(const pcx::ParallelConfig& config) {
+std::vector<pcx::AgreedValue> agreed_values(const pcx::cli::PlanOptions& options) {
+  const pcx::ParallelConfig& config = options.config;
   return {{"--tp", config.tensor_parallel_size},
           {"--pp", config.pipeline_parallel_size},
+          {"--cp", config.context_parallel_size},
+          {"--etp (0: not given)", config.expert_tensor_parallel_size.value_or(0)},
           {"--ep sizes", pcx::samples::digest(config.expert_parallel_sizes), /*is_digest=*/true},
-          {"--expert-order", static_cast<std::int64_t>(config.expert_order)},
+          {"--expert-order or --order", pcx::samples::digest(pcx::order_of(config)), /*is_digest=*/true},
           {"--zero-hpz (0: not given)", config.zero_hpz_size.value_or(0)},
-          {"--ranks-per-node (0: not given)", config.ranks_per_node.value_or(0)}};
+          {"--ranks-per-node (0: not given)", config.ranks_per_node.value_or(0)},
+          {"--megatron (0: not given)", options.megatron ? 1 : 0}};
 }
 
-int print_groups(const pcx::ParallelConfig& flags, const pcx::MpiCommunicator& world) {
+int print_groups(const pcx::cli::PlanOptions& options, const pcx::MpiCommunicator& world) {
   const int rank = world.rank();
-  pcx::ParallelConfig config = flags;
+  pcx::ParallelConfig config = options.config;
 
   // Created here and handed to the context; never registered in spdlog's registry.
   auto logger = std::make_shared<spdlog::logger>(kProgram, std::make_shared<spdlog::sinks::stderr_sink_mt>());
@@ -138,8 +144,9 @@ int print_groups(const pcx::ParallelConfig& flags, const pcx::MpiCommunicator& w
   logger->set_level(spdlog::level::warn);
 
   std::shared_ptr<const pcx::GridMpu> mpu;
-  if (config.tensor_parallel_size > 1 || config.pipeline_parallel_size > 1) {
-    mpu = std::make_shared<const pcx::GridMpu>(world, config.tensor_parallel_size, config.pipeline_parallel_size);
+  if (config.tensor_parallel_size > 1 || config.pipeline_parallel_size > 1 || config.context_parallel_size > 1 ||
+      options.megatron) {
+    mpu = std::make_shared<const pcx::GridMpu>(world, config);
     // The MPU decides the tensor and pipeline sizes. GridMpu clamps a tensor size larger
     // than the world, as pcx-plan does, so the context gets the sizes it reports.
     if (mpu->tensor_parallel_size() != config.tensor_parallel_size) {
@@ -161,12 +168,16 @@ int print_groups(const pcx::ParallelConfig& flags, const pcx::MpiCommunicator& w
   if (rank == 0) {
     for (int r = 0; r < world.size(); ++r) ranks[std::to_string(r)] = nlohmann::ordered_json::object();
   }
-  for (const pcx::GroupView& view : context.topology().views()) {
-    const pcx::ProcessGroup& group = group_of(context, mpu.get(), view.id, alone);
-    const std::vector<std::vector<int>> members = gather_over_world(world, read_back(group.communicator(), rank));
+  const pcx::Topology& topology = context.topology();
+  for (const pcx::GroupView& view : options.megatron ? topology.all_views() : topology.views()) {
+    const pcx::ProcessGroup* group = group_of(context, mpu.get(), view.id, alone);
+    const std::vector<std::vector<int>> members =
+        gather_over_world(world, group ? read_back(group->communicator(), rank) : std::vector<int>{});
     if (rank != 0) continue;
     const std::string name = view.id.name();
-    for (std::size_t r = 0; r < members.size(); ++r) ranks[std::to_string(r)][name] = members[r];
+    for (std::size_t r = 0; r < members.size(); ++r) {
+      if (!members[r].empty()) ranks[std::to_string(r)][name] = members[r];
+    }
   }
   if (rank == 0) std::cout << out.dump() << '\n' << std::flush;
   return 0;
@@ -175,6 +186,6 @@ int print_groups(const pcx::ParallelConfig& flags, const pcx::MpiCommunicator& w
 }  // namespace
 
 int main(int argc, char** argv) {
-  return pcx::samples::run_sample<pcx::ParallelConfig>(
+  return pcx::samples::run_sample<pcx::cli::PlanOptions>(
       argc, argv, {.program = kProgram, .parse = parse, .values = agreed_values, .run = print_groups});
 }
