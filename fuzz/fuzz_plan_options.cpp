@@ -66,6 +66,7 @@ std::vector<std::string> write_back(const PlanOptions& options, bool world_requi
   args.push_back("--format=" + std::string(format_name(options.format)));
   if (!options.colour_by.empty()) args.push_back("--colour-by=" + options.colour_by);
   if (options.megatron) args.push_back("--megatron");
+  if (options.check) args.push_back("--check");
   return args;
 }
 
@@ -104,6 +105,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     PCX_FUZZ_CHECK(again.format == options.format);
     PCX_FUZZ_CHECK(again.colour_by == options.colour_by);
     PCX_FUZZ_CHECK(again.megatron == options.megatron);
+    PCX_FUZZ_CHECK(again.check == options.check);
 
     std::vector<int> probes;
     if (options.rank) probes.push_back(*options.rank);

@@ -10,6 +10,7 @@
 
 #include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
+#include "pcx/placement.hpp"
 
 namespace pcx {
 namespace {
@@ -221,6 +222,7 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
   const auto logger = logger_or_null(options.logger);
   if (rank_ == 0) {
     for (const std::string& note : topology_.clamp_notes()) logger->warn("pcx: {}", note);
+    for (const PlacementWarning& warning : check_placement(topology_)) logger->warn("pcx: {}", warning.message());
   }
 
   int splits = 0;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "pcx/error.hpp"
+#include "pcx/placement.hpp"
 #include "pcx/topology.hpp"
 #include "plan_options.hpp"
 
@@ -35,6 +36,7 @@ constexpr int kMaxDrawnWorld = 4096;
 constexpr std::uint64_t kMaxOutputBytes = std::uint64_t{4} << 30;
 constexpr int kUsageError = 2;
 constexpr int kFailure = 1;
+constexpr int kMisplaced = 3;  // --check found kinds that cross nodes needlessly
 
 /// stdout could not be written (a full disk, a closed descriptor).
 class WriteError : public std::runtime_error {
@@ -198,8 +200,11 @@ void print_table_coordinates(Output& out, const pcx::Topology& topology, int ran
   const bool first = c.first_pipeline_stage;
   const bool last = c.last_pipeline_stage;
   out.print("coordinates: pipeline {}{}, data {}, context {}, tensor {}", c.pipeline,
-            first && last ? " (first and last stage)" : first ? " (first stage)" : last ? " (last stage)" : "", c.data,
-            c.context, c.tensor);
+            first && last ? " (first and last stage)"
+            : first       ? " (first stage)"
+            : last        ? " (last stage)"
+                          : "",
+            c.data, c.context, c.tensor);
   for (const pcx::ExpertCoordinates& e : c.experts) {
     out.print("; experts/{}: expert tensor {}, expert {}, expert data {}", e.expert_parallel_size, e.tensor, e.expert,
               e.data);
@@ -295,9 +300,9 @@ void print_svg(Output& out, const pcx::Topology& topology, const pcx::GroupView&
     const bool grouped = colour != pcx::GroupLayout::kNoGroup;
     // Neighbouring groups differ in hue and lightness, so that many groups stay apart; a
     // rank in no group is white.
-    const std::string fill = grouped ? fmt::format("hsl({:.0f},65%,{}%)", 360.0 * colour / layout.group_count(),
-                                                   colour % 2 == 0 ? 72 : 58)
-                                     : std::string("white");
+    const std::string fill =
+        grouped ? fmt::format("hsl({:.0f},65%,{}%)", 360.0 * colour / layout.group_count(), colour % 2 == 0 ? 72 : 58)
+                : std::string("white");
     const bool outlined = std::ranges::binary_search(highlighted, r);
     out.print(
         "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"4\" fill=\"{}\" "
@@ -347,6 +352,15 @@ int run(const std::vector<std::string>& args) {
                     options.rank ? "list fewer expert parallel sizes" : "list one rank's groups with --rank R"));
   }
   for (const std::string& note : topology.clamp_notes()) report(fmt::format("pcx-plan: note: {}\n", note));
+  if (options.check) {
+    if (!options.config.ranks_per_node) throw pcx::ConfigError("--check: give --ranks-per-node, the size of a node");
+    const std::vector<pcx::PlacementWarning> warnings = pcx::check_placement(topology);
+    for (const pcx::PlacementWarning& warning : warnings) out.print("placement: {}\n", warning.message());
+    if (warnings.empty())
+      out.print("placement: every kind that can stay inside nodes of {} ranks does\n", *options.config.ranks_per_node);
+    out.finish();
+    return warnings.empty() ? 0 : kMisplaced;
+  }
   if (svg) {
     print_svg(out, topology, *colouring, options.rank);
   } else if (json) {

@@ -15,6 +15,7 @@ namespace {
 struct RawOptions {
   std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, rank, format, colour_by;
   bool megatron = false;
+  bool check = false;
 };
 
 void describe(CLI::App& app, RawOptions& raw, bool world_required) {
@@ -35,6 +36,9 @@ void describe(CLI::App& app, RawOptions& raw, bool world_required) {
   app.add_flag("--megatron", raw.megatron,
                "also list Megatron's other kinds (context, model, embedding, expert tensor, ...) and, with --rank, "
                "the rank's coordinates in JSON");
+  app.add_flag("--check", raw.check,
+               "check that every kind whose groups can stay inside nodes does (needs --ranks-per-node): one line "
+               "per kind that crosses nodes although another order keeps it inside, exit status 3 if any");
   app.add_option("--format", raw.format, "table (default), json, or svg (a picture of the ranks by node)")
       ->type_name("FORMAT");
   app.add_option("--colour-by", raw.colour_by,
@@ -107,6 +111,7 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   if (app.count("--ranks-per-node") > 0) config.ranks_per_node = parse_int("--ranks-per-node", raw.per_node);
   if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
   options.megatron = raw.megatron;
+  options.check = raw.check;
   if (app.count("--format") > 0) {
     if (raw.format == "json") {
       options.format = Format::json;

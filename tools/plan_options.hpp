@@ -19,6 +19,7 @@ struct PlanOptions {
   Format format = Format::table;
   std::string colour_by;  ///< --colour-by: the kind whose groups colour an SVG; empty: a default.
   bool megatron = false;  ///< --megatron: also list Megatron's other kinds and a rank's coordinates.
+  bool check = false;     ///< --check: check the placement on nodes instead of listing groups.
   bool help = false;      ///< --help was given; help_text() says what to print.
 };
 

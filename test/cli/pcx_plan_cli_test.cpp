@@ -726,6 +726,21 @@ BOOST_AUTO_TEST_CASE(svg_draws_every_rank_in_its_group_colour) {
              std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(check_names_kinds_that_cross_nodes_needlessly) {
+  // 64 = dp 8 x tp 8 under 'dp-tp': every tp group {t, t+8, ...} spans all 8 nodes of 8.
+  const Outcome bad = run_plan({"--world", "64", "--tp", "8", "--order", "dp-tp", "--ranks-per-node", "8", "--check"});
+  BOOST_TEST_CONTEXT(bad.describe()) {
+    BOOST_TEST(bad.exited_with(3));
+    BOOST_TEST(bad.out == "placement: tensor_parallel: 8 of 8 groups cross nodes of 8 ranks; order 'tp-dp' keeps them "
+                          "inside nodes and moves out no kind of axes as fast in Megatron's default order\n");
+  }
+  const Outcome good = run_ok({"--world", "64", "--tp", "8", "--ranks-per-node", "8", "--check"});
+  BOOST_TEST(good.out == "placement: every kind that can stay inside nodes of 8 ranks does\n");
+  const Outcome no_nodes = run_plan({"--world", "64", "--tp", "8", "--check"});
+  BOOST_TEST(no_nodes.exited_with(2));
+  BOOST_TEST(no_nodes.err == "pcx-plan: error: --check: give --ranks-per-node, the size of a node\n");
+}
+
 BOOST_AUTO_TEST_CASE(help) {
   const std::vector<std::vector<std::string>> cases{{"--help"}, {"-h"}, {"--world", "8", "--help"}};
   for (const std::vector<std::string>& args : cases) {
@@ -734,7 +749,8 @@ BOOST_AUTO_TEST_CASE(help) {
       BOOST_TEST(o.err.empty());
       BOOST_TEST(o.out.find("Usage") != std::string::npos);
       for (const char* flag : {"--world", "--tp", "--pp", "--ep", "--expert-order", "--zero-hpz",
-                               "--ranks-per-node", "--rank", "--format"}) {
+                               "--ranks-per-node", "--rank", "--format", "--cp", "--etp", "--order", "--megatron",
+                               "--check"}) {
         BOOST_CHECK_MESSAGE(o.out.find(flag) != std::string::npos, "help does not mention " << flag);
       }
     }

@@ -4,8 +4,12 @@
 #include <fmt/format.h>
 
 #include <boost/test/unit_test.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <random>
+#include <sstream>
 
 #include "pcx/error.hpp"
 #include "pcx/parallel_context.hpp"
@@ -459,6 +463,25 @@ BOOST_AUTO_TEST_CASE(kinds_with_the_same_groups_share_unless_dedicated) {
   BOOST_TEST(&context.expert_parallel_group(16).communicator() == &context.world_group().communicator());
   BOOST_TEST(&context.group({GroupKind::tensor_expert_pipeline_parallel, 16}).communicator() ==
              &context.world_group().communicator());
+}
+
+BOOST_AUTO_TEST_CASE(rank_0_warns_of_kinds_that_cross_nodes_needlessly) {
+  // Expert grid 16 = edp 4 x etp 2 x ep 2 under 'dp-tp-ep', nodes of 4 (placement_test.cpp).
+  ParallelConfig config = make_config(16, 1, 1, {2}, {}, {}, 4);
+  config.expert_tensor_parallel_size = 2;
+  config.order = "dp-tp-ep";
+  for (const int rank : {0, 1}) {
+    std::ostringstream log;
+    pcx::ContextOptions options;
+    options.logger = std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::ostream_sink_st>(log));
+    options.logger->set_pattern("%l %v");
+    const auto world = std::make_shared<FakeWorld>(16);
+    const ParallelContext context(FakeCommunicator(world, rank), config, nullptr, options);
+    const std::string text = log.str();
+    BOOST_TEST((text.find("warning pcx: expert_tensor_parallel/2: 8 of 8 groups cross nodes of 4 ranks; order "
+                          "'tp-dp-ep'") != std::string::npos) == (rank == 0),
+               text);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(values_outside_the_enumerations_and_byte_overflows_are_config_errors_naming_them) {
