@@ -2,8 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
+#include <cstdint>
 #include <vector>
 
+#include "host.hpp"
 #include "pcx/error.hpp"
 
 namespace pcx {
@@ -210,6 +214,22 @@ void Communicator::recv(void* buffer, std::size_t count, DataType type, int peer
 void Communicator::barrier() const {
   check_usable("barrier");
   do_barrier();
+}
+
+std::vector<int> Communicator::nodes() const {
+  check_usable("nodes");
+  return do_nodes();
+}
+
+std::vector<int> Communicator::do_nodes() const {
+  const std::array<std::uint64_t, 1> mine = {detail::host_hash()};
+  std::vector<std::uint64_t> hosts(static_cast<std::size_t>(size()));
+  all_gather(mine, hosts);
+  std::vector<int> nodes(hosts.size());
+  for (std::size_t r = 0; r < hosts.size(); ++r) {
+    nodes[r] = static_cast<int>(std::ranges::find(hosts, hosts[r]) - hosts.begin());
+  }
+  return nodes;
 }
 
 void Communicator::abort() const noexcept {

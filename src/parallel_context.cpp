@@ -72,7 +72,8 @@ std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, cons
       {"expert tensor parallel size (0: the tensor parallel size)", c.expert_tensor_parallel_size.value_or(0)},
       {"order strings", digest_of(order_of(c)), /*digest=*/true},
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
-      {"ranks per node (0 none)", c.ranks_per_node.value_or(0)},
+      {"ranks per node (0 none, -1 detected)",
+       c.ranks_per_node == kDetectRanksPerNode ? -1 : c.ranks_per_node.value_or(0)},
       {"MPU present (0 no, 1 yes)", has_mpu},
       {"MPU tensor parallel size", answer([](const MpuAnswers& m) { return m.tensor; })},
       {"MPU pipeline parallel size", answer([](const MpuAnswers& m) { return m.pipeline; })},
@@ -131,6 +132,60 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
         "pcx::GridMpu); without one all three are 1",
         config.tensor_parallel_size, config.pipeline_parallel_size, config.context_parallel_size));
   }
+  // Detected nodes are known after the agreement; until then the layout has none.
+  if (config.ranks_per_node == kDetectRanksPerNode) config.ranks_per_node.reset();
+  return Topology(std::move(config));
+}
+
+// The size of the world communicator's nodes, which must be blocks of consecutive ranks,
+// all of one size (the node kinds and the placement check assume it).
+int node_size(std::span<const int> nodes) {
+  const auto world = static_cast<int>(nodes.size());
+  const auto size = static_cast<int>(std::ranges::count(nodes, nodes[0]));
+  if (world % size != 0) {
+    throw ConfigError(
+        fmt::format("the world communicator's nodes differ in size: the node of rank 0 has {} ranks, "
+                    "which do not divide the world's {}",
+                    size, world));
+  }
+  for (int r = 0; r < world; ++r) {
+    if (nodes[static_cast<std::size_t>(r)] != r / size * size) {
+      throw ConfigError(fmt::format(
+          "the world communicator's nodes are not blocks of {} consecutive ranks: rank {} is on the node of rank {} "
+          "(number ranks node by node, e.g. mpiexec --map-by core)",
+          size, r, nodes[static_cast<std::size_t>(r)]));
+    }
+  }
+  return size;
+}
+
+// The ranks per node: detected for kDetectRanksPerNode, else as configured and, with
+// @p check, compared with the nodes the world communicator sees. Run after the agreement,
+// by every rank (Communicator::nodes() is collective) when the configuration has ranks per
+// node; the nodes are all-gathered, so every rank reaches the same verdict.
+Topology with_nodes(const Communicator& world, Topology topology, int configured, bool check) {
+  const bool detect = configured == kDetectRanksPerNode;
+  if (!detect && !check) return topology;
+  const std::vector<int> nodes = world.nodes();
+  if (nodes.empty()) {
+    if (!detect) return topology;
+    throw ConfigError(fmt::format(
+        "ranks per node 0 (detect): a {} communicator cannot tell nodes apart; give the number of ranks per node",
+        world.backend()));
+  }
+  const int size = node_size(nodes);
+  if (!detect) {
+    if (std::min(configured, world.size()) != size) {
+      const int count = world.size() / size;
+      throw ConfigError(
+          fmt::format("ranks per node {} in the configuration disagrees with the world communicator's "
+                      "{} node{} of {} ranks (to simulate nodes, set ContextOptions::check_nodes to false)",
+                      configured, count, count == 1 ? "" : "s", size));
+    }
+    return topology;
+  }
+  ParallelConfig config = topology.config();
+  config.ranks_per_node = size;
   return Topology(std::move(config));
 }
 
@@ -185,7 +240,7 @@ std::shared_ptr<spdlog::logger> logger_or_null(std::shared_ptr<spdlog::logger> l
 // every rank learns whether all ranks agree and accept the configuration before any of
 // them starts to split, and every rank leaves with the same error if not.
 ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, const ParallelConfig& config,
-                                                  const Mpu* mpu) {
+                                                  const Mpu* mpu, bool check_nodes) {
   if (world.size() == 0) {
     throw ConfigError(
         fmt::format("a ParallelContext cannot be built over a moved-from {} communicator", world.backend()));
@@ -208,12 +263,21 @@ ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, con
     throw CommError(fmt::format("comparing the configuration across ranks on rank {}: {}", world.rank(), e.what()),
                     e.code());
   }
+  if (config.ranks_per_node) {
+    try {
+      topology.emplace(with_nodes(world, std::move(*topology), *config.ranks_per_node, check_nodes));
+    } catch (const CommError& e) {
+      throw CommError(fmt::format("asking the world communicator for its nodes on rank {}: {}", world.rank(), e.what()),
+                      e.code());
+    }
+  }
   return {std::move(*topology), std::move(answers)};
 }
 
 ParallelContext::ParallelContext(const Communicator& world, ParallelConfig config, std::shared_ptr<const Mpu> mpu,
                                  ContextOptions options)
-    : ParallelContext(world, agree_on(world, config, mpu.get()), std::move(mpu), std::move(options)) {}
+    : ParallelContext(world, agree_on(world, config, mpu.get(), options.check_nodes), std::move(mpu),
+                      std::move(options)) {}
 
 ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std::shared_ptr<const Mpu>&& mpu,
                                  ContextOptions&& options)

@@ -223,6 +223,11 @@ void validate(const ParallelConfig& c) {
   }
   if (c.ranks_per_node) {
     const int per_node = *c.ranks_per_node;
+    if (per_node == kDetectRanksPerNode) {
+      throw ConfigError(
+          "ranks per node 0 (kDetectRanksPerNode, 'auto') is detected by a ParallelContext from its "
+          "communicator, which a Topology without one does not have: give the number of ranks per node");
+    }
     require_positive(per_node, "ranks per node");
     if (c.world_size > per_node && c.world_size % per_node != 0) {
       throw ConfigError(

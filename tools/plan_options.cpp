@@ -31,7 +31,9 @@ void describe(CLI::App& app, RawOptions& raw, bool world_required) {
                  "Megatron's order string, fastest axis first, e.g. tp-cp-ep-dp-pp (replaces --expert-order)")
       ->type_name("ORDER");
   app.add_option("--zero-hpz", raw.hpz, "ZeRO hpZ partition size")->type_name("Z");
-  app.add_option("--ranks-per-node", raw.per_node, "ranks per node, for the all-to-all groups")->type_name("N");
+  app.add_option("--ranks-per-node", raw.per_node,
+                 "ranks per node, for the all-to-all groups and --check; 'auto': as the MPI job's nodes (print_groups)")
+      ->type_name("N");
   app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
   app.add_flag("--megatron", raw.megatron,
                "also list Megatron's other kinds (context, model, embedding, expert tensor, ...) and, with --rank, "
@@ -108,7 +110,9 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   if (app.count("--expert-order") > 0) config.expert_order = parse_expert_order(raw.order);
   if (app.count("--order") > 0) config.order = raw.megatron_order;
   if (app.count("--zero-hpz") > 0) config.zero_hpz_size = parse_int("--zero-hpz", raw.hpz);
-  if (app.count("--ranks-per-node") > 0) config.ranks_per_node = parse_int("--ranks-per-node", raw.per_node);
+  if (app.count("--ranks-per-node") > 0) {
+    config.ranks_per_node = raw.per_node == "auto" ? kDetectRanksPerNode : parse_int("--ranks-per-node", raw.per_node);
+  }
   if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
   options.megatron = raw.megatron;
   options.check = raw.check;

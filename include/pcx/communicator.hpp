@@ -9,11 +9,12 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <ranges>
 #include <span>
 #include <string>
-#include <ranges>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "pcx/half.hpp"
 
@@ -64,7 +65,8 @@ inline constexpr std::optional<DataType> kDataTypeOf<double> = DataType::float64
 
 /// An element type the typed collectives accept.
 template <class T>
-concept Element = kDataTypeOf<T>.has_value();
+concept Element = kDataTypeOf<T>
+.has_value();
 
 /// The DataType of element type @p T.
 template <Element T>
@@ -75,8 +77,8 @@ template <Element T>
 /// A buffer the typed collectives read: any contiguous sized range of Elements (a
 /// `std::vector`, `std::array`, `std::span`, C array, ...).
 template <class R>
-concept ElementRange = std::ranges::contiguous_range<R> && std::ranges::sized_range<R> &&
-                       Element<std::ranges::range_value_t<R>>;
+concept ElementRange =
+    std::ranges::contiguous_range<R> && std::ranges::sized_range<R> && Element<std::ranges::range_value_t<R>>;
 
 /// A buffer the typed collectives write: an ElementRange whose elements are not const.
 template <class R>
@@ -171,6 +173,14 @@ class Communicator {
   [[nodiscard]] std::unique_ptr<Communicator> split_checked(int colour, int rank, int size,
                                                             const CommOptions& options = {}) const;
 
+  /// The node of every member, named by its lowest member: nodes()[r] == nodes()[s]
+  /// exactly when members r and s share a node. Collective. MPI: the members of one
+  /// shared-memory domain (`MPI_Comm_split_type` with `MPI_COMM_TYPE_SHARED`); other real
+  /// backends: one host, told apart as NCCL does (host name and boot id, or NCCL_HOSTID).
+  /// The test doubles (fake, thread) cannot tell and give an empty list.
+  /// @throws CommError or Timeout from the backend.
+  [[nodiscard]] std::vector<int> nodes() const;
+
   /// A new communicator with the same members and ranks.
   /// @throws ConfigError, CommError or Timeout as split().
   [[nodiscard]] std::unique_ptr<Communicator> dup(const CommOptions& options = {}) const;
@@ -217,8 +227,8 @@ class Communicator {
   /// thread, also while another thread waits in an operation of this communicator: the
   /// operation then returns promptly with CommError (an MPI communicator with no deadline,
   /// options.timeout 0, is not interrupted: it waits in MPI's blocking calls; nor is a
-  /// call inside a blocking NCCL communicator's creation, which the abort waits for). Only the first call has an effect. It is `const` like the
-  /// collectives (it ends the connection, not what the communicator is), so a watchdog
+  /// call inside a blocking NCCL communicator's creation, which the abort waits for). Only the first call has an
+  /// effect. It is `const` like the collectives (it ends the connection, not what the communicator is), so a watchdog
   /// can abort the communicator of a const ProcessGroup.
   void abort() const noexcept;
   /// Whether abort() was called, by the caller or by the backend after an operation
@@ -238,7 +248,7 @@ class Communicator {
 
   /// Typed all_reduce; @p send and @p recv have the same length.
   template <ElementRange S, MutableElementRange R>
-    requires std::same_as<element_of<S>, element_of<R>>
+  requires std::same_as<element_of<S>, element_of<R>>
   void all_reduce(const S& send, R&& recv, ReduceOp op) const {
     check_length(std::ranges::size(send), std::ranges::size(recv), "all_reduce receive buffer");
     all_reduce(std::ranges::data(send), std::ranges::data(recv), std::ranges::size(send), data_type_of<element_of<S>>(),
@@ -252,7 +262,7 @@ class Communicator {
   }
   /// Typed all_to_all; both buffers hold size() equal blocks.
   template <ElementRange S, MutableElementRange R>
-    requires std::same_as<element_of<S>, element_of<R>>
+  requires std::same_as<element_of<S>, element_of<R>>
   void all_to_all(const S& send, R&& recv) const {
     check_length(std::ranges::size(send), std::ranges::size(recv), "all_to_all receive buffer");
     all_to_all(std::ranges::data(send), std::ranges::data(recv), block(std::ranges::size(send), "all_to_all"),
@@ -260,7 +270,7 @@ class Communicator {
   }
   /// Typed all_to_all_v; each buffer holds exactly the sum of its counts.
   template <ElementRange S, MutableElementRange R>
-    requires std::same_as<element_of<S>, element_of<R>>
+  requires std::same_as<element_of<S>, element_of<R>>
   void all_to_all_v(const S& send, std::span<const std::size_t> send_counts, R&& recv,
                     std::span<const std::size_t> recv_counts) const {
     check_length(total(send_counts, "all_to_all_v send counts"), std::ranges::size(send), "all_to_all_v send buffer");
@@ -271,7 +281,7 @@ class Communicator {
   }
   /// Typed all_gather; @p recv holds size() blocks of the length of @p send.
   template <ElementRange S, MutableElementRange R>
-    requires std::same_as<element_of<S>, element_of<R>>
+  requires std::same_as<element_of<S>, element_of<R>>
   void all_gather(const S& send, R&& recv) const {
     check_length(std::ranges::size(send) * member_count(), std::ranges::size(recv), "all_gather receive buffer");
     all_gather(std::ranges::data(send), std::ranges::data(recv), std::ranges::size(send),
@@ -279,7 +289,7 @@ class Communicator {
   }
   /// Typed reduce_scatter; @p send holds size() blocks of the length of @p recv.
   template <ElementRange S, MutableElementRange R>
-    requires std::same_as<element_of<S>, element_of<R>>
+  requires std::same_as<element_of<S>, element_of<R>>
   void reduce_scatter(const S& send, R&& recv, ReduceOp op) const {
     check_length(std::ranges::size(recv) * member_count(), std::ranges::size(send), "reduce_scatter send buffer");
     reduce_scatter(std::ranges::data(send), std::ranges::data(recv), std::ranges::size(recv),
@@ -349,6 +359,8 @@ class Communicator {
   virtual void do_recv(void* buffer, std::size_t count, DataType type, int peer) const = 0;
   /// barrier() for the backend.
   virtual void do_barrier() const = 0;
+  /// nodes() for the backend. The default all-gathers a hash of the host's identity.
+  [[nodiscard]] virtual std::vector<int> do_nodes() const;
   /// abort() for the backend: called once, from any thread, possibly while another
   /// thread waits in an operation, which must then end with CommError. The default does
   /// nothing, for backends that hold nothing an abort must give up.

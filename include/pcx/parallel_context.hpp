@@ -32,6 +32,11 @@ struct ContextOptions {
   /// Kinds that get a communicator of their own even where an earlier kind has the same
   /// groups (by default such kinds share one; see ParallelContext).
   std::set<GroupKind> dedicated;
+  /// Whether a configured ParallelConfig::ranks_per_node is compared with the nodes the
+  /// world communicator sees (Communicator::nodes(); MPI's shared-memory domains): a
+  /// difference is a ConfigError on every rank. Turn it off to simulate several nodes on
+  /// one host. Backends that cannot tell nodes apart (the test doubles) are not checked.
+  bool check_nodes = true;
 };
 
 /// The process groups of one parallel layout, built once and immutable afterwards.
@@ -42,7 +47,11 @@ struct ContextOptions {
 /// 2. runs one agreement (pcx::agree, stage context) over the world that compares every
 ///    rank's configuration and MPU sizes: if any rank failed step 1 (whatever it threw),
 ///    every rank throws the same error naming that rank, and if ranks disagree, every
-///    rank throws the same ConfigMismatch (none is left waiting),
+///    rank throws the same ConfigMismatch (none is left waiting); then, with ranks per
+///    node configured, asks the world communicator for its nodes (Communicator::nodes(),
+///    one collective): kDetectRanksPerNode takes their size, a number must match it
+///    (ContextOptions::check_nodes), and nodes that are not blocks of consecutive ranks
+///    of one size are a ConfigError, the same on every rank,
 /// 3. clones the world (one dup), then makes one split per group kind it owns: per
 ///    expert parallel size the expert parallel and expert data parallel groups, ZeRO
 ///    hpZ, all-to-all local and global, then per expert parallel size Megatron's expert
@@ -187,7 +196,8 @@ class ParallelContext {
  private:
   // The outcome of the agreement: the layout, and what the MPU answered before it.
   struct Agreed;
-  [[nodiscard]] static Agreed agree_on(const Communicator& world, const ParallelConfig& config, const Mpu* mpu);
+  [[nodiscard]] static Agreed agree_on(const Communicator& world, const ParallelConfig& config, const Mpu* mpu,
+                                       bool check_nodes);
   ParallelContext(const Communicator& world, Agreed&& agreed, std::shared_ptr<const Mpu>&& mpu,
                   ContextOptions&& options);
 

@@ -58,12 +58,17 @@ struct ParallelConfig {
   /// ZeRO hpZ partition size; groups of this many consecutive ranks (clamped to the
   /// world size). Absent: no ZeRO param intra groups.
   std::optional<int> zero_hpz_size;
-  /// Ranks per node for the all-to-all groups. Absent: no all-to-all groups.
+  /// Ranks per node for the all-to-all groups and the placement check. Absent: no
+  /// all-to-all groups. kDetectRanksPerNode: a ParallelContext takes it from the nodes its
+  /// world communicator sees (Communicator::nodes()); a Topology on its own refuses it.
   std::optional<int> ranks_per_node;
 
   /// Field-wise equality.
   friend bool operator==(const ParallelConfig&, const ParallelConfig&) = default;
 };
+
+/// ParallelConfig::ranks_per_node for "detect them" ("auto" on the command line).
+inline constexpr int kDetectRanksPerNode = 0;
 
 /// Checks every rule of a configuration.
 /// @throws ConfigError naming the values and the rule broken: a size below 1, the

@@ -15,6 +15,8 @@
 //   state) that supplies the dense kinds (tensor, context, pipeline, data parallel and their
 //   combinations); without it, tensor and pipeline groups are the rank alone and data
 //   parallel is the world clone, as in DeepSpeed.
+// - --ranks-per-node N is taken as given (nodes simulated on one host); --ranks-per-node auto
+//   takes the nodes MPI sees (MPI_Comm_split_type).
 // - --megatron prints Megatron's other kinds too; a rank in no group of a kind (embedding on
 //   a middle pipeline stage) has none of it, as in pcx-plan.
 //
@@ -159,6 +161,9 @@ int print_groups(const pcx::cli::PlanOptions& options, const pcx::MpiCommunicato
 
   pcx::ContextOptions context_options;
   context_options.logger = logger;
+  // The flags describe the layout to print: a number of ranks per node is taken as given,
+  // so that several nodes can be shown on one host; 'auto' is what MPI sees.
+  context_options.check_nodes = false;
   const pcx::ParallelContext context(world, config, mpu, context_options);
 
   const pcx::ProcessGroup alone({rank}, std::make_unique<pcx::SelfCommunicator>());

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <climits>
 #include <cstddef>
@@ -62,8 +63,8 @@ class Reduction {
  public:
   Reduction(ReduceOp op, DataType type) {
     if (type == DataType::float16 || type == DataType::bfloat16) {
-      MPI_User_function* function = type == DataType::float16 ? user_function<DataType::float16>(op)
-                                                              : user_function<DataType::bfloat16>(op);
+      MPI_User_function* function =
+          type == DataType::float16 ? user_function<DataType::float16>(op) : user_function<DataType::bfloat16>(op);
       check_mpi(MPI_Op_create(function, 1, &op_), "MPI_Op_create");
       owned_ = true;
       return;
@@ -131,7 +132,8 @@ class Backoff {
 // Checked before a split or dup communicates, so that every member refuses them alike.
 void check_options(const CommOptions& options) {
   if (options.timeout.count() < 0) {
-    throw ConfigError(fmt::format("MPI communicator timeout {} ms is negative (0: no deadline)", options.timeout.count()));
+    throw ConfigError(
+        fmt::format("MPI communicator timeout {} ms is negative (0: no deadline)", options.timeout.count()));
   }
 }
 
@@ -157,8 +159,7 @@ struct MpiCommunicator::State {
   bool parked = false;
 };
 
-namespace {
-}  // namespace
+namespace {}  // namespace
 
 void check_mpi(int code, const char* call) {
   if (code == MPI_SUCCESS) return;
@@ -283,8 +284,8 @@ void MpiCommunicator::poll(std::string_view what, Clock::time_point deadline, Do
       state_->parked = state_->request != MPI_REQUEST_NULL;
       if (aborted()) throw CommError(fmt::format("{} on {}: the communicator was aborted", what, describe()), -1);
       abort();
-      throw Timeout(fmt::format("{} on {} did not finish within {} ms; the communicator was aborted", what,
-                                describe(), options_.timeout.count()));
+      throw Timeout(fmt::format("{} on {} did not finish within {} ms; the communicator was aborted", what, describe(),
+                                options_.timeout.count()));
     }
   }
 }
@@ -381,10 +382,10 @@ void MpiCommunicator::do_all_to_all_v(const void* send, std::span<const std::siz
   run("all_to_all_v", deadline(), bytes_of(send, send_total, type), bytes_of(recv, recv_total, type),
       [&](const void* in, void* out, MPI_Request* request) {
         const MPI_Datatype t = mpi_type(type);
-        return request != nullptr ? MPI_Ialltoallv(in, sends, send_displacements, t, out, receives,
-                                                   receive_displacements, t, comm_, request)
-                                  : MPI_Alltoallv(in, sends, send_displacements, t, out, receives,
-                                                  receive_displacements, t, comm_);
+        return request != nullptr
+                   ? MPI_Ialltoallv(in, sends, send_displacements, t, out, receives, receive_displacements, t, comm_,
+                                    request)
+                   : MPI_Alltoallv(in, sends, send_displacements, t, out, receives, receive_displacements, t, comm_);
       });
 }
 
@@ -405,9 +406,8 @@ void MpiCommunicator::do_reduce_scatter(const void* send, void* recv, std::size_
   const MPI_Op reduction = state_->reduction.emplace(op, type).get();
   run("reduce_scatter", deadline(), bytes_of(send, count * static_cast<std::size_t>(size_), type),
       bytes_of(recv, count, type), [&](const void* in, void* out, MPI_Request* request) {
-        return request != nullptr
-                   ? MPI_Ireduce_scatter_block(in, out, n, mpi_type(type), reduction, comm_, request)
-                   : MPI_Reduce_scatter_block(in, out, n, mpi_type(type), reduction, comm_);
+        return request != nullptr ? MPI_Ireduce_scatter_block(in, out, n, mpi_type(type), reduction, comm_, request)
+                                  : MPI_Reduce_scatter_block(in, out, n, mpi_type(type), reduction, comm_);
       });
   if (op == ReduceOp::avg) detail::finish_average(recv, count, type, size_);
 }
@@ -474,12 +474,34 @@ void MpiCommunicator::do_barrier() const {
   });
 }
 
+// A node is a shared-memory domain as MPI reports it, named by its lowest member. Like
+// MPI_Comm_split, MPI_Comm_split_type has no non-blocking form: a member that stopped
+// before it is caught by a barrier under the deadline first.
+std::vector<int> MpiCommunicator::do_nodes() const {
+  if (options_.timeout.count() > 0) {
+    run("nodes", deadline(), {}, {},
+        [&](const void*, void*, MPI_Request* request) { return MPI_Ibarrier(comm_, request); });
+  }
+  MPI_Comm domain = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank(), MPI_INFO_NULL, &domain), "MPI_Comm_split_type");
+  CommOptions options = options_;
+  options.name = "pcx:nodes";
+  const MpiCommunicator node = adopt(domain, options);
+  // Ranked by this communicator's rank (the key), so the domain's rank 0 is its lowest member.
+  std::array<int, 1> lowest = {rank()};
+  node.broadcast(lowest, 0);
+  std::vector<int> nodes(static_cast<std::size_t>(size()));
+  all_gather(lowest, nodes);
+  return nodes;
+}
+
 MPI_Comm mpi_handle(const Communicator& communicator) {
   if (communicator.backend() == "mpi") return *static_cast<const MPI_Comm*>(communicator.native_handle());
   if (communicator.backend() == "self") return MPI_COMM_SELF;
-  throw ConfigError(fmt::format("mpi_handle of a {} communicator: only MPI communicators and groups of one member "
-                                "have an MPI_Comm",
-                                communicator.backend()));
+  throw ConfigError(
+      fmt::format("mpi_handle of a {} communicator: only MPI communicators and groups of one member "
+                  "have an MPI_Comm",
+                  communicator.backend()));
 }
 
 }  // namespace pcx

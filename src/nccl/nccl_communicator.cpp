@@ -9,16 +9,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
-#include <fstream>
 #include <mutex>
 #include <new>
-#include <thread>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
-#include <unistd.h>
-
+#include "../host.hpp"
 #include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 #include "pcx/self_communicator.hpp"
@@ -230,29 +228,10 @@ class Staging {
   bool copy_recv_back_ = false;
 };
 
-// Which host this process runs on, as NCCL tells hosts apart (src/misc/utils.cc
-// getHostHash): NCCL_HOSTID if set, else the host name followed by the boot id, so that
-// containers with one host name on several machines differ. FNV-1a of that text.
-std::uint64_t host_hash() {
-  std::string id;
-  if (const char* configured = std::getenv("NCCL_HOSTID"); configured != nullptr) {
-    id = configured;
-  } else {
-    std::array<char, 256> name{};
-    if (gethostname(name.data(), name.size() - 1) == 0) id = name.data();
-    std::ifstream boot("/proc/sys/kernel/random/boot_id");
-    std::string boot_id;
-    if (boot >> boot_id) id += boot_id;
-  }
-  std::uint64_t hash = 14695981039346656037ULL;
-  for (const char c : id) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
-  return hash;
-}
-
 // The ranks of the caller's host, ascending: one all-gather of host hashes over the
 // bootstrap communicator, which needs nothing of MPI.
 std::vector<int> node_of(const Communicator& bootstrap) {
-  const std::array<std::uint64_t, 1> mine = {host_hash()};
+  const std::array<std::uint64_t, 1> mine = {detail::host_hash()};
   std::vector<std::uint64_t> hosts(static_cast<std::size_t>(bootstrap.size()));
   bootstrap.all_gather(mine, hosts);
   std::vector<int> node;
@@ -288,9 +267,10 @@ void distinct_devices(const Communicator& bootstrap, const std::vector<int>& nod
   const int rank = bootstrap.rank();
   for (const int r : node) {
     if (r != rank && !id(r).empty() && id(r) == id(rank)) {
-      throw ConfigError(fmt::format("rank {} and rank {} of its node would share the CUDA device at PCI {}: give each "
-                                    "rank its own device (NcclWorldOptions::device, or CUDA_VISIBLE_DEVICES)",
-                                    rank, r, id(r)));
+      throw ConfigError(
+          fmt::format("rank {} and rank {} of its node would share the CUDA device at PCI {}: give each "
+                      "rank its own device (NcclWorldOptions::device, or CUDA_VISIBLE_DEVICES)",
+                      rank, r, id(r)));
     }
   }
 }
@@ -438,8 +418,7 @@ NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, c
       if (devices < 1) throw CommError("no CUDA device is visible", static_cast<int>(cudaErrorNoDevice));
       device = options.device.value_or(default_device(local_rank, devices, rank));
       if (device < 0 || device >= devices) {
-        throw ConfigError(
-            fmt::format("CUDA device {} is outside the {} visible devices", device, devices));
+        throw ConfigError(fmt::format("CUDA device {} is outside the {} visible devices", device, devices));
       }
       check_cuda(cudaDeviceGetPCIBusId(bus_id.data(), static_cast<int>(bus_id.size()) - 1, device),
                  "cudaDeviceGetPCIBusId");
@@ -714,8 +693,8 @@ void NcclCommunicator::enqueue_all_to_all_v(const void* send, std::span<const st
   const auto members = static_cast<std::size_t>(size_);
   if (send_counts.size() != members || send_offsets.size() != members || recv_counts.size() != members ||
       recv_offsets.size() != members) {
-    throw ConfigError(fmt::format("enqueue_all_to_all_v needs {} counts and offsets of each kind, one per member",
-                                  members));
+    throw ConfigError(
+        fmt::format("enqueue_all_to_all_v needs {} counts and offsets of each kind, one per member", members));
   }
   enqueue("ncclSend/ncclRecv (all_to_all_v)", Deadline::of(state("all_to_all_v").options), [&](ncclComm_t comm) {
     return all_to_all_calls(send, recv, listed_blocks(send_counts, send_offsets),
@@ -774,8 +753,8 @@ void NcclCommunicator::do_all_to_all(const void* send, void* recv, std::size_t c
   const std::size_t bytes = block * static_cast<std::size_t>(size_);
   collective("ncclSend/ncclRecv (all-to-all)", send, bytes, recv, bytes,
              [&](const void* from, void* to, ncclComm_t comm, cudaStream_t s) {
-               return all_to_all_calls(from, to, equal_blocks(count), equal_blocks(count), element, size_of(type), size_,
-                                       comm, s);
+               return all_to_all_calls(from, to, equal_blocks(count), equal_blocks(count), element, size_of(type),
+                                       size_, comm, s);
              });
 }
 
@@ -846,9 +825,10 @@ ncclComm_t nccl_handle(const Communicator& communicator) {
     return handle != nullptr ? *static_cast<const ncclComm_t*>(handle) : nullptr;
   }
   if (communicator.backend() == "self") return nullptr;
-  throw ConfigError(fmt::format("nccl_handle of a {} communicator: only NCCL communicators and groups of one member "
-                                "have an ncclComm_t slot",
-                                communicator.backend()));
+  throw ConfigError(
+      fmt::format("nccl_handle of a {} communicator: only NCCL communicators and groups of one member "
+                  "have an ncclComm_t slot",
+                  communicator.backend()));
 }
 
 void NcclCommunicator::do_barrier() const {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <utility>
 
 #include "../elementwise.hpp"
 #include "pcx/error.hpp"
@@ -44,6 +45,23 @@ int FakeWorld::split_count(int caller) const {
 int FakeWorld::dup_count(int caller) const {
   const std::lock_guard lock(mutex_);
   return dup_counts_.at(static_cast<std::size_t>(caller));
+}
+
+void FakeWorld::set_nodes(std::vector<int> nodes) {
+  if (std::cmp_not_equal(nodes.size(), size_)) {
+    throw ConfigError(fmt::format("FakeWorld::set_nodes: {} nodes for a world of {} ranks", nodes.size(), size_));
+  }
+  for (std::size_t r = 0; r < nodes.size(); ++r) {
+    const int lowest = nodes[r];
+    if (lowest < 0 || std::cmp_greater(lowest, r) || nodes[static_cast<std::size_t>(lowest)] != lowest) {
+      throw ConfigError(
+          fmt::format("FakeWorld::set_nodes: rank {} is on the node of rank {}, which is not that "
+                      "node's lowest rank",
+                      r, lowest));
+    }
+  }
+  const std::lock_guard lock(mutex_);
+  nodes_ = std::move(nodes);
 }
 
 void FakeWorld::fail_operation(std::optional<int> n) {
@@ -109,8 +127,7 @@ FakeCommunicator::FakeCommunicator(std::shared_ptr<FakeWorld> world, FakeMember 
     throw ConfigError(fmt::format("a fake communicator of size {}: the size must be at least 1", size_));
   }
   if (rank_ < 0 || rank_ >= size_) {
-    throw ConfigError(
-        fmt::format("fake communicator rank {} of size {}: the rank must be in [0, size)", rank_, size_));
+    throw ConfigError(fmt::format("fake communicator rank {} of size {}: the rank must be in [0, size)", rank_, size_));
   }
   if (caller_ < 0 || caller_ >= world_->size()) {
     throw ConfigError(fmt::format("fake caller {} is outside the world [0, {})", caller_, world_->size()));
@@ -206,5 +223,11 @@ std::unique_ptr<Communicator> FakeCommunicator::self() const {
 }
 
 void FakeCommunicator::do_barrier() const { world_->record_operation("barrier"); }
+
+std::vector<int> FakeCommunicator::do_nodes() const {
+  world_->record_operation("nodes");
+  const std::lock_guard lock(world_->mutex_);
+  return size() == world_->size_ ? world_->nodes_ : std::vector<int>{};
+}
 
 }  // namespace pcx::testing

@@ -321,6 +321,9 @@ class ThreadCommunicator final : public Communicator {
     meet({.call = "barrier()"}, [](Group::Meeting&) {});
   }
 
+  // Threads simulate ranks of any machines: nodes unknown (empty).
+  [[nodiscard]] std::vector<int> do_nodes() const override { return {}; }
+
   void do_abort() const noexcept override {
     const std::lock_guard lock(group_->mutex);
     if (group_->broken.empty()) group_->broken = fmt::format("rank {} aborted the communicator", rank_);

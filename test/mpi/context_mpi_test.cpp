@@ -126,7 +126,7 @@ BOOST_AUTO_TEST_CASE(every_group_of_every_configuration_communicates_as_laid_out
       for (const auto order : {pcx::ExpertOrder::expert_first, pcx::ExpertOrder::data_first}) {
         const auto mpu = tp * pp > 1 ? grid_mpu(world, tp, pp) : nullptr;
         const ParallelContext context(world, world_config(divisors(dp), order, std::max(1, n / 2), std::max(1, n / 2)),
-                                      mpu);
+                                      mpu, pcx::test::simulated_nodes());
         BOOST_TEST(context.expert_tensor_parallel_size() == tp);
         BOOST_TEST((context.find({GroupKind::tensor_parallel}) != nullptr) == (mpu != nullptr));
         ok = context_works(context) && ok;
@@ -371,4 +371,30 @@ BOOST_AUTO_TEST_CASE(a_moved_from_world_or_context_is_refused) {
   second = ParallelContext(world, world_config({1}));
   ok = context_works(second) && ok;
   BOOST_TEST(everyone(ok));
+}
+
+// This job runs on one host: MPI sees one node of every rank.
+BOOST_AUTO_TEST_CASE(the_nodes_mpi_sees_are_detected_and_a_configured_number_is_checked) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  BOOST_TEST(world.nodes() == std::vector<int>(static_cast<std::size_t>(n), 0));
+  // A child's nodes are named by its own ranks: its members here are one node, rank 0.
+  const auto odd = world.split(world.rank() % 2, world.rank());
+  BOOST_TEST(odd->nodes() == std::vector<int>(static_cast<std::size_t>(odd->size()), 0));
+
+  const ParallelContext detected(world, world_config({1}, {}, {}, pcx::kDetectRanksPerNode));
+  BOOST_TEST(detected.topology().config().ranks_per_node.value_or(0) == n);
+  BOOST_TEST(detected.all_to_all_local_group().size() == n);
+  BOOST_TEST(detected.find({GroupKind::all_to_all_global}) == nullptr);
+  BOOST_CHECK_NO_THROW(ParallelContext(world, world_config({1}, {}, {}, 2 * n)));  // one node, clamped
+
+  if (n >= 2) {
+    const std::string message =
+        expect_everywhere<pcx::ConfigError>([&] { ParallelContext(world, world_config({1}, {}, {}, n / 2)); });
+    BOOST_TEST(message.find(fmt::format("ranks per node {} in the configuration disagrees with the world "
+                                        "communicator's 1 node of {} ranks",
+                                        n / 2, n)) != std::string::npos,
+               message);
+    BOOST_TEST(same_everywhere(message));
+  }
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "pcx/mpi/mpi_communicator.hpp"
+#include "pcx/parallel_context.hpp"
 #include "pcx/topology.hpp"
 #include "support/config.hpp"
 
@@ -58,6 +59,14 @@ inline bool same_everywhere(const std::string& text) {
 }
 
 /// A configuration for the world communicator's size, without an MPU.
+/// Context options for a configuration that simulates several nodes on this one host:
+/// its ranks per node are not compared with the nodes MPI sees.
+inline ContextOptions simulated_nodes() {
+  ContextOptions options;
+  options.check_nodes = false;
+  return options;
+}
+
 inline ParallelConfig world_config(std::vector<int> eps, ExpertOrder order = {}, std::optional<int> hpz = {},
                                    std::optional<int> per_node = {}) {
   return make_config(0, 1, 1, std::move(eps), order, hpz, per_node);

@@ -125,7 +125,7 @@ BOOST_AUTO_TEST_CASE(config_disagreements_are_all_detected_quickly,
                   [&] { return world_config({1}, {}, last ? std::optional<int>{} : std::optional<int>{2}); });
   expect_mismatch("hpZ 1 vs 2", "ZeRO hpZ partition size (0 none) ranges from 1 to 2",
                   [&] { return world_config({1}, {}, last ? 1 : 2); });
-  expect_mismatch("ranks per node 1 vs 2", "ranks per node (0 none) ranges from 1 to 2",
+  expect_mismatch("ranks per node 1 vs 2", "ranks per node (0 none, -1 detected) ranges from 1 to 2",
                   [&] { return world_config({1}, {}, {}, last ? 1 : 2); });
   expect_mismatch("everything differs on the last rank", "ranks disagree on the configuration", [&] {
     return last ? world_config({1, n}, pcx::ExpertOrder::data_first, 1, 1) : world_config({n}, {}, n, n);

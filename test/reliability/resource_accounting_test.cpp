@@ -110,8 +110,10 @@ void use(const ParallelContext& context) {
 int one_iteration(const MpiCommunicator& world) {
   const int n = world.size();
   const int half = std::max(1, n / 2);
-  const ParallelContext expert_first(world, world_config(divisors(n), pcx::ExpertOrder::expert_first, half, half));
-  const ParallelContext data_first(world, world_config(divisors(n), pcx::ExpertOrder::data_first, 2, 1));
+  const ParallelContext expert_first(world, world_config(divisors(n), pcx::ExpertOrder::expert_first, half, half),
+                                     nullptr, pcx::test::simulated_nodes());
+  const ParallelContext data_first(world, world_config(divisors(n), pcx::ExpertOrder::data_first, 2, 1), nullptr,
+                                   pcx::test::simulated_nodes());
   use(expert_first);
   use(data_first);
   {

@@ -265,17 +265,20 @@ BOOST_AUTO_TEST_CASE(a_failing_operation_names_the_group_kind_and_rank) {
     const ParallelContext context(FakeCommunicator(world, 6), config);
     operations = world->operation_count();
   }
-  // Agreement, world clone, one split per distinct kind: expert parallel and expert data
-  // parallel of 2 and 4, local and global all-to-all (hpZ 4 shares expert_parallel/4).
-  BOOST_TEST(operations == 1 + 1 + 6);
+  // Agreement, the world's nodes (a fake world has none to report), world clone, one split
+  // per distinct kind: expert parallel and expert data parallel of 2 and 4, local and global
+  // all-to-all (hpZ 4 shares expert_parallel/4).
+  BOOST_TEST(operations == 1 + 1 + 1 + 6);
   for (int k = 0; k < operations; ++k) {
     const auto world = std::make_shared<FakeWorld>(16);
     world->fail_operation(k);
     {
       const FakeCommunicator comm(world, 6);
       BOOST_CHECK_EXCEPTION(ParallelContext(comm, config), pcx::CommError, [k](const pcx::CommError& e) {
-        // The first operation compares configurations; every later one builds a kind.
-        return message_has(e, {"rank 6", "injected", k == 0 ? "comparing the configuration" : "groups"});
+        // The first operation compares configurations, the second asks for the nodes; every
+        // later one builds a kind.
+        return message_has(e, {"rank 6", "injected",
+                               k == 0 ? "comparing the configuration" : k == 1 ? "for its nodes" : "groups"});
       });
       // Everything the failed constructor made is released: only `comm` is left.
       BOOST_TEST(world->live_communicators() == 1);
@@ -482,6 +485,49 @@ BOOST_AUTO_TEST_CASE(rank_0_warns_of_kinds_that_cross_nodes_needlessly) {
                           "'tp-dp-ep'") != std::string::npos) == (rank == 0),
                text);
   }
+}
+
+BOOST_AUTO_TEST_CASE(ranks_per_node_are_detected_and_checked_against_the_worlds_nodes) {
+  // 16 ranks on 4 nodes of 4: nodes()[r] is the node's lowest rank.
+  std::vector<int> blocks(16);
+  for (int r = 0; r < 16; ++r) blocks[static_cast<std::size_t>(r)] = r / 4 * 4;
+  const auto build = [](std::vector<int> nodes, std::optional<int> per_node, bool check = true, int rank = 5) {
+    const auto world = std::make_shared<FakeWorld>(16);
+    if (!nodes.empty()) world->set_nodes(std::move(nodes));  // else nodes unknown
+    pcx::ContextOptions options;
+    options.check_nodes = check;
+    return ParallelContext(FakeCommunicator(world, rank), make_config(16, 1, 1, {2}, {}, {}, per_node), nullptr,
+                           options);
+  };
+  const ParallelContext detected = build(blocks, pcx::kDetectRanksPerNode);
+  BOOST_TEST(detected.topology().config().ranks_per_node.value_or(0) == 4);
+  BOOST_TEST(detected.all_to_all_local_group().ranks() == std::vector<int>({4, 5, 6, 7}));
+  BOOST_TEST(detected.all_to_all_global_group().ranks() == std::vector<int>({1, 5, 9, 13}));
+  BOOST_CHECK_NO_THROW(build(blocks, 4));
+  BOOST_CHECK_NO_THROW(build(blocks, 8, /*check=*/false));  // simulated nodes of 8
+
+  const auto fails_with = [](const std::string& words) {
+    return [words](const pcx::ConfigError& e) { return message_has(e, {words}); };
+  };
+  for (const int rank : {0, 5}) {  // every rank words it the same
+    BOOST_CHECK_EXCEPTION(build(blocks, 8, true, rank), pcx::ConfigError,
+                          fails_with("ranks per node 8 in the configuration disagrees with the world communicator's 4 "
+                                     "nodes of 4 ranks"));
+  }
+  // Round robin: rank r on node r % 2.
+  std::vector<int> round_robin(16);
+  for (int r = 0; r < 16; ++r) round_robin[static_cast<std::size_t>(r)] = r % 2;
+  BOOST_CHECK_EXCEPTION(build(round_robin, pcx::kDetectRanksPerNode), pcx::ConfigError,
+                        fails_with("not blocks of 8 consecutive ranks: rank 1 is on the node of rank 1"));
+  BOOST_CHECK_EXCEPTION(build(round_robin, 8), pcx::ConfigError, fails_with("rank 1 is on the node of rank 1"));
+  // Nodes of 12 and 4.
+  std::vector<int> unequal(16, 0);
+  for (int r = 12; r < 16; ++r) unequal[static_cast<std::size_t>(r)] = 12;
+  BOOST_CHECK_EXCEPTION(build(unequal, pcx::kDetectRanksPerNode), pcx::ConfigError,
+                        fails_with("differ in size: the node of rank 0 has 12 ranks, which do not divide the world's 16"));
+  // A fake world without nodes cannot detect them, and is not checked.
+  BOOST_CHECK_EXCEPTION(build(std::vector<int>(), pcx::kDetectRanksPerNode), pcx::ConfigError,
+                        fails_with("fake communicator cannot tell nodes apart"));
 }
 
 BOOST_AUTO_TEST_CASE(values_outside_the_enumerations_and_byte_overflows_are_config_errors_naming_them) {

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "pcx/communicator.hpp"
 
@@ -136,6 +137,7 @@ class MpiCommunicator final : public Communicator {
   void do_send(const void* buffer, std::size_t count, DataType type, int peer) const override;
   void do_recv(void* buffer, std::size_t count, DataType type, int peer) const override;
   void do_barrier() const override;
+  [[nodiscard]] std::vector<int> do_nodes() const override;
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owned_ = false;

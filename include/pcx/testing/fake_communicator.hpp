@@ -54,6 +54,13 @@ class FakeWorld {
   /// and after to see that nothing leaked.
   [[nodiscard]] int live_communicators() const;
 
+  /// Places the ranks on nodes: @p nodes[r] names the node of world rank r by its lowest
+  /// rank, as Communicator::nodes() reports it for a communicator of the whole world
+  /// (others, and every one before this call, report unknown nodes: an empty list).
+  /// @throws ConfigError if @p nodes has another size than the world or names a node by
+  ///         a rank that is not its lowest.
+  void set_nodes(std::vector<int> nodes);
+
  private:
   friend class FakeCommunicator;
   void record_operation(const char* what);
@@ -68,6 +75,7 @@ class FakeWorld {
   int operations_ = 0;
   int live_ = 0;
   std::optional<int> fail_at_;
+  std::vector<int> nodes_;
 };
 
 /// Where a FakeCommunicator stands: use designated initializers and name every field,
@@ -119,6 +127,9 @@ class FakeCommunicator final : public Communicator {
   void do_send(const void* buffer, std::size_t count, DataType type, int peer) const override;
   void do_recv(void* buffer, std::size_t count, DataType type, int peer) const override;
   void do_barrier() const override;
+  /// The world's nodes (FakeWorld::set_nodes) for a communicator of the whole world, else
+  /// unknown (empty).
+  [[nodiscard]] std::vector<int> do_nodes() const override;
 
   std::shared_ptr<FakeWorld> world_;
   int size_;
