@@ -303,14 +303,27 @@ BOOST_AUTO_TEST_CASE(ranks_that_say_the_same_in_other_words_agree) {
   BOOST_TEST(everyone(context_works(context)));
 }
 
-BOOST_AUTO_TEST_CASE(grid_mpus_that_disagree_all_throw_the_same_mismatch) {
+BOOST_AUTO_TEST_CASE(grid_mpus_that_disagree_all_throw_the_same_mismatch,
+                     *boost::unit_test::precondition(pcx::test::two_or_more_ranks)) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();
-  if (n == 1) return;
   const int tensor = world.rank() == 0 ? 1 : n;
   const std::string message = expect_everywhere<pcx::ConfigMismatch>([&] { pcx::GridMpu mpu(world, tensor); });
   BOOST_TEST(same_everywhere(message), message);
   BOOST_TEST(message.find(fmt::format("tensor parallel size ranges from 1 to {}", n)) != std::string::npos, message);
+
+  // Context parallel sizes and orders are compared as well.
+  pcx::ParallelConfig config = world_config({});
+  config.context_parallel_size = world.rank() == 0 ? 1 : 2;
+  if (n % 2 == 0) {
+    const std::string cp = expect_everywhere<pcx::ConfigMismatch>([&] { pcx::GridMpu mpu(world, config); });
+    BOOST_TEST(cp.find("GridMpu context parallel size ranges from 1 to 2") != std::string::npos, cp);
+  }
+  config.context_parallel_size = 1;
+  config.order = world.rank() == 0 ? "tp-cp-ep-dp-pp" : "dp-tp";
+  const std::string order = expect_everywhere<pcx::ConfigMismatch>([&] { pcx::GridMpu mpu(world, config); });
+  BOOST_TEST(order.find("GridMpu order strings differ") != std::string::npos, order);
+  BOOST_TEST(same_everywhere(order), order);
 }
 
 BOOST_AUTO_TEST_CASE(a_rank_that_rejects_the_configuration_fails_every_rank,
