@@ -339,13 +339,14 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
                        agreed.mpu && agreed.mpu->sequence_data ? agreed.mpu->sequence_data : data});
 
   if (rank_ == 0) {
+    const ContextResources held = resources();
     logger->info(
         "pcx: context of world {} (tensor {}, context {}, pipeline {}, data {}, expert sizes [{}], expert tensor {}): "
-        "{} group kinds, {} splits",
+        "{} group kinds, {} splits, {} communicators ({} kinds share one), {} self communicators",
         world_size(), topology_.tensor_parallel_size(), topology_.context_parallel_size(),
         topology_.pipeline_parallel_size(), data_parallel_size(),
-        fmt::join(topology_.config().expert_parallel_sizes, ","), topology_.expert_tensor_parallel_size(),
-        group_ids().size(), splits);
+        fmt::join(topology_.config().expert_parallel_sizes, ","), topology_.expert_tensor_parallel_size(), held.kinds,
+        splits, held.communicators, held.shared_kinds, held.self_communicators);
   }
 }
 
@@ -428,6 +429,24 @@ const ProcessGroup& ParallelContext::expert_parallel_group(int ep) const {
 
 const ProcessGroup& ParallelContext::expert_data_parallel_group(int ep) const {
   return group({GroupKind::expert_data_parallel, ep});
+}
+
+ContextResources ParallelContext::resources() const {
+  ContextResources counted;
+  counted.kinds = static_cast<int>(group_ids().size());
+  std::vector<const Communicator*> seen;
+  for (const Entry& entry : groups_.entries) {
+    const Communicator& communicator = entry.group.communicator();
+    if (std::ranges::find(seen, &communicator) != seen.end()) {
+      ++counted.shared_kinds;
+      continue;
+    }
+    seen.push_back(&communicator);
+    // Groups of one rank are made with self(), the world clone (even of one rank) with dup().
+    const bool self = &entry != &groups_.entries.front() && entry.group.size() == 1;
+    ++(self ? counted.self_communicators : counted.communicators);
+  }
+  return counted;
 }
 
 std::optional<int> ParallelContext::max_expert_parallel_size() const {

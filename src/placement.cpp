@@ -54,7 +54,9 @@ std::size_t slowest_axis(std::string_view varying) {
 std::string fronted(std::string_view order, std::string_view varying) {
   const std::vector<std::string> front = split_names(varying);
   std::vector<std::string> names = split_names(order);
-  std::ranges::stable_partition(names, [&](const std::string& name) { return std::ranges::count(front, name) > 0; });
+  // std::stable_partition: clang 14's ranges reject the subrange std::ranges' version returns.
+  std::stable_partition(names.begin(), names.end(),
+                        [&](const std::string& name) { return std::ranges::count(front, name) > 0; });
   return fmt::format("{}", fmt::join(names, "-"));
 }
 

@@ -39,6 +39,22 @@ struct ContextOptions {
   bool check_nodes = true;
 };
 
+/// What a ParallelContext holds on one rank (ParallelContext::resources()).
+struct ContextResources {
+  /// Kinds group() reaches: group_ids().size().
+  int kinds = 0;
+  /// Backend communicators the context owns (the world clone included), each counted once
+  /// however many kinds share it; self communicators and the MPU's groups are not counted.
+  int communicators = 0;
+  /// Self communicators the context owns (groups of one rank: no backend resources).
+  int self_communicators = 0;
+  /// Kinds the context built on a communicator an earlier kind already holds.
+  int shared_kinds = 0;
+
+  /// Field-wise equality.
+  friend bool operator==(const ContextResources&, const ContextResources&) = default;
+};
+
 /// The process groups of one parallel layout, built once and immutable afterwards.
 ///
 /// Construction is collective over the world communicator; on each rank it
@@ -179,6 +195,8 @@ class ParallelContext {
   /// parallel when it has it, sequence data parallel, then the kinds the context split,
   /// in creation order.
   [[nodiscard]] std::vector<GroupId> group_ids() const;
+  /// What the context holds on this rank: kinds, communicators, sharing.
+  [[nodiscard]] ContextResources resources() const;
   /// The MPU the context was built from, or null.
   [[nodiscard]] const Mpu* mpu() const { return built().mpu_.get(); }
 

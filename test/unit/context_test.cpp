@@ -76,6 +76,11 @@ void check_every_rank(const ParallelConfig& config) {
       }
     }
     const auto expected_splits = static_cast<int>(distinct.size()) - 1;
+    // Groups of one rank share one self communicator: every such kind has the same groups
+    // (in a world of one rank, the world clone's).
+    const int expected_self = config.world_size > 1 && std::ranges::any_of(split_kinds, [&](const pcx::GroupId& id) {
+      return expected_group(id, 0).size() == 1;
+    }) ? 1 : 0;
     bool all_match = true;
     for (int rank = 0; rank < config.world_size; ++rank) {
       const FakeCommunicator comm(world, rank);
@@ -85,6 +90,11 @@ void check_every_rank(const ParallelConfig& config) {
       const int splits_before = world->split_count(rank);
       const ParallelContext context(comm, config, mpu);
       BOOST_TEST(world->split_count(rank) - splits_before == expected_splits);
+      const pcx::ContextResources held = context.resources();
+      BOOST_TEST(held.kinds == static_cast<int>(context.group_ids().size()));
+      BOOST_TEST(held.communicators == expected_splits + 1);  // the world clone and each split
+      BOOST_TEST(held.self_communicators == expected_self);
+      BOOST_TEST(held.shared_kinds == static_cast<int>(split_kinds.size()) - expected_splits - expected_self);
       for (const pcx::GroupId& id : context.group_ids()) {
         const std::vector<int> expected = expected_group(id, rank);
         const ProcessGroup& group = context.group(id);
