@@ -6,7 +6,10 @@
 // It takes pcx-plan's flags and prints, for every rank r, what
 // `pcx-plan --world W <flags> --rank r --format json` prints as "groups":
 //
-//   {"world_size": W, "ranks": {"0": {"world": [...], "tensor_parallel": [...], ...}, ...}}
+//   {"world_size": W, "ranks": {"0": {"world": [...], "tensor_parallel": [...], ..., "communicators": C}, ...}}
+//
+// where C is the number of backend communicators the rank holds for the context (kinds
+// with the same groups share one; self communicators and the MPU's are not counted).
 //
 // - --world is optional; when given it must equal the MPI world size.
 // - --rank is rejected: every rank's groups are printed.
@@ -30,6 +33,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -183,6 +187,13 @@ int print_groups(const pcx::cli::PlanOptions& options, const pcx::MpiCommunicato
     for (std::size_t r = 0; r < members.size(); ++r) {
       if (!members[r].empty()) ranks[std::to_string(r)][name] = members[r];
     }
+  }
+  // What each rank holds for the context: its backend communicators, shared ones once.
+  const std::array<int, 1> mine = {context.resources().communicators};
+  std::vector<int> communicators(to_size(world.size()));
+  world.all_gather(mine, communicators);
+  if (rank == 0) {
+    for (std::size_t r = 0; r < communicators.size(); ++r) ranks[std::to_string(r)]["communicators"] = communicators[r];
   }
   if (rank == 0) std::cout << out.dump() << '\n' << std::flush;
   return 0;
