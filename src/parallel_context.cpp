@@ -51,7 +51,23 @@ namespace {
 // The configuration as this rank sees it, for comparison with every other rank. The
 // values are the same, in the same order, on every rank, so every rank words a
 // disagreement the same way.
-std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, const MpuAnswers* mpu) {
+// What decides which kinds share a communicator besides the layouts: the settings of each
+// kind but their names, and the dedicated kinds. Ranks that differ here would split for a
+// kind where others share, so the ranks compare a digest of it.
+std::int64_t sharing_digest(const ContextOptions& options) {
+  const auto settings = [](const CommOptions& o) {
+    return fmt::format("{} {} {} {} {} {};", o.timeout.count(), o.share_resources, o.cga_cluster_size.value_or(-1),
+                       o.min_ctas.value_or(-1), o.max_ctas.value_or(-1), o.net_name);
+  };
+  std::string text = settings(options.communicators);
+  for (const auto& [kind, chosen] : options.per_kind)
+    text += fmt::format("{}:{}", static_cast<int>(kind), settings(chosen));
+  for (const GroupKind kind : options.dedicated) text += fmt::format("d{};", static_cast<int>(kind));
+  return digest_of(text);
+}
+
+std::vector<AgreedValue> fingerprint(const ParallelConfig& c, const ContextOptions& options, bool has_mpu,
+                                     const MpuAnswers* mpu) {
   // An MPU that threw has no answers: they are left out of the comparison, and the
   // agreement reports the throw.
   const auto answer = [&](auto field) -> std::optional<std::int64_t> {
@@ -74,6 +90,7 @@ std::vector<AgreedValue> fingerprint(const ParallelConfig& c, bool has_mpu, cons
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
       {"ranks per node (0 none, -1 detected)",
        c.ranks_per_node == kDetectRanksPerNode ? -1 : c.ranks_per_node.value_or(0)},
+      {"communicator settings and dedicated kinds (ContextOptions)", sharing_digest(options), /*digest=*/true},
       {"MPU present (0 no, 1 yes)", has_mpu},
       {"MPU tensor parallel size", answer([](const MpuAnswers& m) { return m.tensor; })},
       {"MPU pipeline parallel size", answer([](const MpuAnswers& m) { return m.pipeline; })},
@@ -240,7 +257,7 @@ std::shared_ptr<spdlog::logger> logger_or_null(std::shared_ptr<spdlog::logger> l
 // every rank learns whether all ranks agree and accept the configuration before any of
 // them starts to split, and every rank leaves with the same error if not.
 ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, const ParallelConfig& config,
-                                                  const Mpu* mpu, bool check_nodes) {
+                                                  const Mpu* mpu, const ContextOptions& options) {
   if (world.size() == 0) {
     throw ConfigError(
         fmt::format("a ParallelContext cannot be built over a moved-from {} communicator", world.backend()));
@@ -256,7 +273,8 @@ ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, con
     failure = std::current_exception();
   }
   const MpuAnswers* asked = answers ? &*answers : nullptr;
-  const std::vector<AgreedValue> values = fingerprint(as_built(config, world.size(), asked), mpu != nullptr, asked);
+  const std::vector<AgreedValue> values =
+      fingerprint(as_built(config, world.size(), asked), options, mpu != nullptr, asked);
   try {
     agree(world, AgreementStage::context, values, failure);
   } catch (const CommError& e) {
@@ -265,7 +283,7 @@ ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, con
   }
   if (config.ranks_per_node) {
     try {
-      topology.emplace(with_nodes(world, std::move(*topology), *config.ranks_per_node, check_nodes));
+      topology.emplace(with_nodes(world, std::move(*topology), *config.ranks_per_node, options.check_nodes));
     } catch (const CommError& e) {
       throw CommError(fmt::format("asking the world communicator for its nodes on rank {}: {}", world.rank(), e.what()),
                       e.code());
@@ -276,8 +294,7 @@ ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, con
 
 ParallelContext::ParallelContext(const Communicator& world, ParallelConfig config, std::shared_ptr<const Mpu> mpu,
                                  ContextOptions options)
-    : ParallelContext(world, agree_on(world, config, mpu.get(), options.check_nodes), std::move(mpu),
-                      std::move(options)) {}
+    : ParallelContext(world, agree_on(world, config, mpu.get(), options), std::move(mpu), std::move(options)) {}
 
 ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std::shared_ptr<const Mpu>&& mpu,
                                  ContextOptions&& options)

@@ -61,7 +61,7 @@ struct ContextResources {
 /// 1. asks the MPU everything it will use (once: it is never asked again) and checks the
 ///    configuration locally,
 /// 2. runs one agreement (pcx::agree, stage context) over the world that compares every
-///    rank's configuration and MPU sizes: if any rank failed step 1 (whatever it threw),
+///    rank's configuration, MPU sizes and communicator settings (which decide sharing): if any rank failed step 1 (whatever it threw),
 ///    every rank throws the same error naming that rank, and if ranks disagree, every
 ///    rank throws the same ConfigMismatch (none is left waiting); then, with ranks per
 ///    node configured, asks the world communicator for its nodes (Communicator::nodes(),
@@ -215,7 +215,7 @@ class ParallelContext {
   // The outcome of the agreement: the layout, and what the MPU answered before it.
   struct Agreed;
   [[nodiscard]] static Agreed agree_on(const Communicator& world, const ParallelConfig& config, const Mpu* mpu,
-                                       bool check_nodes);
+                                       const ContextOptions& options);
   ParallelContext(const Communicator& world, Agreed&& agreed, std::shared_ptr<const Mpu>&& mpu,
                   ContextOptions&& options);
 

@@ -303,6 +303,19 @@ BOOST_AUTO_TEST_CASE(ranks_that_say_the_same_in_other_words_agree) {
   BOOST_TEST(everyone(context_works(context)));
 }
 
+BOOST_AUTO_TEST_CASE(ranks_whose_sharing_settings_differ_all_throw_the_same_mismatch,
+                     *boost::unit_test::precondition(pcx::test::two_or_more_ranks)) {
+  // With other dedicated kinds, the last rank would split where the others share.
+  const MpiCommunicator world = MpiCommunicator::world();
+  pcx::ContextOptions options;
+  if (world.rank() == world.size() - 1) options.dedicated = {GroupKind::expert_parallel};
+  const std::string message =
+      expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, world_config({1}), nullptr, options); });
+  BOOST_TEST(message.find("the communicator settings and dedicated kinds (ContextOptions) differ") != std::string::npos,
+             message);
+  BOOST_TEST(same_everywhere(message));
+}
+
 BOOST_AUTO_TEST_CASE(grid_mpus_that_disagree_all_throw_the_same_mismatch,
                      *boost::unit_test::precondition(pcx::test::two_or_more_ranks)) {
   const MpiCommunicator world = MpiCommunicator::world();
