@@ -66,8 +66,15 @@ std::int64_t sharing_digest(const ContextOptions& options) {
   return digest_of(text);
 }
 
-std::vector<AgreedValue> fingerprint(const ParallelConfig& c, const ContextOptions& options, bool has_mpu,
+// 0 without an MPU, 2 for a GridMpu (whose groups the context may share), 1 for another.
+std::int64_t mpu_kind(const Mpu* mpu) {
+  if (mpu == nullptr) return 0;
+  return dynamic_cast<const GridMpu*>(mpu) != nullptr ? 2 : 1;
+}
+
+std::vector<AgreedValue> fingerprint(const ParallelConfig& c, const ContextOptions& options, std::int64_t kind_of_mpu,
                                      const MpuAnswers* mpu) {
+  const bool has_mpu = kind_of_mpu != 0;
   // An MPU that threw has no answers: they are left out of the comparison, and the
   // agreement reports the throw.
   const auto answer = [&](auto field) -> std::optional<std::int64_t> {
@@ -91,7 +98,7 @@ std::vector<AgreedValue> fingerprint(const ParallelConfig& c, const ContextOptio
       {"ranks per node (0 none, -1 detected)",
        c.ranks_per_node == kDetectRanksPerNode ? -1 : c.ranks_per_node.value_or(0)},
       {"communicator settings and dedicated kinds (ContextOptions)", sharing_digest(options), /*digest=*/true},
-      {"MPU present (0 no, 1 yes)", has_mpu},
+      {"MPU present (0 no, 1 yes, 2 a GridMpu)", kind_of_mpu},
       {"MPU tensor parallel size", answer([](const MpuAnswers& m) { return m.tensor; })},
       {"MPU pipeline parallel size", answer([](const MpuAnswers& m) { return m.pipeline; })},
       {"MPU context parallel size", answer([](const MpuAnswers& m) { return m.context; })},
@@ -274,7 +281,7 @@ ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, con
   }
   const MpuAnswers* asked = answers ? &*answers : nullptr;
   const std::vector<AgreedValue> values =
-      fingerprint(as_built(config, world.size(), asked), options, mpu != nullptr, asked);
+      fingerprint(as_built(config, world.size(), asked), options, mpu_kind(mpu), asked);
   try {
     agree(world, AgreementStage::context, values, failure);
   } catch (const CommError& e) {
@@ -381,6 +388,13 @@ const ProcessGroup* ParallelContext::same_groups(const GroupView& view, const Co
       return &earlier.group;
     }
   }
+  // A GridMpu's groups, made with the default settings (every rank has one, agreed).
+  const auto* grid = dynamic_cast<const GridMpu*>(mpu_.get());
+  if (grid == nullptr || !equivalent(CommOptions{})) return nullptr;
+  for (const GroupView& dense : grid->topology().all_views()) {
+    const ProcessGroup* group = is_dense_kind(dense.id.kind) ? grid->dense_group(dense.id.kind) : nullptr;
+    if (group != nullptr && group->made_from(view.layout)) return group;
+  }
   return nullptr;
 }
 
@@ -451,7 +465,11 @@ const ProcessGroup& ParallelContext::expert_data_parallel_group(int ep) const {
 ContextResources ParallelContext::resources() const {
   ContextResources counted;
   counted.kinds = static_cast<int>(group_ids().size());
+  // The MPU's communicators are its own: a kind on one of them is shared, not counted.
   std::vector<const Communicator*> seen;
+  for (const Borrowed& borrowed : borrowed_) {
+    if (borrowed.group != &world_group()) seen.push_back(&borrowed.group->communicator());
+  }
   for (const Entry& entry : groups_.entries) {
     const Communicator& communicator = entry.group.communicator();
     if (std::ranges::find(seen, &communicator) != seen.end()) {

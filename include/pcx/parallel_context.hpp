@@ -61,13 +61,12 @@ struct ContextResources {
 /// 1. asks the MPU everything it will use (once: it is never asked again) and checks the
 ///    configuration locally,
 /// 2. runs one agreement (pcx::agree, stage context) over the world that compares every
-///    rank's configuration, MPU sizes and communicator settings (which decide sharing): if any rank failed step 1 (whatever it threw),
-///    every rank throws the same error naming that rank, and if ranks disagree, every
-///    rank throws the same ConfigMismatch (none is left waiting); then, with ranks per
-///    node configured, asks the world communicator for its nodes (Communicator::nodes(),
-///    one collective): kDetectRanksPerNode takes their size, a number must match it
-///    (ContextOptions::check_nodes), and nodes that are not blocks of consecutive ranks
-///    of one size are a ConfigError, the same on every rank,
+///    rank's configuration, MPU sizes and communicator settings (which decide sharing): if any rank failed step 1
+///    (whatever it threw), every rank throws the same error naming that rank, and if ranks disagree, every rank throws
+///    the same ConfigMismatch (none is left waiting); then, with ranks per node configured, asks the world communicator
+///    for its nodes (Communicator::nodes(), one collective): kDetectRanksPerNode takes their size, a number must match
+///    it (ContextOptions::check_nodes), and nodes that are not blocks of consecutive ranks of one size are a
+///    ConfigError, the same on every rank,
 /// 3. clones the world (one dup), then makes one split per group kind it owns: per
 ///    expert parallel size the expert parallel and expert data parallel groups, ZeRO
 ///    hpZ, all-to-all local and global, then per expert parallel size Megatron's expert
@@ -75,8 +74,10 @@ struct ContextResources {
 ///    rank get a SelfCommunicator and no split. A kind whose groups are those of an
 ///    earlier kind, in the same order (GroupLayout equality, the same on every rank, so
 ///    no communication decides it), with the same settings but the name, shares that
-///    kind's communicator (named after it) unless either is in ContextOptions::dedicated;
-///    a shared communicator is released with the last kind that holds it. The dense kinds
+///    kind's communicator (named after it) unless either is in ContextOptions::dedicated,
+///    and so does a kind with the groups of one of a GridMpu's kinds, when its settings are
+///    the defaults the GridMpu made them with; a shared communicator is released with the
+///    last kind that holds it. The dense kinds
 ///    (tensor, context, pipeline, data parallel and their combinations) are the MPU's.
 /// If any step throws, everything built so far is released. Groups are released in
 /// reverse order of creation; destroy a context before finalizing its backend.
@@ -208,7 +209,8 @@ class ParallelContext {
   /// destructor then releases only memory. Safe from any thread, also while other
   /// threads use the context; `const` for that reason, like the getters. The world
   /// communicator the context was built over and the MPU's groups are not the
-  /// context's: abort them yourself.
+  /// context's: abort them yourself (a GridMpu group whose communicator a kind of the
+  /// context shares is aborted with it).
   void abort() const noexcept;
 
  private:
