@@ -87,7 +87,7 @@ GridMpu::GridMpu(const Communicator& world, int tensor_parallel_size, int pipeli
 
 // Kinds with the same groups (tensor-context and tensor parallel when cp = 1, ...) share
 // one communicator, decided from the layouts alone, so alike on every rank.
-GridMpu::GridMpu(Agreed&& agreed) : topology_(std::move(agreed.config)) {
+GridMpu::GridMpu(Agreed&& agreed) : topology_(std::move(agreed.config)), backend_(agreed.duplicate->backend()) {
   for (const GroupView& view : topology_.all_views()) {
     if (!is_dense_kind(view.id.kind)) continue;
     const auto same = std::ranges::find_if(groups_, [&](const Built& built) { return *built.layout == view.layout; });

@@ -66,10 +66,16 @@ std::int64_t sharing_digest(const ContextOptions& options) {
   return digest_of(text);
 }
 
-// 0 without an MPU, 2 for a GridMpu (whose groups the context may share), 1 for another.
-std::int64_t mpu_kind(const Mpu* mpu) {
+// A GridMpu whose groups a context over @p world may share: made on the world's backend.
+const GridMpu* shareable_grid(const Mpu* mpu, const Communicator& world) {
+  const auto* grid = dynamic_cast<const GridMpu*>(mpu);
+  return grid != nullptr && grid->backend() == world.backend() ? grid : nullptr;
+}
+
+// 0 without an MPU, 2 for a GridMpu whose groups the context may share, 1 for another.
+std::int64_t mpu_kind(const Mpu* mpu, const Communicator& world) {
   if (mpu == nullptr) return 0;
-  return dynamic_cast<const GridMpu*>(mpu) != nullptr ? 2 : 1;
+  return shareable_grid(mpu, world) != nullptr ? 2 : 1;
 }
 
 std::vector<AgreedValue> fingerprint(const ParallelConfig& c, const ContextOptions& options, std::int64_t kind_of_mpu,
@@ -98,7 +104,8 @@ std::vector<AgreedValue> fingerprint(const ParallelConfig& c, const ContextOptio
       {"ranks per node (0 none, -1 detected)",
        c.ranks_per_node == kDetectRanksPerNode ? -1 : c.ranks_per_node.value_or(0)},
       {"communicator settings and dedicated kinds (ContextOptions)", sharing_digest(options), /*digest=*/true},
-      {"MPU present (0 no, 1 yes, 2 a GridMpu)", kind_of_mpu},
+      {"MPU present (0 no, 1 yes, 2 a GridMpu on the world's backend)", kind_of_mpu},
+      {"nodes checked (ContextOptions::check_nodes)", options.check_nodes ? 1 : 0},
       {"MPU tensor parallel size", answer([](const MpuAnswers& m) { return m.tensor; })},
       {"MPU pipeline parallel size", answer([](const MpuAnswers& m) { return m.pipeline; })},
       {"MPU context parallel size", answer([](const MpuAnswers& m) { return m.context; })},
@@ -281,7 +288,7 @@ ParallelContext::Agreed ParallelContext::agree_on(const Communicator& world, con
   }
   const MpuAnswers* asked = answers ? &*answers : nullptr;
   const std::vector<AgreedValue> values =
-      fingerprint(as_built(config, world.size(), asked), options, mpu_kind(mpu), asked);
+      fingerprint(as_built(config, world.size(), asked), options, mpu_kind(mpu, world), asked);
   try {
     agree(world, AgreementStage::context, values, failure);
   } catch (const CommError& e) {
@@ -388,8 +395,8 @@ const ProcessGroup* ParallelContext::same_groups(const GroupView& view, const Co
       return &earlier.group;
     }
   }
-  // A GridMpu's groups, made with the default settings (every rank has one, agreed).
-  const auto* grid = dynamic_cast<const GridMpu*>(mpu_.get());
+  // A GridMpu's groups on the world's backend, made with the default settings (agreed).
+  const GridMpu* grid = shareable_grid(mpu_.get(), world_group().communicator());
   if (grid == nullptr || !equivalent(CommOptions{})) return nullptr;
   for (const GroupView& dense : grid->topology().all_views()) {
     const ProcessGroup* group = is_dense_kind(dense.id.kind) ? grid->dense_group(dense.id.kind) : nullptr;

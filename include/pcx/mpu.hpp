@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "pcx/process_group.hpp"
@@ -98,6 +99,8 @@ class GridMpu final : public Mpu {
   [[nodiscard]] const ProcessGroup* dense_group(GroupKind kind) const override;
   /// The layout the groups were made from.
   [[nodiscard]] const Topology& topology() const noexcept { return topology_; }
+  /// The backend of the world it was built over ("mpi", "nccl", ...).
+  [[nodiscard]] const std::string& backend() const noexcept { return backend_; }
 
  private:
   // The agreed dense configuration, and the duplicate of the world the groups are split from.
@@ -114,6 +117,7 @@ class GridMpu final : public Mpu {
     std::optional<ProcessGroup> group;  // none on a rank in no group of the kind
   };
   Topology topology_;
+  std::string backend_;
   std::vector<Built> groups_;
 };
 

@@ -88,7 +88,12 @@ struct ContextResources {
 /// sequence data parallel); each MPU group is checked against Megatron's layout first.
 ///
 /// All getters are const and safe to call from many threads. Any number of contexts
-/// may live in one process; they share nothing. Model code holds the context (or the
+/// may live in one process; they share no communicator of their own (contexts over one
+/// GridMpu share its groups' communicators, which their kinds may use too).
+///
+/// Kinds that share a communicator are one communicator: collectives on them must not
+/// overlap (as on any one NCCL communicator). Give a kind used concurrently with another
+/// of the same groups its own with ContextOptions::dedicated. Model code holds the context (or the
 /// ProcessGroup references it hands out) no longer than the context lives.
 ///
 /// A moved-from context is empty: it holds no groups, world_size() is 0 and rank() -1,
@@ -102,7 +107,7 @@ class ParallelContext {
   ///        pipeline and context parallel sizes come from it (a size other than 1 in
   ///        @p config must then agree with the MPU); without one they must be 1.
   /// @param mpu the model parallel unit, or null: then data parallel is the world clone
-  /// @param options logger
+  /// @param options logger, communicator settings (per kind), dedicated kinds, node check
   /// @throws ConfigError for a configuration that breaks a rule (same on every rank) or
   ///         a moved-from (empty) @p world, ConfigMismatch when ranks disagree, CommError
   ///         naming the group kind and rank when the backend fails.

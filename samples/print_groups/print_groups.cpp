@@ -136,7 +136,8 @@ std::vector<pcx::AgreedValue> agreed_values(const pcx::cli::PlanOptions& options
           {"--ep sizes", pcx::samples::digest(config.expert_parallel_sizes), /*is_digest=*/true},
           {"--expert-order or --order", pcx::samples::digest(pcx::order_of(config)), /*is_digest=*/true},
           {"--zero-hpz (0: not given)", config.zero_hpz_size.value_or(0)},
-          {"--ranks-per-node (0: not given)", config.ranks_per_node.value_or(0)},
+          {"--ranks-per-node (0: not given, -1: auto)",
+           config.ranks_per_node == pcx::kDetectRanksPerNode ? -1 : config.ranks_per_node.value_or(0)},
           {"--megatron (0: not given)", options.megatron ? 1 : 0}};
 }
 

@@ -326,6 +326,13 @@ BOOST_AUTO_TEST_CASE(ranks_whose_sharing_settings_differ_all_throw_the_same_mism
   BOOST_TEST(message.find("the communicator settings and dedicated kinds (ContextOptions) differ") != std::string::npos,
              message);
   BOOST_TEST(same_everywhere(message));
+
+  // A rank that does not check the nodes would skip the collective that asks for them.
+  pcx::ContextOptions unchecked;
+  unchecked.check_nodes = world.rank() != 0;
+  const std::string nodes = expect_everywhere<pcx::ConfigMismatch>(
+      [&] { ParallelContext(world, world_config({1}, {}, {}, world.size()), nullptr, unchecked); });
+  BOOST_TEST(nodes.find("nodes checked (ContextOptions::check_nodes) ranges from 0 to 1") != std::string::npos, nodes);
 }
 
 BOOST_AUTO_TEST_CASE(grid_mpus_that_disagree_all_throw_the_same_mismatch,
@@ -411,8 +418,8 @@ BOOST_AUTO_TEST_CASE(a_moved_from_world_or_context_is_refused) {
   BOOST_TEST(everyone(ok));
 }
 
-// This job runs on one host: MPI sees one node of every rank.
-BOOST_AUTO_TEST_CASE(the_nodes_mpi_sees_are_detected_and_a_configured_number_is_checked) {
+BOOST_AUTO_TEST_CASE(the_nodes_mpi_sees_are_detected_and_a_configured_number_is_checked,
+                     *boost::unit_test::precondition(pcx::test::one_node)) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();
   BOOST_TEST(world.nodes() == std::vector<int>(static_cast<std::size_t>(n), 0));

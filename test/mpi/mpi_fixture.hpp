@@ -4,6 +4,7 @@
 // rank leaving the others waiting in a collective.
 
 #include <boost/test/unit_test.hpp>
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <optional>
@@ -33,6 +34,15 @@ inline boost::test_tools::assertion_result two_or_more_ranks(boost::unit_test::t
   return enough;
 }
 
+/// Boost.Test precondition of the cases that expect every rank on one node (collective:
+/// every rank evaluates it); on several nodes they are reported skipped.
+inline boost::test_tools::assertion_result one_node(boost::unit_test::test_unit_id) {
+  const std::vector<int> nodes = MpiCommunicator::world().nodes();
+  boost::test_tools::assertion_result single(std::ranges::count(nodes, 0) == static_cast<std::ptrdiff_t>(nodes.size()));
+  single.message() << "needs every rank on one node; MPI sees more than one";
+  return single;
+}
+
 /// Communicator settings with a name and a deadline.
 inline CommOptions options(std::string name, std::chrono::milliseconds timeout) {
   CommOptions chosen;
@@ -58,7 +68,6 @@ inline bool same_everywhere(const std::string& text) {
   return extremes[0] == -extremes[1];
 }
 
-/// A configuration for the world communicator's size, without an MPU.
 /// Context options for a configuration that simulates several nodes on this one host:
 /// its ranks per node are not compared with the nodes MPI sees.
 inline ContextOptions simulated_nodes() {
@@ -67,6 +76,7 @@ inline ContextOptions simulated_nodes() {
   return options;
 }
 
+/// A configuration for the world communicator's size, without an MPU.
 inline ParallelConfig world_config(std::vector<int> eps, ExpertOrder order = {}, std::optional<int> hpz = {},
                                    std::optional<int> per_node = {}) {
   return make_config(0, 1, 1, std::move(eps), order, hpz, per_node);

@@ -171,7 +171,7 @@ BOOST_AUTO_TEST_CASE(mpu_disagreements_are_all_detected_quickly,
   {
     // Rank 0 passes no MPU at all.
     auto mpu = mock_mpu_over_the_world(world);
-    expect_mismatch("MPU missing on rank 0", "MPU present (0 no, 1 yes, 2 a GridMpu) ranges from 0 to 1", config,
+    expect_mismatch("MPU missing on rank 0", "MPU present (0 no, 1 yes, 2 a GridMpu on the world's backend) ranges from 0 to 1", config,
                     rank == 0 ? nullptr : mpu);
   }
   {
