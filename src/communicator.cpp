@@ -2,9 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
-#include <array>
-#include <cstdint>
 #include <vector>
 
 #include "host.hpp"
@@ -221,16 +218,7 @@ std::vector<int> Communicator::nodes() const {
   return do_nodes();
 }
 
-std::vector<int> Communicator::do_nodes() const {
-  const std::array<std::uint64_t, 1> mine = {detail::host_hash()};
-  std::vector<std::uint64_t> hosts(static_cast<std::size_t>(size()));
-  all_gather(mine, hosts);
-  std::vector<int> nodes(hosts.size());
-  for (std::size_t r = 0; r < hosts.size(); ++r) {
-    nodes[r] = static_cast<int>(std::ranges::find(hosts, hosts[r]) - hosts.begin());
-  }
-  return nodes;
-}
+std::vector<int> Communicator::do_nodes() const { return detail::nodes_by_host(*this); }
 
 void Communicator::abort() const noexcept {
   if (!aborted_.exchange(true)) do_abort();

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <fstream>
@@ -23,6 +24,17 @@ std::uint64_t host_hash() {
   std::uint64_t hash = 14695981039346656037ULL;  // wraps by design
   for (const char c : id) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
   return hash;
+}
+
+std::vector<int> nodes_by_host(const Communicator& comm) {
+  const std::array<std::uint64_t, 1> mine = {host_hash()};
+  std::vector<std::uint64_t> hosts(static_cast<std::size_t>(comm.size()));
+  comm.all_gather(mine, hosts);
+  std::vector<int> nodes(hosts.size());
+  for (std::size_t r = 0; r < hosts.size(); ++r) {
+    nodes[r] = static_cast<int>(std::ranges::find(hosts, hosts[r]) - hosts.begin());
+  }
+  return nodes;
 }
 
 }  // namespace pcx::detail

@@ -228,19 +228,6 @@ class Staging {
   bool copy_recv_back_ = false;
 };
 
-// The ranks of the caller's host, ascending: one all-gather of host hashes over the
-// bootstrap communicator, which needs nothing of MPI.
-std::vector<int> node_of(const Communicator& bootstrap) {
-  const std::array<std::uint64_t, 1> mine = {detail::host_hash()};
-  std::vector<std::uint64_t> hosts(static_cast<std::size_t>(bootstrap.size()));
-  bootstrap.all_gather(mine, hosts);
-  std::vector<int> node;
-  for (int r = 0; r < bootstrap.size(); ++r) {
-    if (hosts[static_cast<std::size_t>(r)] == mine[0]) node.push_back(r);
-  }
-  return node;
-}
-
 // The device of a rank that did not name one: its index on the node. Where each rank sees
 // a single device (CUDA_VISIBLE_DEVICES set per rank, as Slurm's --gpu-bind does), every
 // rank takes device 0, and distinct_devices() then checks they are distinct GPUs.
@@ -409,7 +396,12 @@ NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, c
   std::exception_ptr local_error;
   try {
     (void)make_config(options.communicator);
-    const std::vector<int> node = node_of(bootstrap);
+    // The ranks of the caller's host, ascending, hosts told apart as NCCL does.
+    const std::vector<int> hosts = detail::nodes_by_host(bootstrap);
+    std::vector<int> node;
+    for (int r = 0; r < bootstrap.size(); ++r) {
+      if (hosts[static_cast<std::size_t>(r)] == hosts[static_cast<std::size_t>(rank)]) node.push_back(r);
+    }
     const auto local_rank = static_cast<int>(std::ranges::find(node, rank) - node.begin());
     std::array<char, kBusIdBytes> bus_id{};
     try {
