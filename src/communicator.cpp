@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "host.hpp"
@@ -117,6 +118,32 @@ std::unique_ptr<Communicator> Communicator::split_checked(int colour, int rank, 
                     -1);
   }
   return child;
+}
+
+std::unique_ptr<Communicator> Communicator::create_group(std::span<const int> members,
+                                                         const CommOptions& options) const {
+  check_usable("create_group");
+  if (members.empty()) throw ConfigError("create_group: the list of members is empty");
+  std::vector<bool> seen(static_cast<std::size_t>(size()));
+  for (const int member : members) {
+    if (member < 0 || member >= size()) {
+      throw ConfigError(fmt::format("create_group: member {} is outside [0, {}), the ranks here", member, size()));
+    }
+    if (seen[static_cast<std::size_t>(member)]) {
+      throw ConfigError(fmt::format("create_group: member {} is listed twice", member));
+    }
+    seen[static_cast<std::size_t>(member)] = true;
+  }
+  const auto caller = std::ranges::find(members, rank());
+  if (caller == members.end()) {
+    throw ConfigError(fmt::format("create_group: the caller, rank {}, is not among the members", rank()));
+  }
+  return do_create_group(members, static_cast<int>(caller - members.begin()), options);
+}
+
+std::unique_ptr<Communicator> Communicator::do_create_group(std::span<const int>, int, const CommOptions&) const {
+  throw ConfigError(fmt::format("create_group: the {} backend cannot create a group of its members alone (split)",
+                                backend()));
 }
 
 std::unique_ptr<Communicator> Communicator::dup(const CommOptions& options) const {

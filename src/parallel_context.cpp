@@ -51,13 +51,14 @@ namespace {
 // The configuration as this rank sees it, for comparison with every other rank. The
 // values are the same, in the same order, on every rank, so every rank words a
 // disagreement the same way.
-// What decides which kinds share a communicator besides the layouts: the settings of each
-// kind but their names, and the dedicated kinds. Ranks that differ here would split for a
-// kind where others share, so the ranks compare a digest of it.
+// What decides which kinds share a communicator, and how the others are created, besides
+// the layouts: the settings of each kind but their names, and the dedicated kinds. Ranks
+// that differ here would split for a kind where others share, or split where others
+// create over the members, so the ranks compare a digest of it.
 std::int64_t sharing_digest(const ContextOptions& options) {
   const auto settings = [](const CommOptions& o) {
-    return fmt::format("{} {} {} {} {} {};", o.timeout.count(), o.share_resources, o.cga_cluster_size.value_or(-1),
-                       o.min_ctas.value_or(-1), o.max_ctas.value_or(-1), o.net_name);
+    return fmt::format("{} {} {} {} {} {} {};", o.timeout.count(), o.share_resources, o.cga_cluster_size.value_or(-1),
+                       o.min_ctas.value_or(-1), o.max_ctas.value_or(-1), o.net_name, static_cast<int>(o.creation));
   };
   std::string text = settings(options.communicators);
   for (const auto& [kind, chosen] : options.per_kind)

@@ -85,6 +85,15 @@ std::optional<ProcessGroup> make_group(const Communicator& parent, const GroupLa
     if (colour == GroupLayout::kNoGroup) return std::nullopt;
     return ProcessGroup(layout, colour, parent.self());
   }
+  // The same on every rank: the backend, the options (agreed) and the layout's shape.
+  const bool group_local =
+      parent.can_create_group() &&
+      (options.creation == GroupCreation::group ||
+       (options.creation == GroupCreation::automatic && 2 * layout.group_size() <= parent.size()));
+  if (group_local) {
+    if (colour == GroupLayout::kNoGroup) return std::nullopt;
+    return ProcessGroup(layout, colour, parent.create_group(layout.group_of(rank), options));
+  }
   if (colour == GroupLayout::kNoGroup) {
     (void)parent.split_checked(Communicator::kNoColour, 0, 0, options);
     return std::nullopt;

@@ -89,6 +89,14 @@ concept MutableElementRange =
 template <ElementRange R>
 using element_of = std::ranges::range_value_t<R>;
 
+/// How make_group() creates a group's communicator on a backend that can create one over
+/// its members alone (Communicator::can_create_group(): MPI). `split`: one collective over
+/// the whole parent (`MPI_Comm_split`). `group`: collective over the group's members only
+/// (`MPI_Comm_create_group`), so ranks outside the group neither take part nor wait.
+/// `automatic`: `group` for groups of at most half the parent, where it was measured
+/// faster (bench/README.md, section 7), `split` for larger ones. Other backends split.
+enum class GroupCreation { automatic, split, group };
+
 /// Settings of a communicator that a split or dup creates. Each backend uses the
 /// fields that apply to it and ignores the others; a field the backend's library is
 /// too old for is a ConfigError, never silently dropped.
@@ -116,6 +124,8 @@ struct CommOptions {
   std::optional<int> max_ctas;
   /// NCCL netName: the network plugin to use (empty: NCCL's choice).
   std::string net_name;
+  /// How make_group() creates the communicator of a layout's group.
+  GroupCreation creation = GroupCreation::automatic;
 
   /// Field-wise equality.
   friend bool operator==(const CommOptions&, const CommOptions&) = default;
@@ -172,6 +182,19 @@ class Communicator {
   ///         CommError for a child of another size or rank.
   [[nodiscard]] std::unique_ptr<Communicator> split_checked(int colour, int rank, int size,
                                                             const CommOptions& options = {}) const;
+
+  /// Whether create_group() is available; the same on every member of a backend.
+  [[nodiscard]] virtual bool can_create_group() const noexcept { return false; }
+
+  /// A child over @p members (ranks here, in the child's rank order, the caller among
+  /// them), created collectively over those members only: the other members of this
+  /// communicator do not take part (`MPI_Comm_create_group`). Members must call it for
+  /// their common groups in the same order.
+  /// @throws ConfigError if the backend cannot (can_create_group()), @p members is empty,
+  ///         holds a rank outside [0, size()) or twice, or not the caller; CommError or
+  ///         Timeout from the backend.
+  [[nodiscard]] std::unique_ptr<Communicator> create_group(std::span<const int> members,
+                                                           const CommOptions& options = {}) const;
 
   /// The node of every member, named by its lowest member: nodes()[r] == nodes()[s]
   /// exactly when members r and s share a node. Collective. MPI: the members of one
@@ -335,6 +358,10 @@ class Communicator {
   /// (split_checked, with @p key its rank there), 0 when it did not.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                                const CommOptions& options) const = 0;
+  /// create_group() for the backend, given valid members of which the caller is number
+  /// @p index. The default refuses (ConfigError), as can_create_group() says.
+  [[nodiscard]] virtual std::unique_ptr<Communicator> do_create_group(std::span<const int> members, int index,
+                                                                      const CommOptions& options) const;
   /// dup() for the backend.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_dup(const CommOptions& options) const = 0;
   /// all_reduce() for the backend; @p send may equal @p recv.

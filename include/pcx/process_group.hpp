@@ -85,14 +85,16 @@ class ProcessGroup {
 
 /// Builds the caller's group of @p layout over @p parent, whose rank r must be
 /// global rank r of the layout: one split call (none for groups of one rank, which
-/// get parent.self()), in O(number of axes) whatever the group's size. Every member of
-/// @p parent must call it: a rank in no group of the layout (GroupLayout::kNoGroup,
-/// as on the middle pipeline stages of the embedding kinds) takes part in the split
-/// with Communicator::kNoColour and gets std::nullopt.
+/// get parent.self()), in O(number of axes) whatever the group's size, or, as
+/// options.creation chooses on a backend that can, one create_group() over the group's
+/// members. Every member of @p parent must call it: a rank in no group of the layout
+/// (GroupLayout::kNoGroup, as on the middle pipeline stages of the embedding kinds)
+/// takes part in a split with Communicator::kNoColour, and in no creation over members,
+/// and gets std::nullopt.
 /// @param parent the communicator to split, ranked like the layout's world
 /// @param layout the groups, of which the caller builds its own
 /// @param options settings of the new communicator
-/// @throws ConfigError, CommError or Timeout from the backend's split.
+/// @throws ConfigError, CommError or Timeout from the backend's split or creation.
 [[nodiscard]] std::optional<ProcessGroup> make_group(const Communicator& parent, const GroupLayout& layout,
                                                      const CommOptions& options = {});
 

@@ -100,6 +100,11 @@ int mpi_count(std::size_t count) {
 // One message stream per pair of members; each communicator is a context of its own, so
 // no other traffic shares the tag.
 constexpr int kTag = 0;
+// The barrier before MPI_Comm_create_group, and its own tag. Members create their common
+// groups in the same order, and MPI keeps messages of one pair in order, so successive
+// creations need no tags of their own.
+constexpr int kBarrierTag = 1;
+constexpr int kCreateTag = 2;
 
 const void* send_or_in_place(const void* send, const void* recv) { return send == recv ? MPI_IN_PLACE : send; }
 
@@ -325,6 +330,41 @@ std::unique_ptr<Communicator> MpiCommunicator::do_split(int colour, int key, int
   MPI_Comm child = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split(comm_, colour == kNoColour ? MPI_UNDEFINED : colour, key, &child), "MPI_Comm_split");
   if (child == MPI_COMM_NULL) return nullptr;
+  return std::make_unique<MpiCommunicator>(adopt(child, options));
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::do_create_group(std::span<const int> members, int index,
+                                                               const CommOptions& options) const {
+  check_options(options);
+  const int n = static_cast<int>(members.size());
+  // A dissemination barrier: in round k member i hears from member i - 2^k, so after
+  // ceil(log2 n) rounds every member has heard from all, and one that stopped is found
+  // under the deadline. Zero-byte messages: a request left by a Timeout touches no memory.
+  const Clock::time_point until = deadline();
+  for (int step = 1; options_.timeout.count() > 0 && step < n; step *= 2) {
+    std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    check_mpi(MPI_Irecv(nullptr, 0, MPI_BYTE, members[static_cast<std::size_t>((index - step + n) % n)], kBarrierTag,
+                        comm_, &requests[0]),
+              "MPI_Irecv");
+    check_mpi(MPI_Isend(nullptr, 0, MPI_BYTE, members[static_cast<std::size_t>((index + step) % n)], kBarrierTag,
+                        comm_, &requests[1]),
+              "MPI_Isend");
+    poll("create_group", until, [&] {
+      int complete = 0;
+      check_mpi(MPI_Testall(2, requests.data(), &complete, MPI_STATUSES_IGNORE), "MPI_Testall");
+      return complete != 0;
+    });
+  }
+  MPI_Group all = MPI_GROUP_NULL;
+  MPI_Group group = MPI_GROUP_NULL;
+  check_mpi(MPI_Comm_group(comm_, &all), "MPI_Comm_group");
+  const int included = MPI_Group_incl(all, n, members.data(), &group);
+  MPI_Group_free(&all);
+  check_mpi(included, "MPI_Group_incl");
+  MPI_Comm child = MPI_COMM_NULL;
+  const int created = MPI_Comm_create_group(comm_, group, kCreateTag, &child);
+  MPI_Group_free(&group);
+  check_mpi(created, "MPI_Comm_create_group");
   return std::make_unique<MpiCommunicator>(adopt(child, options));
 }
 

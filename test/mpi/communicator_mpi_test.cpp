@@ -121,6 +121,54 @@ BOOST_AUTO_TEST_CASE(bad_arguments_throw_before_communicating_on_every_rank) {
   BOOST_TEST(everyone(true));
 }
 
+BOOST_AUTO_TEST_CASE(create_group_involves_its_members_alone_in_their_order) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int rank = world.rank();
+  const int n = world.size();
+  // The even ranks, last first, make a group, with and without a deadline; the odd ranks
+  // do not call at all, and then make theirs.
+  std::vector<int> members;
+  for (int r = n - 1; r >= 0; --r)
+    if (r % 2 == rank % 2) members.push_back(r);
+  const int index = static_cast<int>(std::ranges::find(members, rank) - members.begin());
+  bool ok = true;
+  for (const auto timeout : {std::chrono::milliseconds(5000), std::chrono::milliseconds(0)}) {
+    if (rank % 2 == 1) world.barrier();
+    pcx::CommOptions options;
+    options.name = "pcx:test/created";
+    options.timeout = timeout;
+    const auto child = world.create_group(members, options);
+    std::vector<std::int32_t> seen(members.size());
+    const std::int32_t me = rank;
+    child->all_gather(std::span<const std::int32_t>(&me, 1), std::span<std::int32_t>(seen));
+    ok = ok && child->size() == static_cast<int>(members.size()) && child->rank() == index &&
+         std::vector<int>(seen.begin(), seen.end()) == members;
+    if (rank % 2 == 0) world.barrier();
+  }
+  BOOST_TEST(everyone(ok));
+}
+
+BOOST_AUTO_TEST_CASE(create_group_refuses_bad_members_before_communicating_on_every_rank) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int rank = world.rank();
+  const auto refused = [&](std::vector<int> members, std::string_view expected) {
+    try {
+      (void)world.create_group(members);
+    } catch (const pcx::ConfigError& error) {
+      return std::string_view(error.what()).find(expected) != std::string_view::npos;
+    }
+    return false;
+  };
+  bool ok = refused({}, "the list of members is empty");
+  ok = refused({rank, world.size()}, fmt::format("member {} is outside [0, {})", world.size(), world.size())) && ok;
+  ok = refused({rank, -1}, "member -1 is outside") && ok;
+  ok = refused({rank, rank}, fmt::format("member {} is listed twice", rank)) && ok;
+  if (world.size() > 1) {
+    ok = refused({(rank + 1) % world.size()}, fmt::format("the caller, rank {}, is not among the members", rank)) && ok;
+  }
+  BOOST_TEST(everyone(ok));
+}
+
 BOOST_AUTO_TEST_CASE(a_moved_from_communicator_is_empty_and_refuses_every_use) {
   MpiCommunicator first = MpiCommunicator::world();
   const MpiCommunicator second = std::move(first);

@@ -196,6 +196,24 @@ BOOST_AUTO_TEST_CASE(context_parallel_and_expert_tensor_layouts_communicate_as_m
   BOOST_TEST(everyone(ok));
 }
 
+// Creation over the members and splits of the whole world give the same groups, the
+// embedding kinds' ranks in no group included (middle pipeline stages take no part).
+BOOST_AUTO_TEST_CASE(groups_created_over_their_members_or_split_are_the_same) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const int pp = n >= 4 ? 4 : 1;
+  bool ok = true;
+  for (const auto creation : {pcx::GroupCreation::group, pcx::GroupCreation::split}) {
+    pcx::ContextOptions options = pcx::test::simulated_nodes();
+    options.communicators.creation = creation;
+    ParallelConfig config = world_config(divisors(n / pp), {}, std::max(1, n / 2), std::max(1, n / 2));
+    config.pipeline_parallel_size = pp;
+    const ParallelContext context(world, config, pp > 1 ? grid_mpu(world, 1, pp) : nullptr, options);
+    ok = context_works(context) && ok;
+  }
+  BOOST_TEST(everyone(ok));
+}
+
 BOOST_AUTO_TEST_CASE(two_contexts_used_alternately) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();

@@ -1,7 +1,7 @@
 // Deadlines of MpiCommunicator: a member that does not come gives Timeout and aborts the
 // communicator, abort() from another thread ends a wait, and a timeout of 0 waits for good.
 // A late member joins the abandoned operation at the end of each case, so that every rank
-// leaves MPI with nothing pending.
+// leaves MPI with nothing pending, but where it cannot (create_group).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -97,6 +97,32 @@ BOOST_AUTO_TEST_CASE(a_member_that_does_not_come_gives_timeout_then_comm_error,
   if (world.rank() == late) {
     comm->all_reduce(values, ReduceOp::sum);
     ok = values == std::vector<std::int32_t>{world.size(), 2 * world.size(), 3 * world.size()};
+  }
+  BOOST_TEST(everyone(ok));
+}
+
+// The late member never comes: the others' zero-byte barrier messages to and from it stay
+// pending, which touches no memory of theirs.
+BOOST_AUTO_TEST_CASE(a_member_that_does_not_come_to_create_group_gives_timeout,
+                     *boost::unit_test::precondition(two_or_more_ranks)) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int late = world.size() - 1;
+  const auto comm = world.dup(options("pcx:test/late_group", milliseconds(300)));
+  std::vector<int> members(static_cast<std::size_t>(world.size()));
+  std::iota(members.begin(), members.end(), 0);
+  bool ok = true;
+  if (world.rank() != late) {
+    const Clock::time_point start = Clock::now();
+    try {
+      (void)comm->create_group(members, options("pcx:test/never", milliseconds(300)));
+      ok = false;
+    } catch (const pcx::Timeout& timeout) {
+      const double took = seconds_since(start);
+      const std::string what = timeout.what();
+      BOOST_TEST_MESSAGE(fmt::format("rank {}: Timeout after {:.3f} s: {}", world.rank(), took, what));
+      ok = took >= 0.3 && took < 1.3 && contains(what, "create_group") && contains(what, "\"pcx:test/late_group\"");
+    }
+    ok = ok && comm->aborted();
   }
   BOOST_TEST(everyone(ok));
 }

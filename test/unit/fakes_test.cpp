@@ -2,9 +2,12 @@
 #define BOOST_TEST_MODULE fakes
 #include <boost/test/unit_test.hpp>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "pcx/error.hpp"
+#include "pcx/layout.hpp"
+#include "pcx/process_group.hpp"
 #include "pcx/testing/fake_communicator.hpp"
 #include "pcx/testing/mock_mpu.hpp"
 
@@ -37,6 +40,26 @@ BOOST_AUTO_TEST_CASE(a_fake_member_with_a_field_left_out_is_a_config_error) {
   });
   BOOST_CHECK_THROW(FakeCommunicator(world, {.rank = 0, .caller = 0}), pcx::ConfigError);
   BOOST_CHECK_THROW(FakeCommunicator(world, {.size = 2, .rank = 2, .caller = 0}), pcx::ConfigError);
+}
+
+// Only backends that can create a group over its members alone (MPI) do; the others
+// refuse, and make_group splits on them whatever CommOptions::creation asks.
+BOOST_AUTO_TEST_CASE(a_fake_cannot_create_a_group_over_its_members_and_splits_instead) {
+  const auto world = std::make_shared<FakeWorld>(8);
+  const FakeCommunicator fake(world, 3);
+  BOOST_TEST(!fake.can_create_group());
+  const std::vector<int> members = {1, 3};
+  BOOST_CHECK_EXCEPTION((void)fake.create_group(members), pcx::ConfigError, [](const pcx::ConfigError& e) {
+    return std::string_view(e.what()).find("the fake backend cannot create a group") != std::string_view::npos;
+  });
+  pcx::CommOptions options;
+  options.creation = pcx::GroupCreation::group;
+  // Rank 3 is in the odd ranks' group: a grid of 4 × 2 varying its first axis.
+  const auto odd = pcx::RankGrid({{"slow", 4}, {"fast", 2}}).along({"slow"});
+  const auto group = pcx::make_group(fake, odd, options);
+  BOOST_REQUIRE(group.has_value());
+  BOOST_TEST(group->ranks() == std::vector<int>({1, 3, 5, 7}));
+  BOOST_TEST(world->split_count(3) == 1);
 }
 
 BOOST_AUTO_TEST_CASE(fake_group_places_the_caller_at_its_position) {

@@ -48,6 +48,8 @@ class MpiEnvironment {
 /// first passes an MPI_Ibarrier on the parent under the deadline, so a member that stopped
 /// before the split is detected; MPI has no non-blocking split, so MPI_Comm_split itself
 /// still waits without a deadline for a member that stops between the barrier and the split.
+/// create_group() does the same over its members alone: a barrier of point-to-point
+/// messages among them under the deadline, then `MPI_Comm_create_group`.
 /// MPI can neither cancel nor free an unfinished collective, and completes it if a stopped
 /// peer resumes. So that the caller's memory is never touched after a Timeout or an abort,
 /// operations with a deadline run on buffers of the communicator's own: the send data is
@@ -125,6 +127,9 @@ class MpiCommunicator final : public Communicator {
 
   [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                        const CommOptions& options) const override;
+  [[nodiscard]] bool can_create_group() const noexcept override { return true; }
+  [[nodiscard]] std::unique_ptr<Communicator> do_create_group(std::span<const int> members, int index,
+                                                              const CommOptions& options) const override;
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
