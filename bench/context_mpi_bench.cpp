@@ -1,21 +1,29 @@
-// context_mpi_bench: building a real context under mpiexec, three ways.
+// context_mpi_bench: building a real context under mpiexec, six ways, side by side.
 //
-//   pcx       ParallelContext over pcx::MpiCommunicator::world(): one all-reduce that
-//             checks every rank agrees, one dup (the world clone), one MPI_Comm_split
-//             per group kind (none for kinds whose groups have one rank).
 //   seed      what the seed does: every rank takes part in the creation of every group
 //             of the world, one at a time (torch's dist.new_group is collective over the
 //             whole world). Emulated with one MPI_Comm_split of MPI_COMM_WORLD per group
 //             of the world, in which non-members pass MPI_UNDEFINED: the world clone,
 //             then every group of every kind, groups of one rank included.
-//   raw       the minimum for pcx's plan in plain MPI: MPI_Comm_dup of the world, then one
-//             MPI_Comm_split of the clone per kind, no checks, no names, no error handler.
-//             pcx minus raw is the cost of the wrapper.
+//   pcx       ParallelContext over pcx::MpiCommunicator::world(): one all-reduce that
+//             checks every rank agrees, one dup (the world clone), then one creation per
+//             group kind (none for kinds whose groups have one rank), four ways:
+//             split dedicated  MPI_Comm_split, every kind its own communicator;
+//             split            MPI_Comm_split, kinds with the same groups share one;
+//             group            MPI_Comm_create_group over the group's members, shared;
+//             automatic        the default: group for groups of at most half the world,
+//                              split for larger ones, shared.
+//   raw       pcx's plan in plain MPI: MPI_Comm_dup of the world, then one MPI_Comm_split
+//             of the clone per kind, no checks, no names, no error handler, no sharing.
 //
-// Each repetition times the three methods one after the other (so that load from other
+// Communicators per rank: the seed's are the groups it creates that hold the rank (groups
+// of one rank included: torch makes a communicator for them too); pcx's are
+// ParallelContext::resources().communicators (shared ones once, self communicators not).
+//
+// Each repetition times the methods one after the other (so that load from other
 // processes hits them alike); a method's time is the slowest rank's, between two
 // barriers; creation only (the communicators are freed outside the timed region). The
-// table on rank 0 gives the median (and minimum) over the repetitions.
+// table on rank 0 gives the median over the repetitions, in ms.
 //
 //   mpiexec -n 8 context_mpi_bench [--reps 30] [--warmup 3]
 
@@ -51,10 +59,14 @@ std::vector<Case> cases(int world) {
     config.ranks_per_node = ranks_per_node;
     return config;
   };
+  const int half = std::max(1, world / 2);
   return {
-      {"ep 2", make({2}, std::nullopt, std::nullopt)}, {"ep 4", make({4}, std::nullopt, std::nullopt)},
-      {"ep 8", make({8}, std::nullopt, std::nullopt)}, {"hpz 4", make({}, 4, std::nullopt)},
-      {"ranks/node 4", make({}, std::nullopt, 4)},     {"ep 2,4,8 + hpz 4 + ranks/node 4", make({2, 4, 8}, 4, 4)},
+      {"ep 2", make({2}, std::nullopt, std::nullopt)},
+      {"ep 8", make({8}, std::nullopt, std::nullopt)},
+      {"ep W (the world)", make({world}, std::nullopt, std::nullopt)},
+      {"hpz 4 + ranks/node 4", make({}, 4, 4)},
+      {"ep W/2 + hpz W/2 + ranks/node W/2", make({half}, half, half)},
+      {"ep 2,4,8 + hpz 4 + ranks/node 4", make({2, 4, 8}, 4, 4)},
   };
 }
 
@@ -74,9 +86,8 @@ double slowest(double local) {
 }
 
 // The seed: one collective creation per group of the world.
-double time_seed(const pcx::Topology& topology, int rank, long& calls) {
+double time_seed(const pcx::Topology& topology, int rank, long& communicators) {
   std::vector<MPI_Comm> mine;
-  calls = 0;
   check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
   const double start = MPI_Wtime();
   for (const pcx::GroupView& view : topology.views()) {
@@ -87,11 +98,11 @@ double time_seed(const pcx::Topology& topology, int rank, long& calls) {
       MPI_Comm comm = MPI_COMM_NULL;
       check(MPI_Comm_split(MPI_COMM_WORLD, colour == own ? 0 : MPI_UNDEFINED, layout.group_rank(rank), &comm),
             "MPI_Comm_split");
-      ++calls;
       if (comm != MPI_COMM_NULL) mine.push_back(comm);
     }
   }
   const double elapsed = MPI_Wtime() - start;
+  communicators = static_cast<long>(mine.size());
   for (MPI_Comm& comm : mine) check(MPI_Comm_free(&comm), "MPI_Comm_free");
   return slowest(elapsed);
 }
@@ -116,26 +127,40 @@ double time_raw(const pcx::Topology& topology, int rank) {
   return slowest(elapsed);
 }
 
-double time_pcx(const pcx::Communicator& world, const pcx::ParallelConfig& config) {
+// One way of building a pcx context.
+struct Method {
+  const char* name;
+  pcx::GroupCreation creation;
+  bool dedicated;
+};
+
+constexpr Method kMethods[] = {{"pcx split dedicated", pcx::GroupCreation::split, true},
+                               {"pcx split", pcx::GroupCreation::split, false},
+                               {"pcx group", pcx::GroupCreation::group, false},
+                               {"pcx automatic", pcx::GroupCreation::automatic, false}};
+
+double time_pcx(const pcx::Communicator& world, const pcx::Topology& topology, const Method& method,
+                long& communicators) {
+  pcx::ContextOptions options;
+  options.communicators.creation = method.creation;
+  options.check_nodes = false;  // nodes simulated on one host
+  if (method.dedicated) {
+    for (const pcx::GroupView& view : topology.views()) options.dedicated.insert(view.id.kind);
+  }
   std::optional<pcx::ParallelContext> context;
   check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
   const double start = MPI_Wtime();
-  context.emplace(world, config);
+  context.emplace(world, topology.config(), nullptr, options);
   const double elapsed = MPI_Wtime() - start;
+  communicators = context->resources().communicators;
   context.reset();
   return slowest(elapsed);
 }
 
-struct Stats {
-  double median;
-  double min;
-};
-
-Stats stats(std::vector<double> values) {
+double median(std::vector<double> values) {
   std::ranges::sort(values);
   const std::size_t n = values.size();
-  const double median = n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-  return {median, values.front()};
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
 int parse_int(const char* text, const char* flag) {
@@ -180,44 +205,46 @@ int main(int argc, char** argv) {
       std::printf(
           "context_mpi_bench: world %d, %d repetitions (+%d warm-up), %s; load average before: %.2f %.2f %.2f\n", size,
           reps, warmup, first_line.c_str(), load[0], load[1], load[2]);
-      std::printf("times: slowest rank, creation only, median (min) in ms\n\n");
-      std::printf(
-          "| configuration | seed: new_group calls per rank | pcx: collective calls per rank "
-          "| seed emulation | pcx ParallelContext | raw MPI, one split per kind | seed / pcx |\n");
-      std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
+      std::printf("communicators per rank (rank 0); creation time: slowest rank, median, ms\n\n");
+      std::printf("| configuration | seed comms | pcx dedicated comms | pcx shared comms | seed |");
+      for (const Method& method : kMethods) std::printf(" %s |", method.name);
+      std::printf(" raw MPI split | seed / pcx automatic |\n|---|---:|---:|---:|---:|");
+      for (std::size_t m = 0; m < std::size(kMethods); ++m) std::printf("---:|");
+      std::printf("---:|---:|\n");
     }
 
     for (const Case& c : cases(size)) {
       try {
         pcx::validate(c.config);
       } catch (const pcx::ConfigError& e) {
-        if (rank == 0) std::printf("| %s | skipped: %s | | | | | |\n", c.name.c_str(), e.what());
+        if (rank == 0) std::printf("| %s | skipped: %s |\n", c.name.c_str(), e.what());
         continue;
       }
       const pcx::Topology topology(c.config);
-      // pcx: one all-reduce (agreement), one dup, one split per kind with groups > 1 rank.
-      long pcx_calls = 2;
-      for (const pcx::GroupView& view : topology.views()) {
-        if (context_kind(view.id.kind) && view.id.kind != pcx::GroupKind::world && view.layout.group_size() > 1) {
-          ++pcx_calls;
-        }
-      }
-      std::vector<double> seed_times, pcx_times, raw_times;
-      long seed_calls = 0;
+      std::vector<double> seed_times, raw_times;
+      std::vector<std::vector<double>> pcx_times(std::size(kMethods));
+      long seed_comms = 0;
+      long dedicated_comms = 0;
+      long shared_comms = 0;
       for (int r = 0; r < warmup + reps; ++r) {
-        const double t_seed = time_seed(topology, rank, seed_calls);
-        const double t_pcx = time_pcx(world, c.config);
+        const double t_seed = time_seed(topology, rank, seed_comms);
+        std::vector<double> t_pcx;
+        for (const Method& method : kMethods) {
+          long held = 0;
+          t_pcx.push_back(time_pcx(world, topology, method, held));
+          (method.dedicated ? dedicated_comms : shared_comms) = held;
+        }
         const double t_raw = time_raw(topology, rank);
         if (r < warmup) continue;
         seed_times.push_back(t_seed);
-        pcx_times.push_back(t_pcx);
+        for (std::size_t m = 0; m < t_pcx.size(); ++m) pcx_times[m].push_back(t_pcx[m]);
         raw_times.push_back(t_raw);
       }
       if (rank == 0) {
-        const Stats s = stats(seed_times), p = stats(pcx_times), w = stats(raw_times);
-        std::printf("| %s | %ld | %ld | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.1fx |\n", c.name.c_str(),
-                    seed_calls, pcx_calls, s.median * 1e3, s.min * 1e3, p.median * 1e3, p.min * 1e3, w.median * 1e3,
-                    w.min * 1e3, s.median / p.median);
+        std::printf("| %s | %ld | %ld | %ld | %.3f |", c.name.c_str(), seed_comms, dedicated_comms, shared_comms,
+                    median(seed_times) * 1e3);
+        for (const auto& times : pcx_times) std::printf(" %.3f |", median(times) * 1e3);
+        std::printf(" %.3f | %.1fx |\n", median(raw_times) * 1e3, median(seed_times) / median(pcx_times.back()));
         std::fflush(stdout);
       }
     }
