@@ -329,10 +329,12 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
     if (is_dense_kind(view.id.kind)) continue;
     const CommOptions chosen = options_for(options, view.id);
     try {
-      if (view.id.kind == GroupKind::world) {
-        groups_.entries.push_back({view.id, ProcessGroup(view.layout, 0, world.dup(chosen))});
-      } else if (const ProcessGroup* same = same_groups(view, chosen, options.dedicated, built_options)) {
+      // The world clone too may be a GridMpu's group (its data parallel group when
+      // tp = cp = pp = 1): it is then the parent of the context's splits.
+      if (const ProcessGroup* same = same_groups(world, view, chosen, options.dedicated, built_options)) {
         groups_.entries.push_back({view.id, same->shared_as(view.layout, view.layout.colour(rank_))});
+      } else if (view.id.kind == GroupKind::world) {
+        groups_.entries.push_back({view.id, ProcessGroup(view.layout, 0, world.dup(chosen))});
       } else {
         splits += view.layout.group_size() > 1 ? 1 : 0;
         // Every kind the context builds covers the world: each rank has a group.
@@ -382,7 +384,8 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
   }
 }
 
-const ProcessGroup* ParallelContext::same_groups(const GroupView& view, const CommOptions& chosen,
+const ProcessGroup* ParallelContext::same_groups(const Communicator& world, const GroupView& view,
+                                                 const CommOptions& chosen,
                                                  const std::set<GroupKind>& dedicated,
                                                  std::span<const CommOptions> built_options) const {
   if (dedicated.contains(view.id.kind)) return nullptr;
@@ -397,7 +400,7 @@ const ProcessGroup* ParallelContext::same_groups(const GroupView& view, const Co
     }
   }
   // A GridMpu's groups on the world's backend, made with the default settings (agreed).
-  const GridMpu* grid = shareable_grid(mpu_.get(), world_group().communicator());
+  const GridMpu* grid = shareable_grid(mpu_.get(), world);
   if (grid == nullptr || !equivalent(CommOptions{})) return nullptr;
   for (const GroupView& dense : grid->topology().all_views()) {
     const ProcessGroup* group = is_dense_kind(dense.id.kind) ? grid->dense_group(dense.id.kind) : nullptr;

@@ -67,16 +67,20 @@ struct ContextResources {
 ///    for its nodes (Communicator::nodes(), one collective): kDetectRanksPerNode takes their size, a number must match
 ///    it (ContextOptions::check_nodes), and nodes that are not blocks of consecutive ranks of one size are a
 ///    ConfigError, the same on every rank,
-/// 3. clones the world (one dup), then makes one split per group kind it owns: per
-///    expert parallel size the expert parallel and expert data parallel groups, ZeRO
+/// 3. clones the world (one dup), then creates one communicator per group kind it owns:
+///    per expert parallel size the expert parallel and expert data parallel groups, ZeRO
 ///    hpZ, all-to-all local and global, then per expert parallel size Megatron's expert
-///    tensor, tensor-expert and tensor-expert-pipeline parallel groups; groups of one
-///    rank get a SelfCommunicator and no split. A kind whose groups are those of an
+///    tensor, tensor-expert and tensor-expert-pipeline parallel groups. Each is one split
+///    of the clone or, as CommOptions::creation chooses, one creation over the group's
+///    members alone (MPI; by default for groups of at most half the world); groups of one
+///    rank get a SelfCommunicator and no creation. A kind whose groups are those of an
 ///    earlier kind, in the same order (GroupLayout equality, the same on every rank, so
 ///    no communication decides it), with the same settings but the name, shares that
 ///    kind's communicator (named after it) unless either is in ContextOptions::dedicated,
 ///    and so does a kind with the groups of one of a GridMpu's kinds, when its settings are
-///    the defaults the GridMpu made them with; a shared communicator is released with the
+///    the defaults the GridMpu made them with (the world clone too: a GridMpu's group of
+///    the whole world, as data parallel when tp = cp = pp = 1, replaces the dup); a shared
+///    communicator is released with the
 ///    last kind that holds it. The dense kinds
 ///    (tensor, context, pipeline, data parallel and their combinations) are the MPU's.
 /// If any step throws, everything built so far is released. Groups are released in
@@ -254,8 +258,9 @@ class ParallelContext {
   // This context; throws ConfigError if it was moved from.
   [[nodiscard]] const ParallelContext& built() const;
   [[nodiscard]] const ProcessGroup* find_group(const GroupId& id) const noexcept;
-  // The group built earlier whose communicator @p view can share, or null.
-  [[nodiscard]] const ProcessGroup* same_groups(const GroupView& view, const CommOptions& chosen,
+  // The group built earlier, or the GridMpu's, whose communicator @p view can share, or null.
+  [[nodiscard]] const ProcessGroup* same_groups(const Communicator& world, const GroupView& view,
+                                                const CommOptions& chosen,
                                                 const std::set<GroupKind>& dedicated,
                                                 std::span<const CommOptions> built_options) const;
 

@@ -478,6 +478,20 @@ BOOST_AUTO_TEST_CASE(kinds_with_the_same_groups_share_unless_dedicated) {
              &context.world_group().communicator());
 }
 
+BOOST_AUTO_TEST_CASE(a_grid_mpus_group_of_the_whole_world_is_the_world_clone) {
+  // tp = cp = pp = 1: the GridMpu's data parallel groups (and dp-cp, tp-dp, tp-dp-cp) are
+  // the world; the context clones nothing, and expert_parallel/8 with hpZ 8 is one split.
+  const auto world = std::make_shared<FakeWorld>(8);
+  const FakeCommunicator comm(world, 3);
+  const auto mpu = std::make_shared<const pcx::GridMpu>(comm, 1, 1);
+  const int dups = world->dup_count(3);
+  const ParallelContext context(comm, make_config(8, 1, 1, {8}, {}, 8), mpu);
+  BOOST_TEST(world->dup_count(3) == dups);
+  BOOST_TEST(&context.world_group().communicator() == &mpu->data_parallel_group().communicator());
+  BOOST_TEST(&context.expert_parallel_group(8).communicator() == &context.world_group().communicator());
+  BOOST_TEST(context.resources().communicators == 0);  // the MPU's, not the context's
+}
+
 BOOST_AUTO_TEST_CASE(rank_0_warns_of_kinds_that_cross_nodes_needlessly) {
   // Expert grid 16 = edp 4 x etp 2 x ep 2 under 'dp-tp-ep', nodes of 4 (placement_test.cpp).
   ParallelConfig config = make_config(16, 1, 1, {2}, {}, {}, 4);
