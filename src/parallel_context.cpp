@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
+#include <numeric>
+#include <string>
 #include <utility>
 
 #include "pcx/agreement.hpp"
@@ -321,7 +324,7 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
     for (const PlacementWarning& warning : check_placement(topology_)) logger->warn("pcx: {}", warning.message());
   }
 
-  int splits = 0;
+  int created = 0;  // communicators created by a split or over the members
   groups_.entries.reserve(topology_.all_views().size());
   std::vector<CommOptions> built_options;  // of each entry, for sharing
   for (const GroupView& view : topology_.all_views()) {
@@ -336,7 +339,7 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
       } else if (view.id.kind == GroupKind::world) {
         groups_.entries.push_back({view.id, ProcessGroup(view.layout, 0, world.dup(chosen))});
       } else {
-        splits += view.layout.group_size() > 1 ? 1 : 0;
+        created += view.layout.group_size() > 1 ? 1 : 0;
         // Every kind the context builds covers the world: each rank has a group.
         groups_.entries.push_back({view.id, *make_group(world_group().communicator(), view.layout, chosen)});
       }
@@ -376,11 +379,17 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
     const ContextResources held = resources();
     logger->info(
         "pcx: context of world {} (tensor {}, context {}, pipeline {}, data {}, expert sizes [{}], expert tensor {}): "
-        "{} group kinds, {} splits, {} communicators ({} kinds share one), {} self communicators",
+        "{} group kinds, {} created, {} communicators ({} kinds share one), {} self communicators{}",
         world_size(), topology_.tensor_parallel_size(), topology_.context_parallel_size(),
         topology_.pipeline_parallel_size(), data_parallel_size(),
         fmt::join(topology_.config().expert_parallel_sizes, ","), topology_.expert_tensor_parallel_size(), held.kinds,
-        splits, held.communicators, held.shared_kinds, held.self_communicators);
+        created, held.communicators, held.shared_kinds, held.self_communicators,
+        held.device_memory.empty()
+            ? std::string()
+            : fmt::format(", {:.1f} MiB of device memory",
+                          static_cast<double>(std::accumulate(held.device_memory.begin(), held.device_memory.end(),
+                                                              std::uint64_t{0})) /
+                              (1 << 20)));
   }
 }
 
@@ -491,6 +500,9 @@ ContextResources ParallelContext::resources() const {
     // Groups of one rank are made with self(), the world clone (even of one rank) with dup().
     const bool self = &entry != &groups_.entries.front() && entry.group.size() == 1;
     ++(self ? counted.self_communicators : counted.communicators);
+    if (const std::optional<std::uint64_t> bytes = communicator.device_memory(); bytes && !self) {
+      counted.device_memory.push_back(*bytes);
+    }
   }
   return counted;
 }

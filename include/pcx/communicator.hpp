@@ -263,6 +263,10 @@ class Communicator {
   /// gets instead of a split. It is not collective.
   [[nodiscard]] virtual std::unique_ptr<Communicator> self() const = 0;
 
+  /// Bytes of device memory the backend holds for this communicator, where it can tell
+  /// (NCCL); null elsewhere. Not collective.
+  [[nodiscard]] virtual std::optional<std::uint64_t> device_memory() const { return std::nullopt; }
+
   /// The backend's own handle, for calls pcx does not wrap: the address of an
   /// `MPI_Comm` when backend() is "mpi", of an `ncclComm_t` when it is "nccl", null
   /// otherwise (a group of one member has none). Prefer pcx::mpi_handle() and

@@ -4,6 +4,7 @@
 
 #include <spdlog/logger.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
@@ -50,6 +51,9 @@ struct ContextResources {
   int self_communicators = 0;
   /// Kinds the context built on a communicator an earlier kind already holds.
   int shared_kinds = 0;
+  /// Bytes of device memory of each of those communicators that the backend can tell
+  /// (Communicator::device_memory(): NCCL), in creation order; empty on other backends.
+  std::vector<std::uint64_t> device_memory;
 
   /// Field-wise equality.
   friend bool operator==(const ContextResources&, const ContextResources&) = default;

@@ -240,6 +240,49 @@ int default_device(int local_rank, int devices, int rank) {
       rank, local_rank, devices, devices));
 }
 
+// Unique ids per world (NcclWorldOptions::ranks_per_unique_id).
+int unique_id_count(int size, std::optional<int> ranks_per_id) {
+  if (ranks_per_id && *ranks_per_id < 1) {
+    throw ConfigError(fmt::format("ranks per NCCL unique id {} is below 1", *ranks_per_id));
+  }
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0)
+  const long per_id = ranks_per_id.value_or(128);
+  return static_cast<int>((size + per_id - 1) / per_id);
+#else
+  if (ranks_per_id && *ranks_per_id < size) {
+    throw ConfigError(fmt::format("ranks per NCCL unique id {} below the world's {} ranks needs "
+                                  "ncclCommInitRankScalable, NCCL 2.23 or newer; this is {}",
+                                  *ranks_per_id, size, nccl_version_text()));
+  }
+  return 1;
+#endif
+}
+
+// NCCL's blocks of ranks per unique id (src/bootstrap.cc, firstRankFromRoot and
+// rootIdFromRank): `size` ranks over `ids` blocks, the first size % ids one rank larger.
+int first_rank_of_block(int block, int size, int ids) { return block * (size / ids) + std::min(block, size % ids); }
+
+int block_of_rank(int rank, int size, int ids) {
+  const int larger = (size % ids) * (size / ids + 1);  // ranks in the larger blocks
+  return rank < larger ? rank / (size / ids + 1) : (rank - larger) / (size / ids) + size % ids;
+}
+
+// Free memory of `device`, or null when CUDA cannot tell.
+std::optional<std::uint64_t> free_memory(int device) {
+  const DeviceGuard guard(device, std::nothrow);
+  std::size_t free = 0;
+  std::size_t total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) return std::nullopt;
+  return free;
+}
+
+// What the device's free memory dropped by since `before`.
+std::optional<std::uint64_t> used_since(int device, std::optional<std::uint64_t> before) {
+  const std::optional<std::uint64_t> after = free_memory(device);
+  if (!before || !after) return std::nullopt;
+  return *before > *after ? *before - *after : 0;
+}
+
 constexpr std::size_t kBusIdBytes = 32;
 
 // Two ranks of a node on one GPU would serialize, or deadlock in NCCL (which refuses them
@@ -369,6 +412,8 @@ struct NcclCommunicator::State {
   cudaStream_t stream = nullptr;
   void* scratch = nullptr;  // one device int for barrier()
   const CommOptions options;
+  // The drop in the device's free memory across the creation, when CUDA told both.
+  std::optional<std::uint64_t> created_bytes;
 };
 
 void check_nccl(ncclResult_t code, const char* call, ncclComm_t comm) {
@@ -386,20 +431,28 @@ void check_cuda(cudaError_t code, const char* call) {
 }
 
 NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, const NcclWorldOptions& options) {
-  // Everything that can fail on one rank alone happens before the broadcast, and the
+  // Everything that can fail on one rank alone happens before the all-gather, and the
   // ranks agree on the outcome (pcx::agree), so no rank waits for a peer that has given
   // up and every rank throws the first failing rank's error. Any exception counts,
   // whatever its type: none may skip the agreement.
   const int rank = bootstrap.rank();
+  const int size = bootstrap.size();
   int device = -1;
+  int ids = 1;
   ncclUniqueId id{};
   std::exception_ptr local_error;
   try {
-    (void)make_config(options.communicator);
+    // A rank whose own checks fail still takes part in the collectives below.
+    try {
+      (void)make_config(options.communicator);
+      ids = unique_id_count(size, options.ranks_per_unique_id);
+    } catch (...) {
+      local_error = std::current_exception();
+    }
     // The ranks of the caller's host, ascending, hosts told apart as NCCL does.
     const std::vector<int> hosts = detail::nodes_by_host(bootstrap);
     std::vector<int> node;
-    for (int r = 0; r < bootstrap.size(); ++r) {
+    for (int r = 0; r < size; ++r) {
       if (hosts[static_cast<std::size_t>(r)] == hosts[static_cast<std::size_t>(rank)]) node.push_back(r);
     }
     const auto local_rank = static_cast<int>(std::ranges::find(node, rank) - node.begin());
@@ -415,36 +468,70 @@ NcclCommunicator NcclCommunicator::create_world(const Communicator& bootstrap, c
       check_cuda(cudaDeviceGetPCIBusId(bus_id.data(), static_cast<int>(bus_id.size()) - 1, device),
                  "cudaDeviceGetPCIBusId");
     } catch (...) {
-      local_error = std::current_exception();
+      if (!local_error) local_error = std::current_exception();
     }
     // A rank that has no device still takes part in the comparison, with an empty id.
     distinct_devices(bootstrap, node, local_error ? std::array<char, kBusIdBytes>{} : bus_id);
-    if (!local_error && rank == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    if (!local_error && rank == first_rank_of_block(block_of_rank(rank, size, ids), size, ids)) {
+      check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    }
   } catch (...) {
     if (!local_error) local_error = std::current_exception();
   }
-  agree(bootstrap, AgreementStage::nccl_world, {}, local_error);
-  bootstrap.broadcast(std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&id), sizeof(id)), 0);
-  return init_rank(id, bootstrap.size(), rank, device, options.communicator);
+  // Ranks that chose other blocks would wait for ids no rank makes.
+  const AgreedValue blocks[] = {
+      {"ranks per NCCL unique id (NcclWorldOptions::ranks_per_unique_id, 0: the default)",
+       options.ranks_per_unique_id.value_or(0)}};
+  agree(bootstrap, AgreementStage::nccl_world, blocks, local_error);
+  // Every rank's id, made or empty; the block's first ranks' are the ones.
+  std::vector<ncclUniqueId> all(static_cast<std::size_t>(size));
+  bootstrap.all_gather(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(&id), sizeof(id)),
+                       std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(all.data()), all.size() * sizeof(id)));
+  std::vector<ncclUniqueId> made;
+  for (int block = 0; block < ids; ++block) {
+    made.push_back(all[static_cast<std::size_t>(first_rank_of_block(block, size, ids))]);
+  }
+  return init_rank(made, size, rank, device, options.communicator);
 }
 
 NcclCommunicator NcclCommunicator::init_rank(const ncclUniqueId& id, int size, int rank, int device,
                                              const CommOptions& options) {
+  return init_rank(std::span<const ncclUniqueId>(&id, 1), size, rank, device, options);
+}
+
+NcclCommunicator NcclCommunicator::init_rank(std::span<const ncclUniqueId> ids, int size, int rank, int device,
+                                             const CommOptions& options) {
   if (size < 1 || rank < 0 || rank >= size) {
     throw ConfigError(fmt::format("NCCL rank {} of {}: the rank must be in [0, size)", rank, size));
+  }
+  if (ids.empty() || std::cmp_greater(ids.size(), size)) {
+    throw ConfigError(fmt::format("{} NCCL unique ids for {} ranks: NCCL takes 1 to {}", ids.size(), size, size));
   }
   auto state = std::make_unique<State>(device, true, options);
   ncclConfig_t config = make_config(state->options);
   const Deadline deadline = Deadline::of(options);
   const DeviceGuard guard(device);
-  ncclUniqueId unique = id;
+  const std::optional<std::uint64_t> free_before = free_memory(device);
   // Non-blocking: NCCL writes the handle at once and initializes it on its own thread
-  // (src/init.cc ncclCommInitRankDev).
-  ncclResult_t result = ncclCommInitRankConfig(&state->comm, size, unique, rank, &config);
+  // (src/init.cc ncclCommInitRankDev). NCCL reads the ids, not writes them.
+  auto* const unique = const_cast<ncclUniqueId*>(ids.data());
+  const char* call = "ncclCommInitRankConfig";
+  ncclResult_t result = ncclSuccess;
+  if (ids.size() == 1) {
+    result = ncclCommInitRankConfig(&state->comm, size, *unique, rank, &config);
+  } else {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0)
+    call = "ncclCommInitRankScalable";
+    result = ncclCommInitRankScalable(&state->comm, size, rank, static_cast<int>(ids.size()), unique, &config);
+#else
+    throw ConfigError(fmt::format("{} NCCL unique ids need ncclCommInitRankScalable, NCCL 2.23 or newer; this is {}",
+                                  ids.size(), nccl_version_text()));
+#endif
+  }
   if (result == ncclSuccess || result == ncclInProgress) result = settle(state->comm, deadline.at);
   if (result != ncclSuccess) {
-    const std::string where = fmt::format("ncclCommInitRankConfig of NCCL communicator {} (rank {} of {}, device {})",
-                                          quoted_name(options), rank, size, device);
+    const std::string where = fmt::format("{} of NCCL communicator {} (rank {} of {}, device {}, {} unique ids)", call,
+                                          quoted_name(options), rank, size, device, ids.size());
     if (result == ncclInProgress) {
       state->abort();
       throw Timeout(
@@ -454,6 +541,7 @@ NcclCommunicator NcclCommunicator::init_rank(const ncclUniqueId& id, int size, i
     state->abort();
     throw CommError(fmt::format("{} failed: {}; the communicator was aborted", where, text), static_cast<int>(result));
   }
+  state->created_bytes = used_since(device, free_before);
   return NcclCommunicator(std::move(state));
 }
 
@@ -501,6 +589,20 @@ NcclCommunicator& NcclCommunicator::operator=(NcclCommunicator&& other) noexcept
 NcclCommunicator::~NcclCommunicator() = default;
 
 int NcclCommunicator::device() const noexcept { return state_ ? state_->device : -1; }
+
+std::optional<std::uint64_t> NcclCommunicator::device_memory() const {
+  if (!state_ || !state_->owned) return std::nullopt;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 29, 7)
+  {
+    const std::lock_guard lock(state_->mutex);
+    std::uint64_t bytes = 0;
+    if (state_->comm != nullptr && ncclCommMemStats(state_->comm, ncclStatGpuMemTotal, &bytes) == ncclSuccess) {
+      return bytes;
+    }
+  }
+#endif
+  return state_->created_bytes;
+}
 
 cudaStream_t NcclCommunicator::stream() const noexcept { return state_ ? state_->stream : nullptr; }
 
@@ -630,6 +732,7 @@ std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, in
   // (src/group.cc ncclGroupEndInternal marks the job's communicator, the parent).
   const std::string what =
       fmt::format("ncclCommSplit (colour {}, key {}) into NCCL communicator {}", colour, key, quoted_name(options));
+  const std::optional<std::uint64_t> free_before = free_memory(parent.device);
   try {
     enqueue(what, Deadline::of(options), [&](ncclComm_t comm) {
       return ncclCommSplit(comm, colour == kNoColour ? NCCL_SPLIT_NOCOLOR : colour, key, &child->comm, &config);
@@ -649,6 +752,7 @@ std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, in
   if (child->comm == nullptr) {
     throw CommError(fmt::format("{} on {} completed without a child communicator", what, describe()), -1);
   }
+  child->created_bytes = used_since(parent.device, free_before);
   return std::make_unique<NcclCommunicator>(NcclCommunicator(std::move(child)));
 #else
   (void)colour, (void)key, (void)options;

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <numeric>
 #include <span>
 #include <string>
@@ -154,6 +156,80 @@ BOOST_AUTO_TEST_CASE(splits_make_children_with_their_own_options_and_nocolour_ma
                   fmt::format("{} live communicators, {} before", live_communicators(), live_before));
     BOOST_TEST(everyone(checks.ok()), settings_name(settings));
   }
+}
+
+// ncclCommInitRankScalable (nccl.h: "Allows to use more than one ncclUniqueId (up to one
+// per rank) ... The number of ncclUniqueIds and their order must be the same for every
+// rank"): one id per rank, per two ranks, per three, and one for the world all give a
+// working world; ranks with other lists would never meet.
+BOOST_AUTO_TEST_CASE(a_world_from_one_unique_id_per_block_of_ranks) {
+  const MpiCommunicator mpi = MpiCommunicator::world();
+  for (const int per_id : {1, 2, 3, mpi.size()}) {
+    const CallerDevice caller;
+    Checks checks;
+    checks.run(fmt::format("{} ranks per unique id", per_id), [&] {
+      pcx::NcclWorldOptions options;
+      options.communicator = non_blocking();
+      options.ranks_per_unique_id = per_id;
+      const NcclCommunicator world = NcclCommunicator::create_world(mpi, options);
+      checks.expect(world.size() == mpi.size() && world.rank() == mpi.rank(), "wrong rank or size");
+      check_collectives(world, caller, checks, fmt::format("{} ranks per unique id", per_id));
+    });
+    BOOST_TEST(everyone(checks.ok()), per_id);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(ranks_per_unique_id_below_1_or_differing_is_refused_on_every_rank) {
+  const MpiCommunicator mpi = MpiCommunicator::world();
+  const auto refused = [&](int mine, int last_ranks, const std::string& expected) {
+    pcx::NcclWorldOptions options;
+    options.communicator = non_blocking();
+    options.ranks_per_unique_id = mpi.rank() == mpi.size() - 1 ? last_ranks : mine;
+    try {
+      (void)NcclCommunicator::create_world(mpi, options);
+    } catch (const pcx::Error& e) {  // ConfigError, ConfigMismatch
+      return std::string(e.what()).find(expected) != std::string::npos;
+    }
+    return false;
+  };
+  BOOST_TEST(everyone(refused(0, 0, "rank 0: ranks per NCCL unique id 0 is below 1")));
+  if (mpi.size() > 1) {
+    BOOST_TEST(everyone(refused(1, 2, "ranks per NCCL unique id (NcclWorldOptions::ranks_per_unique_id, 0: the "
+                                      "default) ranges from 1 to 2")));
+  }
+}
+
+// The device memory each communicator took. The emulator charges every live communicator
+// PCX_EMU_COMM_MEMORY bytes (64 MiB by default) of its device, so the drop in free memory
+// across a creation is exactly that; a GPU reports what NCCL allocated.
+BOOST_AUTO_TEST_CASE(every_communicator_reports_the_device_memory_it_took) {
+  Checks checks;
+  checks.run("device memory", [&] {
+    const NcclCommunicator world = nccl_world(non_blocking());
+    const auto child = world.split_checked(0, world.rank(), world.size(), non_blocking("pcx-test:child"));
+    const pcx::ParallelContext context(world, [&] {
+      pcx::ParallelConfig config;
+      config.expert_parallel_sizes = {world.size()};
+      return config;
+    }());
+    for (const pcx::Communicator* comm : std::initializer_list<const pcx::Communicator*>{&world, child.get()}) {
+      const std::optional<std::uint64_t> bytes = comm->device_memory();
+      checks.expect(bytes.has_value(), "no device memory reported");
+      if (bytes && on_emulator()) {
+        const char* text = std::getenv("PCX_EMU_COMM_MEMORY");
+        const std::uint64_t charge = text != nullptr ? std::stoull(text) : std::uint64_t{64} << 20U;
+        checks.expect(*bytes == charge, fmt::format("{} bytes reported, the emulator charges {}", *bytes, charge));
+      }
+    }
+    // The context holds its world clone only (expert parallel shares it); its memory is
+    // the clone's.
+    const pcx::ContextResources held = context.resources();
+    checks.expect(held.communicators == 1 && held.device_memory.size() == 1 &&
+                      held.device_memory.front() == context.world_group().communicator().device_memory(),
+                  fmt::format("{} communicators, {} device memory figures", held.communicators,
+                              held.device_memory.size()));
+  });
+  BOOST_TEST(everyone(checks.ok()));
 }
 
 BOOST_AUTO_TEST_CASE(a_parallel_context_runs_on_nccl) {

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
@@ -29,6 +30,14 @@ struct NcclWorldOptions {
   std::optional<int> device;
   /// Settings of the world communicator (deadline, CTAs, name, ...).
   CommOptions communicator;
+  /// Ranks per NCCL unique id. The world is made with `ncclCommInitRankScalable` from
+  /// ceil(size / ranks_per_unique_id) ids, so that no single bootstrap root serves every
+  /// rank; id i is made by the first rank of NCCL's block i (src/bootstrap.cc,
+  /// firstRankFromRoot) and all-gathered over the bootstrap. Absent: 128 where NCCL has
+  /// ncclCommInitRankScalable (2.23 and later), else one id and `ncclCommInitRankConfig`.
+  /// A value below 1, or below the world's size on an NCCL without
+  /// ncclCommInitRankScalable, is a ConfigError of create_world() on every rank.
+  std::optional<int> ranks_per_unique_id;
 };
 
 /// A communicator over an `ncclComm_t` on one CUDA device. Move-only; moves allocate
@@ -57,10 +66,12 @@ class NcclCommunicator final : public Communicator {
  public:
   /// Builds the world over @p bootstrap, a communicator of host memory (an
   /// MpiCommunicator in practice) whose ranks become the NCCL ranks: chooses the device,
-  /// rank 0 makes the unique id, @p bootstrap broadcasts it, every rank calls
-  /// `ncclCommInitRankConfig`. Before the broadcast every rank learns, by one all-reduce
-  /// over @p bootstrap, whether all ranks found a device and accepted the options, so a
-  /// failure on any rank fails every rank instead of hanging.
+  /// the first rank of each block makes a unique id (NcclWorldOptions::ranks_per_unique_id),
+  /// @p bootstrap all-gathers them, every rank calls `ncclCommInitRankScalable` (with one
+  /// id, or on an NCCL older than 2.23, `ncclCommInitRankConfig`). Before the all-gather
+  /// every rank learns, by one all-reduce over @p bootstrap, whether all ranks found a
+  /// device, made their id and accepted the options, so a failure on any rank fails every
+  /// rank instead of hanging.
   /// @throws ConfigError on every rank for an option this NCCL does not support or a
   ///         device that is not there (also: more ranks on a node than visible devices,
   ///         when no device is given); CommError (no CUDA device, NCCL or MPI failure);
@@ -78,6 +89,12 @@ class NcclCommunicator final : public Communicator {
   /// @throws ConfigError for a bad rank or option, CommError from CUDA or NCCL, Timeout
   ///         past the deadline (the half-built communicator is aborted).
   [[nodiscard]] static NcclCommunicator init_rank(const ncclUniqueId& id, int size, int rank, int device,
+                                                  const CommOptions& options = {});
+  /// init_rank() from several unique ids, the same list in the same order on every rank:
+  /// `ncclCommInitRankScalable` (one id: `ncclCommInitRankConfig`).
+  /// @throws ConfigError also for no id, more ids than ranks, or several ids on an NCCL
+  ///         older than 2.23; otherwise as init_rank().
+  [[nodiscard]] static NcclCommunicator init_rank(std::span<const ncclUniqueId> ids, int size, int rank, int device,
                                                   const CommOptions& options = {});
   /// Uses @p comm, which the application owns, destroys and, after a failure, aborts.
   /// @param comm the application's communicator
@@ -112,6 +129,13 @@ class NcclCommunicator final : public Communicator {
   [[nodiscard]] ncclComm_t native() const noexcept;
   /// Whether the destructor releases the handle.
   [[nodiscard]] bool owned() const noexcept;
+  /// Device memory NCCL holds for this communicator: `ncclCommMemStats`
+  /// ncclStatGpuMemTotal where NCCL has it (2.29.7 and later), else the drop in the
+  /// device's free memory (`cudaMemGetInfo`) across the communicator's creation, which
+  /// misses buffers NCCL allocates later (connections made at the first collective) and
+  /// counts whatever else was allocated on the device meanwhile. Null for a borrowed or
+  /// moved-from communicator, or when CUDA could not tell.
+  [[nodiscard]] std::optional<std::uint64_t> device_memory() const override;
   /// The settings this communicator was made with (its deadline and name); empty
   /// settings for a moved-from object.
   [[nodiscard]] CommOptions options() const;
