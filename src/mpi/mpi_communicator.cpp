@@ -1,19 +1,23 @@
 #include "pcx/mpi/mpi_communicator.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <climits>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "../elementwise.hpp"
+#include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
 #include "pcx/self_communicator.hpp"
 
@@ -159,12 +163,12 @@ struct MpiCommunicator::State {
   std::vector<int> counts;
   std::optional<Reduction> reduction;
   MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Request sent = MPI_REQUEST_NULL;  // a send beside `request` (create_group's barrier)
+  std::array<std::int64_t, 2> digests{};  // create_group's barrier: sent, received
   MPI_Comm child = MPI_COMM_NULL;
   // A request was left unfinished: MPI may still use all of the above and the MPI_Comm.
   bool parked = false;
 };
-
-namespace {}  // namespace
 
 void check_mpi(int code, const char* call) {
   if (code == MPI_SUCCESS) return;
@@ -286,7 +290,7 @@ template <class Done>
 void MpiCommunicator::poll(std::string_view what, Clock::time_point deadline, Done&& done) const {
   for (Backoff backoff; !done(); backoff.pause()) {
     if (aborted() || Clock::now() >= deadline) {
-      state_->parked = state_->request != MPI_REQUEST_NULL;
+      state_->parked = state_->request != MPI_REQUEST_NULL || state_->sent != MPI_REQUEST_NULL;
       if (aborted()) throw CommError(fmt::format("{} on {}: the communicator was aborted", what, describe()), -1);
       abort();
       throw Timeout(fmt::format("{} on {} did not finish within {} ms; the communicator was aborted", what, describe(),
@@ -339,21 +343,33 @@ std::unique_ptr<Communicator> MpiCommunicator::do_create_group(std::span<const i
   const int n = static_cast<int>(members.size());
   // A dissemination barrier: in round k member i hears from member i - 2^k, so after
   // ceil(log2 n) rounds every member has heard from all, and one that stopped is found
-  // under the deadline. Zero-byte messages: a request left by a Timeout touches no memory.
+  // under the deadline. Each message carries a digest of the member list: members that
+  // list the members differently (survivors that disagree on whom a shrink excludes)
+  // never reach MPI_Comm_create_group, whose groups must be the same everywhere. The
+  // buffers live in the state, which a Timeout parks with the requests.
+  State& s = *state_;
+  std::string listed;
+  for (const int member : members) listed += fmt::format("{},", member);
+  const std::int64_t digest = digest_of(listed);
+  s.digests = {digest, 0};
   const Clock::time_point until = deadline();
   for (int step = 1; options_.timeout.count() > 0 && step < n; step *= 2) {
-    std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-    check_mpi(MPI_Irecv(nullptr, 0, MPI_BYTE, members[static_cast<std::size_t>((index - step + n) % n)], kBarrierTag,
-                        comm_, &requests[0]),
-              "MPI_Irecv");
-    check_mpi(MPI_Isend(nullptr, 0, MPI_BYTE, members[static_cast<std::size_t>((index + step) % n)], kBarrierTag,
-                        comm_, &requests[1]),
+    const int from = members[static_cast<std::size_t>((index - step + n) % n)];
+    check_mpi(MPI_Irecv(&s.digests[1], 1, MPI_INT64_T, from, kBarrierTag, comm_, &s.request), "MPI_Irecv");
+    check_mpi(MPI_Isend(&s.digests[0], 1, MPI_INT64_T, members[static_cast<std::size_t>((index + step) % n)],
+                        kBarrierTag, comm_, &s.sent),
               "MPI_Isend");
     poll("create_group", until, [&] {
       int complete = 0;
-      check_mpi(MPI_Testall(2, requests.data(), &complete, MPI_STATUSES_IGNORE), "MPI_Testall");
-      return complete != 0;
+      check_mpi(MPI_Test(&s.request, &complete, MPI_STATUS_IGNORE), "MPI_Test");
+      int sent = 0;
+      check_mpi(MPI_Test(&s.sent, &sent, MPI_STATUS_IGNORE), "MPI_Test");
+      return complete != 0 && sent != 0;
     });
+    if (s.digests[1] != digest) {
+      throw ConfigMismatch(fmt::format("create_group on {}: member {} lists the {} members differently ([{}] here)",
+                                       describe(), from, n, fmt::join(members, ",")));
+    }
   }
   MPI_Group all = MPI_GROUP_NULL;
   MPI_Group group = MPI_GROUP_NULL;

@@ -4,6 +4,7 @@
 // leaves MPI with nothing pending, but where it cannot (create_group).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <numeric>
@@ -123,6 +124,28 @@ BOOST_AUTO_TEST_CASE(a_member_that_does_not_come_to_create_group_gives_timeout,
       ok = took >= 0.3 && took < 1.3 && contains(what, "create_group") && contains(what, "\"pcx:test/late_group\"");
     }
     ok = ok && comm->aborted();
+  }
+  BOOST_TEST(everyone(ok));
+}
+
+// Members that list the members differently never reach MPI_Comm_create_group (whose
+// groups must agree): even ranks list them ascending, odd ranks descending. With two ranks
+// each hears the other's list digest and throws ConfigMismatch; with more, a rank may wait
+// for a message its listed neighbour sends elsewhere, and times out.
+BOOST_AUTO_TEST_CASE(members_that_list_the_members_differently_never_create_the_group,
+                     *boost::unit_test::precondition(two_or_more_ranks)) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const auto comm = world.dup(options("pcx:test/lists", milliseconds(300)));
+  std::vector<int> members(static_cast<std::size_t>(world.size()));
+  std::iota(members.begin(), members.end(), 0);
+  if (world.rank() % 2 == 1) std::reverse(members.begin(), members.end());
+  bool ok = false;
+  try {
+    (void)comm->create_group(members);
+  } catch (const pcx::ConfigMismatch& e) {
+    ok = contains(e.what(), "lists the " + std::to_string(world.size()) + " members differently");
+  } catch (const pcx::Timeout&) {
+    ok = world.size() > 2;
   }
   BOOST_TEST(everyone(ok));
 }
