@@ -75,6 +75,7 @@ std::string_view subject(AgreementStage stage) noexcept {
     case AgreementStage::grid_mpu: return "GridMpu sizes";
     case AgreementStage::nccl_world: return "NCCL world";
     case AgreementStage::flags: return "command line";
+    case AgreementStage::rebuild: return "survivors";
   }
   return "values";
 }
@@ -111,6 +112,7 @@ std::string_view to_string(AgreementStage stage) noexcept {
     case AgreementStage::grid_mpu: return "grid_mpu";
     case AgreementStage::nccl_world: return "nccl_world";
     case AgreementStage::flags: return "flags";
+    case AgreementStage::rebuild: return "rebuild";
   }
   return "unknown";
 }

@@ -146,6 +146,32 @@ std::unique_ptr<Communicator> Communicator::do_create_group(std::span<const int>
                                 backend()));
 }
 
+std::unique_ptr<Communicator> Communicator::shrink(std::span<const int> excluded, const CommOptions& options) const {
+  check_usable("shrink");
+  std::vector<int> sorted(excluded.begin(), excluded.end());
+  std::ranges::sort(sorted);
+  for (std::size_t i = 0; i < sorted.size(); ++i) {
+    const int member = sorted[i];
+    if (member < 0 || member >= size()) {
+      throw ConfigError(fmt::format("shrink: excluded rank {} is outside [0, {}), the ranks here", member, size()));
+    }
+    if (i > 0 && sorted[i - 1] == member) throw ConfigError(fmt::format("shrink: rank {} is excluded twice", member));
+    if (member == rank()) {
+      throw ConfigError(fmt::format("shrink: the caller, rank {}, is excluded: only the survivors call it", member));
+    }
+  }
+  std::vector<int> survivors;
+  for (int r = 0; r < size(); ++r) {
+    if (!std::ranges::binary_search(sorted, r)) survivors.push_back(r);
+  }
+  return do_shrink(sorted, survivors, options);
+}
+
+std::unique_ptr<Communicator> Communicator::do_shrink(std::span<const int>, std::span<const int> survivors,
+                                                      const CommOptions& options) const {
+  return create_group(survivors, options);
+}
+
 std::unique_ptr<Communicator> Communicator::dup(const CommOptions& options) const {
   check_usable("dup");
   return do_dup(options);

@@ -21,9 +21,10 @@ enum class AgreementStage : std::int64_t {
   grid_mpu,     ///< GridMpu's construction: its sizes.
   nccl_world,   ///< NcclCommunicator::create_world: every rank's device and options.
   flags,        ///< A program's command line, before any other communication.
+  rebuild,      ///< pcx::rebuild: the ranks the survivors left out.
 };
 
-/// "context", "grid_mpu", "nccl_world", "flags"; "unknown" for another value.
+/// "context", "grid_mpu", "nccl_world", "flags", "rebuild"; "unknown" for another value.
 [[nodiscard]] std::string_view to_string(AgreementStage stage) noexcept;
 
 /// One value every rank must hold alike, with the name a disagreement is reported by.

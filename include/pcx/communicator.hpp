@@ -196,6 +196,17 @@ class Communicator {
   [[nodiscard]] std::unique_ptr<Communicator> create_group(std::span<const int> members,
                                                            const CommOptions& options = {}) const;
 
+  /// The members but @p excluded, in their order here, as a new communicator: the
+  /// survivors of a failure. Collective over the survivors only: the excluded members do
+  /// not call it (they may have stopped). MPI: create_group() over the survivors; NCCL:
+  /// `ncclCommShrink` with NCCL_SHRINK_ABORT (NCCL 2.27 and later), which first ends this
+  /// communicator's outstanding operations. Survivors that exclude different ranks get
+  /// ConfigMismatch or Timeout, never a communicator.
+  /// @throws ConfigError if @p excluded holds a rank outside [0, size()), twice, or the
+  ///         caller, or the backend cannot shrink; CommError or Timeout from the backend.
+  [[nodiscard]] std::unique_ptr<Communicator> shrink(std::span<const int> excluded,
+                                                     const CommOptions& options = {}) const;
+
   /// The node of every member, named by its lowest member: nodes()[r] == nodes()[s]
   /// exactly when members r and s share a node. Collective. MPI: the members of one
   /// shared-memory domain (`MPI_Comm_split_type` with `MPI_COMM_TYPE_SHARED`); other real
@@ -366,6 +377,11 @@ class Communicator {
   /// @p index. The default refuses (ConfigError), as can_create_group() says.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_create_group(std::span<const int> members, int index,
                                                                       const CommOptions& options) const;
+  /// shrink() for the backend, given valid excluded ranks, ascending, and the survivors,
+  /// ascending. The default creates the survivors' group (create_group()).
+  [[nodiscard]] virtual std::unique_ptr<Communicator> do_shrink(std::span<const int> excluded,
+                                                                std::span<const int> survivors,
+                                                                const CommOptions& options) const;
   /// dup() for the backend.
   [[nodiscard]] virtual std::unique_ptr<Communicator> do_dup(const CommOptions& options) const = 0;
   /// all_reduce() for the backend; @p send may equal @p recv.

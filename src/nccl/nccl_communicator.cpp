@@ -1,6 +1,7 @@
 #include "pcx/nccl/nccl_communicator.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <array>
@@ -718,45 +719,71 @@ std::unique_ptr<Communicator> NcclCommunicator::self() const {
   });
 }
 
-std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, int, const CommOptions& options) const {
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
-  const State& parent = state("ncclCommSplit");
-  // The child's state is made first: NCCL's split thread writes the child handle into
+template <class Call>
+std::unique_ptr<Communicator> NcclCommunicator::make_child(const std::string& what, const CommOptions& options,
+                                                           bool joins, Call&& call) const {
+  const State& parent = state(what);
+  // The child's state is made first: NCCL's thread writes the child handle into
   // child->comm when the split completes (src/init.cc ncclCommInitRankFunc, "assign it to
   // user pointer"; until then ncclCommSplit leaves it NCCL_COMM_NULL), also for
-  // NCCL_SPLIT_NOCOLOR, so that slot must outlive the split; the config points into
+  // NCCL_SPLIT_NOCOLOR, so that slot must outlive the call; the config points into
   // child->options.
   auto child = std::make_unique<State>(parent.device, true, options);
   ncclConfig_t config = make_config(child->options);
-  // The split runs on the parent: the parent reports ncclInProgress until it is done
-  // (src/group.cc ncclGroupEndInternal marks the job's communicator, the parent).
-  const std::string what =
-      fmt::format("ncclCommSplit (colour {}, key {}) into NCCL communicator {}", colour, key, quoted_name(options));
   const std::optional<std::uint64_t> free_before = free_memory(parent.device);
+  // The call runs on the parent: the parent reports ncclInProgress until it is done
+  // (src/group.cc ncclGroupEndInternal marks the job's communicator, the parent).
   try {
-    enqueue(what, Deadline::of(options), [&](ncclComm_t comm) {
-      return ncclCommSplit(comm, colour == kNoColour ? NCCL_SPLIT_NOCOLOR : colour, key, &child->comm, &config);
-    });
+    enqueue(what, Deadline::of(options), [&](ncclComm_t comm) { return call(comm, &child->comm, &config); });
   } catch (...) {
     if (!parent.owned) {
       // pcx does not abort a borrowed parent, so NCCL's thread may still write the slot.
       (void)child.release();
       throw;
     }
-    // The parent is aborted, which joins NCCL's split thread (src/init.cc ncclCommAbort
-    // -> ncclCommEnsureReady -> ncclGroupJobAbort); a child it wrote is given up too.
+    // The parent is aborted, which joins NCCL's thread (src/init.cc ncclCommAbort ->
+    // ncclCommEnsureReady -> ncclGroupJobAbort); a child it wrote is given up too.
     child->abort();
     throw;
   }
-  if (colour == kNoColour) return nullptr;
+  if (!joins) return nullptr;
   if (child->comm == nullptr) {
     throw CommError(fmt::format("{} on {} completed without a child communicator", what, describe()), -1);
   }
   child->created_bytes = used_since(parent.device, free_before);
   return std::make_unique<NcclCommunicator>(NcclCommunicator(std::move(child)));
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::do_split(int colour, int key, int, const CommOptions& options) const {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+  return make_child(
+      fmt::format("ncclCommSplit (colour {}, key {}) into NCCL communicator {}", colour, key, quoted_name(options)),
+      options, colour != kNoColour, [&](ncclComm_t comm, ncclComm_t* out, ncclConfig_t* config) {
+        return ncclCommSplit(comm, colour == kNoColour ? NCCL_SPLIT_NOCOLOR : colour, key, out, config);
+      });
 #else
   (void)colour, (void)key, (void)options;
   throw ConfigError(fmt::format("ncclCommSplit needs NCCL 2.18 or newer; this is {}", nccl_version_text()));
+#endif
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::do_shrink(std::span<const int> excluded, std::span<const int>,
+                                                          const CommOptions& options) const {
+  if (excluded.empty()) return do_dup(options);  // NCCL refuses an empty list
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+  // NCCL sorts the list in place (src/init.cc ncclCommShrink): it gets a copy.
+  std::vector<int> list(excluded.begin(), excluded.end());
+  return make_child(fmt::format("ncclCommShrink (excluding [{}]) into NCCL communicator {}", fmt::join(list, ","),
+                                quoted_name(options)),
+                    options, true, [&](ncclComm_t comm, ncclComm_t* out, ncclConfig_t* config) {
+                      // NCCL_SHRINK_ABORT: the parent's outstanding operations wait for
+                      // excluded ranks that may never come; end them first.
+                      return ncclCommShrink(comm, list.data(), static_cast<int>(list.size()), out, config,
+                                            NCCL_SHRINK_ABORT);
+                    });
+#else
+  (void)options;
+  throw ConfigError(fmt::format("ncclCommShrink needs NCCL 2.27 or newer; this is {}", nccl_version_text()));
 #endif
 }
 

@@ -8,9 +8,8 @@
 #include <numeric>
 #include <string>
 
+#include "context_checks.hpp"
 #include "mpi_fixture.hpp"
-#include "unit/megatron_reference.hpp"
-#include "unit/spec_reference.hpp"
 #include "pcx/error.hpp"
 #include "pcx/parallel_context.hpp"
 #include "pcx/testing/mock_mpu.hpp"
@@ -24,6 +23,7 @@ using pcx::ParallelConfig;
 using pcx::ParallelContext;
 using pcx::ProcessGroup;
 using pcx::ReduceOp;
+using pcx::test::context_works;
 using pcx::test::everyone;
 using pcx::test::world_config;
 using pcx::test::same_everywhere;
@@ -33,80 +33,6 @@ std::vector<int> divisors(int n) {
   for (int d = 1; d <= n; ++d)
     if (n % d == 0) out.push_back(d);
   return out;
-}
-
-// The members of a group as its own communicator reports them, and collectives over it.
-bool group_works(const ProcessGroup& group, const std::vector<int>& expected, int world_rank) {
-  const pcx::Communicator& comm = group.communicator();
-  std::vector<std::int32_t> members(static_cast<std::size_t>(comm.size()));
-  const std::int32_t me = world_rank;
-  comm.all_gather(std::span<const std::int32_t>(&me, 1), std::span<std::int32_t>(members));
-  bool ok = std::vector<int>(members.begin(), members.end()) == expected && group.ranks() == expected;
-
-  std::int64_t sum = world_rank;
-  comm.all_reduce(std::span<std::int64_t>(&sum, 1), ReduceOp::sum);
-  ok = ok && sum == std::accumulate(expected.begin(), expected.end(), std::int64_t{0});
-
-  std::int32_t source = world_rank;
-  comm.broadcast(std::span<std::int32_t>(&source, 1), 0);
-  ok = ok && source == expected.front();
-
-  // All-to-all: block j of group rank i carries 1000 * i + j.
-  const auto n = static_cast<std::size_t>(comm.size());
-  std::vector<std::int32_t> send(n);
-  std::vector<std::int32_t> recv(n);
-  for (std::size_t j = 0; j < n; ++j) send[j] = 1000 * comm.rank() + static_cast<std::int32_t>(j);
-  comm.all_to_all(std::span<const std::int32_t>(send), std::span<std::int32_t>(recv));
-  for (std::size_t i = 0; i < n; ++i) ok = ok && recv[i] == 1000 * static_cast<std::int32_t>(i) + comm.rank();
-
-  // Reduce-scatter of ones: every block sums to the group size.
-  const std::vector<double> ones(n, 1.0);
-  double block = 0;
-  comm.reduce_scatter(std::span<const double>(ones), std::span<double>(&block, 1), ReduceOp::sum);
-  ok = ok && block == static_cast<double>(n);
-  if (!ok) {
-    BOOST_ERROR(fmt::format("rank {}: group [{}] expected [{}], communicator saw [{}]", world_rank,
-                            fmt::join(group.ranks(), ","), fmt::join(expected, ","), fmt::join(members, ",")));
-  }
-  return ok;
-}
-
-// Checks every group of a context, its MPU's included, against the SPEC's formulas
-// (spec_reference.hpp) or, for Megatron's dense kinds, Megatron's algorithm
-// (megatron_reference.hpp), which share nothing with the layout engine, on every rank.
-bool context_works(const ParallelContext& context) {
-  const pcx::Topology& topology = context.topology();
-  const pcx::ParallelConfig& config = topology.config();
-  const auto reference = pcx::test::Reference::of(config);
-  const auto megatron = pcx::test::MegatronReference::of(
-      topology.world_size(), topology.tensor_parallel_size(), topology.context_parallel_size(),
-      topology.pipeline_parallel_size(), topology.expert_tensor_parallel_size(), config.expert_parallel_sizes,
-      std::string(topology.order()));
-  bool ok = true;
-  for (pcx::GroupId id : context.group_ids()) {
-    const ProcessGroup& group = context.group(id);
-    // Sequence groups are whatever the MPU says (the test that injects them checks them);
-    // without them, sequence data parallel is data parallel (DeepSpeed's rule).
-    if (id.kind == GroupKind::sequence_parallel) continue;
-    if (id.kind == GroupKind::sequence_data_parallel) {
-      if (&group != &context.data_parallel_group()) continue;
-      id.kind = GroupKind::data_parallel;
-    }
-    // SPEC.md's formulas hold for the seed's layout; Megatron's algorithm for every kind
-    // of its grids (world, hpZ and the node kinds are not on them).
-    const bool on_grid = id.kind != GroupKind::world && id.kind != GroupKind::zero_param_intra &&
-                         id.kind != GroupKind::all_to_all_local && id.kind != GroupKind::all_to_all_global;
-    const bool spec_formula = !pcx::is_dense_kind(id.kind) || id.kind == GroupKind::tensor_parallel ||
-                              id.kind == GroupKind::pipeline_parallel || id.kind == GroupKind::data_parallel;
-    const bool seed_layout = topology.context_parallel_size() == 1 && !config.order &&
-                             topology.expert_tensor_parallel_size() == topology.tensor_parallel_size();
-    const std::vector<int> expected =
-        !on_grid || (seed_layout && spec_formula)
-            ? reference.group(id, context.rank(), config.zero_hpz_size, config.ranks_per_node)
-            : megatron.group_of(id, context.rank());
-    ok = group_works(group, expected, context.rank()) && ok;
-  }
-  return ok;
 }
 
 std::shared_ptr<const pcx::GridMpu> grid_mpu(const MpiCommunicator& world, int tp, int pp) {

@@ -60,7 +60,8 @@ struct NcclWorldOptions {
 /// stream and return once it is done; the `enqueue_*` functions run on a stream the
 /// caller gives, take device memory only, and return once NCCL has enqueued the work.
 /// Communicators made by split() and dup() use `ncclCommSplit` (collective over every
-/// member, as NCCL requires) and inherit the device. Every function leaves the caller's
+/// member, as NCCL requires), those made by shrink() `ncclCommShrink` (over the survivors),
+/// and inherit the device. Every function leaves the caller's
 /// current CUDA device as it found it.
 class NcclCommunicator final : public Communicator {
  public:
@@ -206,8 +207,15 @@ class NcclCommunicator final : public Communicator {
   void collective(std::string_view what, const void* send, std::size_t send_bytes, void* recv, std::size_t recv_bytes,
                   Call&& call) const;
 
+  // A child made by `call(parent, &child, &config)`, one ncclCommSplit or ncclCommShrink
+  // run on this communicator; null when `joins` is false.
+  template <class Call>
+  [[nodiscard]] std::unique_ptr<Communicator> make_child(const std::string& what, const CommOptions& options,
+                                                         bool joins, Call&& call) const;
   [[nodiscard]] std::unique_ptr<Communicator> do_split(int colour, int key, int size,
                                                        const CommOptions& options) const override;
+  [[nodiscard]] std::unique_ptr<Communicator> do_shrink(std::span<const int> excluded, std::span<const int> survivors,
+                                                        const CommOptions& options) const override;
   [[nodiscard]] std::unique_ptr<Communicator> do_dup(const CommOptions& options) const override;
   void do_all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const override;
   void do_all_to_all(const void* send, void* recv, std::size_t count, DataType type) const override;
