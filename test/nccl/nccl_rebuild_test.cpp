@@ -1,0 +1,139 @@
+// Surviving a lost rank on NCCL: the survivors of a rank that stops time out, abort and
+// rebuild their context with ncclCommShrink, and fail-and-rebuild cycles leak nothing.
+#include <dlfcn.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "nccl_test_support.hpp"
+#include "pcx/rebuild.hpp"
+
+namespace nccltest {
+
+namespace {
+
+pcx::ContextOptions context_options(std::chrono::milliseconds timeout) {
+  pcx::ContextOptions options;
+  options.communicators.timeout = timeout;
+  return options;
+}
+
+pcx::ParallelConfig experts_of_the_world(int size) {
+  pcx::ParallelConfig config;
+  config.expert_parallel_sizes = {size};
+  return config;
+}
+
+// The survivors' configuration: one expert parallel group of them all.
+pcx::RebuildOptions survivors_experts(int survivors) {
+  pcx::RebuildOptions options;
+  options.policy = pcx::ShrinkPolicy::new_configuration;
+  options.config = experts_of_the_world(survivors);
+  return options;
+}
+
+// The sum over a group of every member's world rank + 1.
+bool sums_right(const pcx::ProcessGroup& group, int world_rank) {
+  std::int32_t value = world_rank + 1;
+  group.communicator().all_reduce(std::span<std::int32_t>(&value, 1), ReduceOp::sum);
+  std::int32_t expected = 0;
+  for (const int member : group.ranks()) expected += member + 1;
+  return value == expected;
+}
+
+struct TwoOrMoreRanks {
+  boost::test_tools::assertion_result operator()(boost::unit_test::test_unit_id) const {
+    boost::test_tools::assertion_result result(MpiCommunicator::world().size() >= 2);
+    result.message() << "a rank must survive the lost one: needs two ranks or more";
+    return result;
+  }
+};
+
+std::size_t emulated_device_bytes() {
+  using Bytes = std::size_t (*)();
+  const auto bytes = reinterpret_cast<Bytes>(dlsym(RTLD_DEFAULT, "pcxemu_allocated_bytes"));
+  return bytes != nullptr ? bytes() : 0;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(survivors_of_a_rank_that_stops_time_out_and_rebuild_without_it,
+                     *boost::unit_test::precondition(OnEmulator{}) * boost::unit_test::precondition(TwoOrMoreRanks{})) {
+  const CallerDevice caller;
+  Checks checks;
+  const int live_before = live_communicators();
+  checks.run("stop and rebuild", [&] {
+    const NcclCommunicator world = nccl_world(non_blocking());
+    const int n = world.size();
+    const int lost = n - 1;
+    const pcx::ParallelContext context(world, experts_of_the_world(n), nullptr,
+                                       context_options(std::chrono::milliseconds(500)));
+    if (world.rank() != lost) {
+      // The lost rank never comes to this all-reduce: the others time out.
+      try {
+        (void)sums_right(context.expert_parallel_group(n), world.rank());
+        checks.expect(false, "the all-reduce without the lost rank returned");
+      } catch (const pcx::Timeout&) {
+      }
+    }
+    const std::vector<int> excluded = {lost};
+    const auto rebuilt = pcx::rebuild(context, world, excluded, survivors_experts(n - 1));
+    checks.expect(context.world_group().communicator().aborted(), "the failed context is not aborted");
+    checks.expect(rebuilt.has_value() == (world.rank() != lost), "a survivor without a context, or the lost rank with one");
+    if (rebuilt) {
+      const pcx::ParallelContext& next = rebuilt->context;
+      checks.expect(next.world_size() == n - 1 && next.rank() == world.rank(), "wrong survivors' world");
+      checks.expect(dynamic_cast<const NcclCommunicator*>(rebuilt->world.get()) != nullptr,
+                    "the survivors' world is not an NCCL communicator");
+      checks.expect(sums_right(next.world_group(), next.rank()) && sums_right(next.data_parallel_group(), next.rank()),
+                    "a collective over the survivors");
+    }
+    caller.check(checks, "the rebuild");
+  });
+  caller.check(checks, "the destruction of both contexts");
+  checks.expect(live_communicators() == live_before,
+                fmt::format("{} live communicators, {} before", live_communicators(), live_before));
+  BOOST_TEST(everyone(checks.ok()));
+}
+
+// 50 cycles of: an NCCL world, a context, its rank `cycle % n` lost, the survivors'
+// context used, all released. A shrunk world is the survivors' alone (its excluded rank
+// missed the shrink), so each cycle starts from a new one. Nothing may accumulate: the
+// emulator's live communicators and device memory after each cycle are as before the
+// first.
+BOOST_AUTO_TEST_CASE(fifty_fail_and_rebuild_cycles_leak_no_communicator_and_no_memory,
+                     *boost::unit_test::precondition(TwoOrMoreRanks{})) {
+  const CallerDevice caller;
+  Checks checks;
+  const int live_before = live_communicators();
+  const std::size_t bytes_before = emulated_device_bytes();
+  checks.run("cycles", [&] {
+    for (int cycle = 1; cycle <= 50; ++cycle) {
+      {
+        const NcclCommunicator world = nccl_world(non_blocking());
+        const int n = world.size();
+        const pcx::ParallelContext context(world, experts_of_the_world(n));
+        const std::vector<int> excluded = {cycle % n};
+        const auto rebuilt = pcx::rebuild(context, world, excluded, survivors_experts(n - 1));
+        if (rebuilt && !sums_right(rebuilt->context.world_group(), rebuilt->context.rank())) {
+          checks.expect(false, fmt::format("cycle {}: a collective over the survivors", cycle));
+        }
+      }
+      if (live_communicators() != live_before || emulated_device_bytes() != bytes_before) {
+        checks.expect(false, fmt::format("after cycle {}: {} live communicators and {} bytes of device memory, {} "
+                                         "and {} before",
+                                         cycle, live_communicators(), emulated_device_bytes(), live_before,
+                                         bytes_before));
+        break;
+      }
+    }
+  });
+  caller.check(checks, "the cycles");
+  BOOST_TEST(everyone(checks.ok()));
+}
+
+}  // namespace nccltest
