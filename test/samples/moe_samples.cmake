@@ -85,3 +85,29 @@ if(TARGET mock_mpu_test)
   add_test(NAME mock_mpu_test COMMAND mock_mpu_test)
   set_tests_properties(mock_mpu_test PROPERTIES TIMEOUT 60 LABELS "unit;samples")
 endif()
+
+# elastic: rank 3 of 8 stops at step 2; the survivors time out, rebuild without its data
+# parallel replica and go on, checking every number (test/samples/check_elastic.sh).
+if(TARGET elastic)
+  function(_pcx_elastic_test name ranks)
+    cmake_parse_arguments(PARSE_ARGV 2 arg "" "" "LABELS;RANK_ENV;ARGS")
+    pcx_mpiexec_env_flags(env_flags ${arg_RANK_ENV})
+    add_test(NAME elastic.${name}
+             COMMAND ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/check_elastic.sh ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG}
+                     ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS} ${env_flags} ${MPIEXEC_PREFLAGS} $<TARGET_FILE:elastic>
+                     ${MPIEXEC_POSTFLAGS} ${arg_ARGS})
+    set_tests_properties(elastic.${name} PROPERTIES
+      TIMEOUT 120
+      PROCESSORS ${ranks}
+      LABELS "mpi;samples;${arg_LABELS}"
+      SKIP_RETURN_CODE 77
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+  endfunction()
+  _pcx_elastic_test(mpi.ranks8 8)
+  _pcx_elastic_test(mpi.first_rank_at_first_step.ranks4 4 ARGS --fail-rank 0 --fail-step 1 --steps 2 --tp 1 --ep 1)
+  if(TARGET pcx::nccl)
+    _pcx_elastic_test(nccl.emulated.ranks8 8 LABELS emulator nccl RANK_ENV ${PCX_ON_EMULATOR} ARGS --backend nccl)
+  endif()
+  pcx_sample_failure_test(elastic.error.fail_rank_outside elastic "--fail-rank 9 is not a rank of the 4 ranks" 4
+                          --fail-rank 9)
+endif()
