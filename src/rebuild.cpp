@@ -12,8 +12,8 @@
 
 namespace pcx {
 
-std::vector<int> leaving_ranks(const ParallelContext& context, std::span<const int> excluded, ShrinkPolicy policy) {
-  const int world = context.world_size();
+std::vector<int> leaving_ranks(const Topology& layout, std::span<const int> excluded, ShrinkPolicy policy) {
+  const int world = layout.world_size();
   std::vector<int> lost(excluded.begin(), excluded.end());
   std::ranges::sort(lost);
   for (std::size_t i = 0; i < lost.size(); ++i) {
@@ -25,11 +25,10 @@ std::vector<int> leaving_ranks(const ParallelContext& context, std::span<const i
   std::vector<int> leaving;
   if (policy == ShrinkPolicy::drop_replicas) {
     // A replica is one data parallel index: every tensor, context and pipeline rank of it.
-    const Topology& topology = context.topology();
     std::vector<int> replicas;
-    for (const int rank : lost) replicas.push_back(topology.coordinates(rank).data);
+    for (const int rank : lost) replicas.push_back(layout.coordinates(rank).data);
     for (int rank = 0; rank < world; ++rank) {
-      if (std::ranges::find(replicas, topology.coordinates(rank).data) != replicas.end()) leaving.push_back(rank);
+      if (std::ranges::find(replicas, layout.coordinates(rank).data) != replicas.end()) leaving.push_back(rank);
     }
   } else {
     leaving = std::move(lost);
@@ -44,28 +43,25 @@ std::vector<int> leaving_ranks(const ParallelContext& context, std::span<const i
   return leaving;
 }
 
-std::optional<Rebuilt> rebuild(const ParallelContext& failed, const Communicator& world, std::span<const int> excluded,
-                               RebuildOptions options) {
-  failed.abort();
-  const std::vector<int> leaving = leaving_ranks(failed, excluded, options.policy);
+namespace {
+
+// Both rebuild()s once the MPU is settled: `grid` says whether to make a GridMpu.
+std::optional<Rebuilt> rebuild_from(const Topology& layout, bool grid, const Communicator& world,
+                                    std::span<const int> excluded, RebuildOptions options) {
+  const std::vector<int> leaving = leaving_ranks(layout, excluded, options.policy);
   if (std::ranges::binary_search(leaving, world.rank())) return std::nullopt;
 
-  // The survivors' configuration and MPU, decided before anything is created.
+  // The survivors' configuration, decided before anything is created.
   ParallelConfig config;
   if (options.policy == ShrinkPolicy::new_configuration) {
     if (!options.config) throw ConfigError("rebuild: ShrinkPolicy::new_configuration needs RebuildOptions::config");
     config = *options.config;
   } else {
-    const Topology& topology = failed.topology();
-    config = topology.config();
+    config = layout.config();
     config.world_size = 0;
-    config.tensor_parallel_size = topology.tensor_parallel_size();
-    config.context_parallel_size = topology.context_parallel_size();
-    config.pipeline_parallel_size = topology.pipeline_parallel_size();
-  }
-  const auto* grid = dynamic_cast<const GridMpu*>(failed.mpu());
-  if (failed.mpu() != nullptr && grid == nullptr && !options.mpu) {
-    throw ConfigError("rebuild: the failed context's MPU is not a GridMpu; give the survivors' in RebuildOptions::mpu");
+    config.tensor_parallel_size = layout.tensor_parallel_size();
+    config.context_parallel_size = layout.context_parallel_size();
+    config.pipeline_parallel_size = layout.pipeline_parallel_size();
   }
 
   CommOptions survivors_options = options.context.communicators;
@@ -79,11 +75,27 @@ std::optional<Rebuilt> rebuild(const ParallelContext& failed, const Communicator
   agree(*survivors, AgreementStage::rebuild, left_out);
 
   std::shared_ptr<const Mpu> mpu = std::move(options.mpu);
-  if (!mpu && grid != nullptr) {
-    mpu = std::make_shared<const GridMpu>(*survivors, config);
-  }
+  if (!mpu && grid) mpu = std::make_shared<const GridMpu>(*survivors, config);
   ParallelContext context(*survivors, config, mpu, std::move(options.context));
   return Rebuilt{std::move(survivors), std::move(mpu), std::move(context)};
+}
+
+}  // namespace
+
+std::optional<Rebuilt> rebuild(const ParallelContext& failed, const Communicator& world, std::span<const int> excluded,
+                               RebuildOptions options) {
+  failed.abort();
+  const bool grid = dynamic_cast<const GridMpu*>(failed.mpu()) != nullptr;
+  if (failed.mpu() != nullptr && !grid && !options.mpu) {
+    throw ConfigError("rebuild: the failed context's MPU is not a GridMpu; give the survivors' in RebuildOptions::mpu");
+  }
+  return rebuild_from(failed.topology(), grid, world, excluded, std::move(options));
+}
+
+std::optional<Rebuilt> rebuild(const Topology& layout, const Communicator& world, std::span<const int> excluded,
+                               RebuildOptions options) {
+  const bool grid = layout.tensor_parallel_size() * layout.context_parallel_size() * layout.pipeline_parallel_size() > 1;
+  return rebuild_from(layout, grid, world, excluded, std::move(options));
 }
 
 }  // namespace pcx

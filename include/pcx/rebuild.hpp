@@ -44,12 +44,12 @@ struct Rebuilt {
   ParallelContext context;              ///< Built over `world` with `mpu`.
 };
 
-/// The ranks of @p context's world that leave when @p excluded do, ascending: @p excluded
+/// The ranks of @p layout's world that leave when @p excluded do, ascending: @p excluded
 /// itself, or, with ShrinkPolicy::drop_replicas, every rank of a data parallel replica
 /// that holds one. Not collective.
 /// @throws ConfigError if an excluded rank is outside the world or listed twice, or every
 ///         rank would leave.
-[[nodiscard]] std::vector<int> leaving_ranks(const ParallelContext& context, std::span<const int> excluded,
+[[nodiscard]] std::vector<int> leaving_ranks(const Topology& layout, std::span<const int> excluded,
                                              ShrinkPolicy policy);
 
 /// Aborts @p failed (every communicator it holds, as NCCL requires once a rank is lost),
@@ -68,6 +68,17 @@ struct Rebuilt {
 /// @throws ConfigError for bad @p excluded or a configuration the survivors cannot take;
 ///         ConfigMismatch when survivors disagree; CommError or Timeout from the backend.
 [[nodiscard]] std::optional<Rebuilt> rebuild(const ParallelContext& failed, const Communicator& world,
+                                             std::span<const int> excluded, RebuildOptions options = {});
+
+/// rebuild() for a failure before a context existed (during its construction, which then
+/// released what it had built): the survivors' context from the @p layout the failed one
+/// was being built with, and, where the layout has tensor, context or pipeline
+/// parallelism and RebuildOptions::mpu is null, a GridMpu of the layout's sizes and order.
+/// @p world must be usable: a communicator whose operation timed out is aborted, so
+/// shrink another handle of the same group (MpiCommunicator::world() again), or on NCCL,
+/// the bootstrap, and create a new NCCL world on the survivors (docs/recovery.md).
+/// @throws as rebuild().
+[[nodiscard]] std::optional<Rebuilt> rebuild(const Topology& layout, const Communicator& world,
                                              std::span<const int> excluded, RebuildOptions options = {});
 
 }  // namespace pcx

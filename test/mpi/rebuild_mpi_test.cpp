@@ -11,6 +11,7 @@
 #include "mpi_fixture.hpp"
 #include "pcx/error.hpp"
 #include "pcx/rebuild.hpp"
+#include "pcx/topology.hpp"
 
 namespace {
 
@@ -51,7 +52,7 @@ BOOST_AUTO_TEST_CASE(survivors_drop_the_lost_ranks_replica_and_keep_its_shape,
   const ParallelContext failed(*world, config, mpu, pcx::test::simulated_nodes());
   const int lost = n - 1;
   const std::vector<int> excluded = {lost};
-  BOOST_TEST(pcx::leaving_ranks(failed, excluded, pcx::ShrinkPolicy::drop_replicas) == std::vector<int>({n - 2, n - 1}));
+  BOOST_TEST(pcx::leaving_ranks(failed.topology(), excluded, pcx::ShrinkPolicy::drop_replicas) == std::vector<int>({n - 2, n - 1}));
 
   pcx::RebuildOptions options;
   options.context = pcx::test::simulated_nodes();
@@ -129,6 +130,33 @@ BOOST_AUTO_TEST_CASE(survivors_that_exclude_different_ranks_all_fail, *boost::un
   BOOST_TEST(everyone(ok));
 }
 
+// A rank that never comes to the context's construction: the survivors' constructor times
+// out in its agreement (aborting the world it ran on), and they rebuild from the layout on
+// another handle of the world.
+BOOST_AUTO_TEST_CASE(survivors_of_a_rank_lost_during_construction_rebuild_from_the_layout,
+                     *boost::unit_test::precondition(FourOrMoreRanks{})) {
+  const auto world = own_world(milliseconds(300));
+  const int n = world->size();
+  const int lost = 1;
+  ParallelConfig config;
+  config.world_size = n;
+  config.expert_parallel_sizes = {1};
+  bool ok = true;
+  if (world->rank() != lost) {
+    try {
+      const ParallelContext never(*world, config);
+      ok = false;
+    } catch (const pcx::Timeout&) {
+      ok = world->aborted();
+    }
+  }
+  const std::vector<int> excluded = {lost};
+  const auto rebuilt = pcx::rebuild(pcx::Topology(config), MpiCommunicator::world(), excluded);
+  ok = ok && (world->rank() == lost) != rebuilt.has_value();
+  if (rebuilt) ok = ok && rebuilt->context.world_size() == n - 1 && context_works(rebuilt->context);
+  BOOST_TEST(everyone(ok));
+}
+
 BOOST_AUTO_TEST_CASE(bad_exclusions_are_config_errors_before_anything_is_created) {
   const auto world = own_world();
   const int n = world->size();
@@ -137,14 +165,14 @@ BOOST_AUTO_TEST_CASE(bad_exclusions_are_config_errors_before_anything_is_created
     return [part](const pcx::ConfigError& e) { return std::string_view(e.what()).find(part) != std::string_view::npos; };
   };
   const std::vector<int> outside = {n};
-  BOOST_CHECK_EXCEPTION((void)pcx::leaving_ranks(failed, outside, pcx::ShrinkPolicy::drop_replicas), pcx::ConfigError,
+  BOOST_CHECK_EXCEPTION((void)pcx::leaving_ranks(failed.topology(), outside, pcx::ShrinkPolicy::drop_replicas), pcx::ConfigError,
                         says(fmt::format("excluded rank {} is outside the world of {} ranks", n, n)));
   const std::vector<int> twice = {0, 0};
-  BOOST_CHECK_EXCEPTION((void)pcx::leaving_ranks(failed, twice, pcx::ShrinkPolicy::new_configuration),
+  BOOST_CHECK_EXCEPTION((void)pcx::leaving_ranks(failed.topology(), twice, pcx::ShrinkPolicy::new_configuration),
                         pcx::ConfigError, says("rank 0 is excluded twice"));
   std::vector<int> everyone_listed(static_cast<std::size_t>(n));
   for (int r = 0; r < n; ++r) everyone_listed[static_cast<std::size_t>(r)] = r;
-  BOOST_CHECK_EXCEPTION((void)pcx::leaving_ranks(failed, everyone_listed, pcx::ShrinkPolicy::drop_replicas),
+  BOOST_CHECK_EXCEPTION((void)pcx::leaving_ranks(failed.topology(), everyone_listed, pcx::ShrinkPolicy::drop_replicas),
                         pcx::ConfigError, says("no rank would stay"));
   BOOST_TEST(everyone(true));
 }

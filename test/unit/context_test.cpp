@@ -13,6 +13,7 @@
 
 #include "pcx/error.hpp"
 #include "pcx/parallel_context.hpp"
+#include "pcx/rebuild.hpp"
 #include "pcx/self_communicator.hpp"
 #include "pcx/testing/fake_communicator.hpp"
 #include "pcx/testing/mock_mpu.hpp"
@@ -490,6 +491,37 @@ BOOST_AUTO_TEST_CASE(a_grid_mpus_group_of_the_whole_world_is_the_world_clone) {
   BOOST_TEST(&context.world_group().communicator() == &mpu->data_parallel_group().communicator());
   BOOST_TEST(&context.expert_parallel_group(8).communicator() == &context.world_group().communicator());
   BOOST_TEST(context.resources().communicators == 0);  // the MPU's, not the context's
+}
+
+// Megatron's default order tp-cp-dp-pp: rank = t + tp·(c + cp·(d + dp·p)); a replica is
+// one d, for every t, c and p.
+BOOST_AUTO_TEST_CASE(the_ranks_that_leave_are_the_lost_ranks_replicas_or_the_lost_ranks_alone) {
+  ParallelConfig config = make_config(32, 2, 2, {2});
+  config.context_parallel_size = 2;
+  const pcx::Topology layout(config);  // dp = 32 / (2 · 2 · 2) = 4
+  const auto rank_of = [](int t, int c, int d, int p) { return t + 2 * (c + 2 * (d + 4 * p)); };
+  const auto replicas = [&](std::vector<int> ds) {
+    std::vector<int> ranks;
+    for (const int d : ds) {
+      for (int t = 0; t < 2; ++t)
+        for (int c = 0; c < 2; ++c)
+          for (int p = 0; p < 2; ++p) ranks.push_back(rank_of(t, c, d, p));
+    }
+    std::ranges::sort(ranks);
+    return ranks;
+  };
+  const std::vector<int> one = {rank_of(1, 0, 1, 0)};
+  BOOST_TEST(pcx::leaving_ranks(layout, one, pcx::ShrinkPolicy::drop_replicas) == replicas({1}));
+  const std::vector<int> two = {rank_of(0, 1, 3, 1), rank_of(1, 1, 0, 0)};
+  BOOST_TEST(pcx::leaving_ranks(layout, two, pcx::ShrinkPolicy::drop_replicas) == replicas({0, 3}));
+  BOOST_TEST(pcx::leaving_ranks(layout, two, pcx::ShrinkPolicy::new_configuration) ==
+             std::vector<int>({rank_of(1, 1, 0, 0), rank_of(0, 1, 3, 1)}));
+  const std::vector<int> every_replica = {rank_of(0, 0, 0, 0), rank_of(0, 0, 1, 0), rank_of(0, 0, 2, 0),
+                                          rank_of(0, 0, 3, 1)};
+  BOOST_CHECK_EXCEPTION((void)pcx::leaving_ranks(layout, every_replica, pcx::ShrinkPolicy::drop_replicas),
+                        pcx::ConfigError, [](const pcx::ConfigError& e) {
+                          return message_has(e, {"no rank would stay", "drops every data parallel replica"});
+                        });
 }
 
 BOOST_AUTO_TEST_CASE(rank_0_warns_of_kinds_that_cross_nodes_needlessly) {
