@@ -64,6 +64,7 @@ struct Rebuilt {
 /// @param world the communicator @p failed was built over (not aborted; on NCCL the one
 ///        create_world() made)
 /// @param excluded the lost ranks, the same on every survivor
+/// @param options the policy, and the survivors' configuration, MPU and context settings
 /// @return the survivors' world and context; std::nullopt on a leaving rank
 /// @throws ConfigError for bad @p excluded or a configuration the survivors cannot take;
 ///         ConfigMismatch when survivors disagree; CommError or Timeout from the backend.
@@ -77,6 +78,10 @@ struct Rebuilt {
 /// @p world must be usable: a communicator whose operation timed out is aborted, so
 /// shrink another handle of the same group (MpiCommunicator::world() again), or on NCCL,
 /// the bootstrap, and create a new NCCL world on the survivors (docs/recovery.md).
+/// @param layout the layout the failed context was being built with
+/// @param world as for rebuild() above
+/// @param excluded the lost ranks, the same on every survivor
+/// @param options as for rebuild() above
 /// @throws as rebuild().
 [[nodiscard]] std::optional<Rebuilt> rebuild(const Topology& layout, const Communicator& world,
                                              std::span<const int> excluded, RebuildOptions options = {});
