@@ -23,7 +23,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -34,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common/cli.hpp"
 #include "../common/run_sample.hpp"
 #include "pcx/error.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
@@ -191,14 +191,7 @@ Options parse(const std::vector<std::string>& args, int world_size) {
   app.add_option("--etp", o.etp, "expert tensor parallel size")->check(CLI::Range(1, 1 << 20));
   app.add_option("--ep", o.ep, "expert parallel size")->check(CLI::Range(1, 1 << 20));
   app.add_option("--timeout-ms", o.timeout_ms, "deadline of every operation")->check(CLI::Range(50, 600'000));
-  try {
-    std::vector<std::string> reversed(args.rbegin(), args.rend());  // as CLI11 takes them
-    app.parse(reversed);
-  } catch (const CLI::CallForHelp&) {
-    throw pcx::samples::HelpRequested(app.help());
-  } catch (const CLI::ParseError& e) {
-    throw pcx::ConfigError(e.what());
-  }
+  pcx::samples::parse_flags(app, args);
   if (o.fail_rank >= world_size) {
     throw pcx::ConfigError(fmt::format("--fail-rank {} is not a rank of the {} ranks", o.fail_rank, world_size));
   }

@@ -26,7 +26,6 @@
 #include <fmt/os.h>
 #include <fmt/ranges.h>
 
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -37,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/cli.hpp"
 #include "../common/run_sample.hpp"
 #include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
@@ -222,14 +222,7 @@ Options parse(const std::vector<std::string>& args, int world_size) {
   app.add_option("--expert-order", o.expert_order)->check(CLI::IsMember({"expert-first", "data-first"}));
   app.add_option("--backend", o.backend, "mpi, or nccl with one GPU per rank")->check(CLI::IsMember({"mpi", "nccl"}));
   app.add_option("--dump", o.dump, "write each rank's outputs and expert gradients to PREFIX.<rank>");
-  try {
-    std::vector<std::string> reversed(args.rbegin(), args.rend());  // as CLI11 takes them
-    app.parse(reversed);
-  } catch (const CLI::CallForHelp&) {
-    throw pcx::samples::HelpRequested(app.help());
-  } catch (const CLI::ParseError& e) {
-    throw pcx::ConfigError(e.what());
-  }
+  pcx::samples::parse_flags(app, args);
   if (o.ep == 0) o.ep = world_size;
   if (o.top_k > o.ep * o.experts_per_rank) {
     throw pcx::ConfigError(

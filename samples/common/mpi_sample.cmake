@@ -1,0 +1,23 @@
+# pcx_mpi_sample(<name> [CLI11]): the executable <name> from <name>.cpp, an MPI sample that
+# also runs on NCCL (PCX_WITH_NCCL) when the NCCL backend is there. Included by the samples'
+# own CMakeLists.txt, in this tree or built on their own against an installed package.
+function(pcx_mpi_sample name)
+  cmake_parse_arguments(PARSE_ARGV 1 arg "CLI11" "" "")
+  add_executable(${name} ${name}.cpp)
+  target_link_libraries(${name} PRIVATE pcx::mpi fmt::fmt)
+  if(arg_CLI11)
+    if(NOT TARGET CLI11::CLI11)
+      find_package(CLI11 CONFIG REQUIRED)
+    endif()
+    target_link_libraries(${name} PRIVATE CLI11::CLI11)
+  endif()
+  if(TARGET pcx::nccl)
+    target_link_libraries(${name} PRIVATE pcx::nccl)
+    target_compile_definitions(${name} PRIVATE PCX_WITH_NCCL=1)
+  else()
+    target_compile_definitions(${name} PRIVATE PCX_WITH_NCCL=0)
+  endif()
+  if(TARGET pcx_warnings)
+    target_link_libraries(${name} PRIVATE pcx_warnings)
+  endif()
+endfunction()
