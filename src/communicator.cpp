@@ -7,6 +7,7 @@
 
 #include "host.hpp"
 #include "pcx/error.hpp"
+#include "pcx/flight_recorder.hpp"
 
 namespace pcx {
 namespace {
@@ -93,24 +94,47 @@ void check_colour(int colour) {
 
 }  // namespace
 
+template <class Call>
+auto Communicator::recorded(std::string_view operation, std::size_t count, Call&& call) const {
+  if (!recorder_) return call();
+  FlightRecorder& recorder = *recorder_;
+  const std::uint64_t sequence = recorder.begin(operation, count);
+  try {
+    if constexpr (std::is_void_v<decltype(call())>) {
+      call();
+      recorder.end(sequence, OperationRecord::State::completed);
+    } else {
+      auto result = call();
+      recorder.end(sequence, OperationRecord::State::completed);
+      return result;
+    }
+  } catch (const Timeout&) {
+    recorder.end(sequence, OperationRecord::State::timed_out);
+    throw;
+  } catch (...) {
+    recorder.end(sequence, OperationRecord::State::failed);
+    throw;
+  }
+}
+
 std::unique_ptr<Communicator> Communicator::split(int colour, int key, const CommOptions& options) const {
   check_usable("split");
   check_colour(colour);
-  return do_split(colour, colour == kNoColour ? 0 : key, 0, options);
+  return recorded("split", 0, [&] { return do_split(colour, colour == kNoColour ? 0 : key, 0, options); });
 }
 
 std::unique_ptr<Communicator> Communicator::split_checked(int colour, int rank, int size,
                                                           const CommOptions& options) const {
   check_usable("split");
   check_colour(colour);
-  if (colour == kNoColour) return do_split(colour, 0, 0, options);
+  if (colour == kNoColour) return recorded("split", 0, [&] { return do_split(colour, 0, 0, options); });
   if (size < 1 || size > this->size()) {
     throw ConfigError(fmt::format("split size {} is outside [1, {}]", size, this->size()));
   }
   if (rank < 0 || rank >= size) {
     throw ConfigError(fmt::format("split rank {} is outside [0, {}), the ranks of a child of {}", rank, size, size));
   }
-  auto child = do_split(colour, rank, size, options);
+  auto child = recorded("split", 0, [&] { return do_split(colour, rank, size, options); });
   if (child && (child->size() != size || child->rank() != rank)) {
     throw CommError(fmt::format("split colour {} gave a child of {} members in which this process is rank {}, "
                                 "not {} and {}: ranks disagree on the colours",
@@ -138,7 +162,8 @@ std::unique_ptr<Communicator> Communicator::create_group(std::span<const int> me
   if (caller == members.end()) {
     throw ConfigError(fmt::format("create_group: the caller, rank {}, is not among the members", rank()));
   }
-  return do_create_group(members, static_cast<int>(caller - members.begin()), options);
+  return recorded("create_group", 0,
+                  [&] { return do_create_group(members, static_cast<int>(caller - members.begin()), options); });
 }
 
 std::unique_ptr<Communicator> Communicator::do_create_group(std::span<const int>, int, const CommOptions&) const {
@@ -164,7 +189,7 @@ std::unique_ptr<Communicator> Communicator::shrink(std::span<const int> excluded
   for (int r = 0; r < size(); ++r) {
     if (!std::ranges::binary_search(sorted, r)) survivors.push_back(r);
   }
-  return do_shrink(sorted, survivors, options);
+  return recorded("shrink", 0, [&] { return do_shrink(sorted, survivors, options); });
 }
 
 std::unique_ptr<Communicator> Communicator::do_shrink(std::span<const int>, std::span<const int> survivors,
@@ -174,7 +199,7 @@ std::unique_ptr<Communicator> Communicator::do_shrink(std::span<const int>, std:
 
 std::unique_ptr<Communicator> Communicator::dup(const CommOptions& options) const {
   check_usable("dup");
-  return do_dup(options);
+  return recorded("dup", 0, [&] { return do_dup(options); });
 }
 
 void Communicator::all_reduce(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
@@ -183,7 +208,7 @@ void Communicator::all_reduce(const void* send, void* recv, std::size_t count, D
   check_elements("all_reduce", count, type, 1);
   check_buffer(send, count, "all_reduce send buffer");
   check_buffer(recv, count, "all_reduce receive buffer");
-  do_all_reduce(send, recv, count, type, op);
+  recorded("all_reduce", count, [&] { do_all_reduce(send, recv, count, type, op); });
 }
 
 void Communicator::all_to_all(const void* send, void* recv, std::size_t count, DataType type) const {
@@ -191,7 +216,7 @@ void Communicator::all_to_all(const void* send, void* recv, std::size_t count, D
   check_elements("all_to_all", count, type, member_count());
   check_buffer(send, count, "all_to_all send buffer");
   check_buffer(recv, count, "all_to_all receive buffer");
-  do_all_to_all(send, recv, count, type);
+  recorded("all_to_all", count, [&] { do_all_to_all(send, recv, count, type); });
 }
 
 void Communicator::all_to_all_v(const void* send, std::span<const std::size_t> send_counts, void* recv,
@@ -215,7 +240,8 @@ void Communicator::all_to_all_v(const void* send, std::span<const std::size_t> s
   check_elements("all_to_all_v receive buffer", recv_total, type, 1);
   check_buffer(send, send_total, "all_to_all_v send buffer");
   check_buffer(recv, recv_total, "all_to_all_v receive buffer");
-  do_all_to_all_v(send, send_counts, send_offsets, recv, recv_counts, recv_offsets, type);
+  recorded("all_to_all_v", send_total,
+           [&] { do_all_to_all_v(send, send_counts, send_offsets, recv, recv_counts, recv_offsets, type); });
 }
 
 void Communicator::all_gather(const void* send, void* recv, std::size_t count, DataType type) const {
@@ -223,7 +249,7 @@ void Communicator::all_gather(const void* send, void* recv, std::size_t count, D
   check_elements("all_gather", count, type, member_count());
   check_buffer(send, count, "all_gather send buffer");
   check_buffer(recv, count, "all_gather receive buffer");
-  do_all_gather(send, recv, count, type);
+  recorded("all_gather", count, [&] { do_all_gather(send, recv, count, type); });
 }
 
 void Communicator::reduce_scatter(const void* send, void* recv, std::size_t count, DataType type, ReduceOp op) const {
@@ -232,7 +258,7 @@ void Communicator::reduce_scatter(const void* send, void* recv, std::size_t coun
   check_elements("reduce_scatter", count, type, member_count());
   check_buffer(send, count, "reduce_scatter send buffer");
   check_buffer(recv, count, "reduce_scatter receive buffer");
-  do_reduce_scatter(send, recv, count, type, op);
+  recorded("reduce_scatter", count, [&] { do_reduce_scatter(send, recv, count, type, op); });
 }
 
 void Communicator::broadcast(void* buffer, std::size_t count, DataType type, int root) const {
@@ -242,7 +268,7 @@ void Communicator::broadcast(void* buffer, std::size_t count, DataType type, int
   }
   check_elements("broadcast", count, type, 1);
   check_buffer(buffer, count, "broadcast buffer");
-  do_broadcast(buffer, count, type, root);
+  recorded("broadcast", count, [&] { do_broadcast(buffer, count, type, root); });
 }
 
 void Communicator::send(const void* buffer, std::size_t count, DataType type, int peer) const {
@@ -250,7 +276,7 @@ void Communicator::send(const void* buffer, std::size_t count, DataType type, in
   check_peer("send", peer);
   check_elements("send", count, type, 1);
   check_buffer(buffer, count, "send buffer");
-  do_send(buffer, count, type, peer);
+  recorded("send", count, [&] { do_send(buffer, count, type, peer); });
 }
 
 void Communicator::recv(void* buffer, std::size_t count, DataType type, int peer) const {
@@ -258,17 +284,17 @@ void Communicator::recv(void* buffer, std::size_t count, DataType type, int peer
   check_peer("recv", peer);
   check_elements("recv", count, type, 1);
   check_buffer(buffer, count, "receive buffer");
-  do_recv(buffer, count, type, peer);
+  recorded("recv", count, [&] { do_recv(buffer, count, type, peer); });
 }
 
 void Communicator::barrier() const {
   check_usable("barrier");
-  do_barrier();
+  recorded("barrier", 0, [&] { do_barrier(); });
 }
 
 std::vector<int> Communicator::nodes() const {
   check_usable("nodes");
-  return do_nodes();
+  return recorded("nodes", 0, [&] { return do_nodes(); });
 }
 
 std::vector<int> Communicator::do_nodes() const { return detail::nodes_by_host(*this); }

@@ -13,6 +13,7 @@
 
 #include "pcx/agreement.hpp"
 #include "pcx/error.hpp"
+#include "pcx/flight_recorder.hpp"
 #include "pcx/placement.hpp"
 
 namespace pcx {
@@ -344,6 +345,7 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
         groups_.entries.push_back({view.id, *make_group(world_group().communicator(), view.layout, chosen)});
       }
       built_options.push_back(chosen);
+      record(groups_.entries.back().group, chosen.name, options);
     } catch (const CommError& e) {
       throw CommError(fmt::format("building the {} groups on rank {}: {}", view.id.name(), rank_, e.what()), e.code());
     } catch (const Timeout& e) {
@@ -480,6 +482,26 @@ const ProcessGroup& ParallelContext::expert_parallel_group(int ep) const {
 
 const ProcessGroup& ParallelContext::expert_data_parallel_group(int ep) const {
   return group({GroupKind::expert_data_parallel, ep});
+}
+
+// A flight recorder for a communicator the context made (not one it shares, nor a self
+// communicator, whose operations cannot wait for anyone).
+void ParallelContext::record(const ProcessGroup& group, const std::string& name, const ContextOptions& options) {
+  if (options.flight_records == 0 || group.size() == 1 || group.shares_communicator()) return;
+  group.communicator().record_operations(
+      std::make_shared<FlightRecorder>(name, group.ranks(), options.flight_records, options.logger));
+}
+
+std::string ParallelContext::flight_record() const {
+  std::vector<const FlightRecorder*> seen;  // kinds that share a communicator share its record
+  std::vector<std::string> recorded;
+  for (const Entry& entry : built().groups_.entries) {
+    const FlightRecorder* recorder = entry.group.communicator().flight_recorder();
+    if (recorder == nullptr || std::ranges::find(seen, recorder) != seen.end()) continue;
+    seen.push_back(recorder);
+    recorded.push_back(recorder->json());
+  }
+  return fmt::format(R"({{"rank": {}, "communicators": [{}]}})", rank_, fmt::join(recorded, ", "));
 }
 
 ContextResources ParallelContext::resources() const {

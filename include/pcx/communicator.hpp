@@ -20,6 +20,8 @@
 
 namespace pcx {
 
+class FlightRecorder;
+
 /// Element types of the untyped collectives.
 enum class DataType { int8, uint8, int32, uint32, int64, uint64, float16, bfloat16, float32, float64 };
 
@@ -278,6 +280,14 @@ class Communicator {
   /// (NCCL); null elsewhere. Not collective.
   [[nodiscard]] virtual std::optional<std::uint64_t> device_memory() const { return std::nullopt; }
 
+  /// Records every later operation of this communicator (collectives, send and recv,
+  /// splits, dups, creations) in @p recorder; null stops recording. Attach it before
+  /// other threads use the communicator (a ParallelContext does at construction, see
+  /// ContextOptions::flight_records). Moves carry it along.
+  void record_operations(std::shared_ptr<FlightRecorder> recorder) const noexcept { recorder_ = std::move(recorder); }
+  /// The recorder attached by record_operations(), or null.
+  [[nodiscard]] const FlightRecorder* flight_recorder() const noexcept { return recorder_.get(); }
+
   /// The backend's own handle, for calls pcx does not wrap: the address of an
   /// `MPI_Comm` when backend() is "mpi", of an `ncclComm_t` when it is "nccl", null
   /// otherwise (a group of one member has none). Prefer pcx::mpi_handle() and
@@ -353,17 +363,19 @@ class Communicator {
   /// Backends only.
   Communicator() = default;
   /// Backends only; the copy is aborted if @p other is.
-  Communicator(const Communicator& other) noexcept : aborted_(other.aborted()) {}
+  Communicator(const Communicator& other) noexcept : aborted_(other.aborted()), recorder_(other.recorder_) {}
   /// Backends only; the new object is aborted if @p other is.
-  Communicator(Communicator&& other) noexcept : aborted_(other.aborted()) {}
+  Communicator(Communicator&& other) noexcept : aborted_(other.aborted()), recorder_(std::move(other.recorder_)) {}
   /// Backends only; this object is aborted if @p other is.
   Communicator& operator=(const Communicator& other) noexcept {
     aborted_ = other.aborted();
+    recorder_ = other.recorder_;
     return *this;
   }
   /// Backends only; this object is aborted if @p other is.
   Communicator& operator=(Communicator&& other) noexcept {
     aborted_ = other.aborted();
+    recorder_ = std::move(other.recorder_);
     return *this;
   }
 
@@ -425,9 +437,14 @@ class Communicator {
   // The per-member block of a buffer of total elements; throws unless size() divides it.
   [[nodiscard]] std::size_t block(std::size_t total, std::string_view what) const;
   void check_peer(std::string_view operation, int peer) const;
+  // Runs `call()`, one operation, in the flight record when there is one.
+  template <class Call>
+  auto recorded(std::string_view operation, std::size_t count, Call&& call) const;
 
   // Set once by abort(); mutable because abort() is const, as the collectives are.
   mutable std::atomic<bool> aborted_{false};
+  // Attached by record_operations(), a const function like the operations it records.
+  mutable std::shared_ptr<FlightRecorder> recorder_;
 };
 
 }  // namespace pcx

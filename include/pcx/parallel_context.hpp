@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <string>
 #include <span>
 #include <utility>
 #include <vector>
@@ -33,6 +34,10 @@ struct ContextOptions {
   /// Kinds that get a communicator of their own even where an earlier kind has the same
   /// groups (by default such kinds share one; see ParallelContext).
   std::set<GroupKind> dedicated;
+  /// How many operations each communicator the context makes keeps in its flight record
+  /// (FlightRecorder; 0, the default: none). A Timeout logs its communicator's record at
+  /// error level through `logger`; flight_record() gives every record on request.
+  std::size_t flight_records = 0;
   /// Whether a configured ParallelConfig::ranks_per_node is compared with the nodes the
   /// world communicator sees (Communicator::nodes(); MPI's shared-memory domains): a
   /// difference is a ConfigError on every rank. Turn it off to simulate several nodes on
@@ -211,6 +216,11 @@ class ParallelContext {
   [[nodiscard]] std::vector<GroupId> group_ids() const;
   /// What the context holds on this rank: kinds, communicators, sharing.
   [[nodiscard]] ContextResources resources() const;
+  /// The flight records of the communicators the context made, as one JSON object:
+  /// {"rank": r, "communicators": [FlightRecorder::json(), ...]}; no communicators unless
+  /// ContextOptions::flight_records is above 0. Safe from any thread, also while a
+  /// collective hangs.
+  [[nodiscard]] std::string flight_record() const;
   /// The MPU the context was built from, or null.
   [[nodiscard]] const Mpu* mpu() const { return built().mpu_.get(); }
 
@@ -262,6 +272,8 @@ class ParallelContext {
   // This context; throws ConfigError if it was moved from.
   [[nodiscard]] const ParallelContext& built() const;
   [[nodiscard]] const ProcessGroup* find_group(const GroupId& id) const noexcept;
+  // Attaches a FlightRecorder to @p group's communicator when options ask for one.
+  static void record(const ProcessGroup& group, const std::string& name, const ContextOptions& options);
   // The group built earlier, or the GridMpu's, whose communicator @p view can share, or null.
   [[nodiscard]] const ProcessGroup* same_groups(const Communicator& world, const GroupView& view,
                                                 const CommOptions& chosen,
