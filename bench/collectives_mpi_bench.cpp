@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "pcx/error.hpp"
+#include "pcx/flight_recorder.hpp"
 #include "pcx/mpi/mpi_communicator.hpp"
 #include "pcx/parallel_context.hpp"
 
@@ -163,6 +165,7 @@ double median(std::vector<double> values) {
 // 200000 calls each way, alternating; the medians, in seconds per call.
 struct SelfCost {
   double pcx;
+  double recording;  // pcx with a FlightRecorder attached
   double raw;
 };
 
@@ -178,23 +181,21 @@ std::vector<SelfCost> self_costs(int rank) {
   std::vector<SelfCost> costs;
   if (rank == 0) {
     const pcx::MpiCommunicator self = pcx::MpiCommunicator::borrow(MPI_COMM_SELF);
+    const pcx::MpiCommunicator recorded = pcx::MpiCommunicator::borrow(MPI_COMM_SELF);
+    recorded.record_operations(std::make_shared<pcx::FlightRecorder>("self", std::vector<int>{0}, 64));
     for (const Op op : kOps) {
       Buffers b(op, 8, 1);
-      const auto raw_call = [&] { run_raw(op, MPI_COMM_SELF, b); };
-      const auto pcx_call = [&] { run_pcx(op, self, b); };
-      per_call(raw_call);  // warm-up
-      per_call(pcx_call);
-      std::vector<double> raw_runs, pcx_runs;
+      const std::function<void()> calls[] = {[&] { run_raw(op, MPI_COMM_SELF, b); }, [&] { run_pcx(op, self, b); },
+                                             [&] { run_pcx(op, recorded, b); }};
+      std::vector<double> runs[3];
+      for (const auto& call : calls) per_call(call);  // warm-up
       for (int run = 0; run < 11; ++run) {
-        if (run % 2 == 0) {
-          raw_runs.push_back(per_call(raw_call));
-          pcx_runs.push_back(per_call(pcx_call));
-        } else {
-          pcx_runs.push_back(per_call(pcx_call));
-          raw_runs.push_back(per_call(raw_call));
+        for (int i = 0; i < 3; ++i) {  // rotated, so that no way always goes first
+          const int way = (run + i) % 3;
+          runs[way].push_back(per_call(calls[way]));
         }
       }
-      costs.push_back({median(pcx_runs), median(raw_runs)});
+      costs.push_back({median(runs[1]), median(runs[2]), median(runs[0])});
     }
   }
   // The others wait without spinning.
@@ -353,10 +354,12 @@ int main(int argc, char** argv) {
       }
       std::printf(
           "\nThe wrapper alone: 8 B on MPI_COMM_SELF, rank 0 alone, ns per call\n\n"
-          "| collective | pcx | raw MPI | overhead |\n|---|---:|---:|---:|\n");
+          "| collective | pcx | raw MPI | overhead | pcx, flight recorder on | recording's cost |\n"
+          "|---|---:|---:|---:|---:|---:|\n");
       for (std::size_t i = 0; i < self.size(); ++i) {
-        std::printf("| %s | %.1f | %.1f | %+.1f |\n", name(kOps[i]), self[i].pcx * 1e9, self[i].raw * 1e9,
-                    (self[i].pcx - self[i].raw) * 1e9);
+        std::printf("| %s | %.1f | %.1f | %+.1f | %.1f | %+.1f |\n", name(kOps[i]), self[i].pcx * 1e9,
+                    self[i].raw * 1e9, (self[i].pcx - self[i].raw) * 1e9, self[i].recording * 1e9,
+                    (self[i].recording - self[i].pcx) * 1e9);
       }
       std::fflush(stdout);
     }
