@@ -15,6 +15,7 @@
 #include "pcx/error.hpp"
 #include "pcx/flight_recorder.hpp"
 #include "pcx/placement.hpp"
+#include "watchdog.hpp"
 
 namespace pcx {
 namespace {
@@ -393,6 +394,7 @@ ParallelContext::ParallelContext(const Communicator& world, Agreed&& agreed, std
                                                               std::uint64_t{0})) /
                               (1 << 20)));
   }
+  start_watchdog(options);
 }
 
 const ProcessGroup* ParallelContext::same_groups(const Communicator& world, const GroupView& view,
@@ -426,18 +428,23 @@ ParallelContext::ParallelContext(ParallelContext&& other) noexcept
       rank_(std::exchange(other.rank_, -1)),
       groups_(std::move(other.groups_)),
       borrowed_(std::exchange(other.borrowed_, {})),
-      model_parallel_size_(std::exchange(other.model_parallel_size_, 1)) {}
+      model_parallel_size_(std::exchange(other.model_parallel_size_, 1)),
+      watchdog_(std::move(other.watchdog_)) {}
+
+ParallelContext::~ParallelContext() = default;
 
 ParallelContext& ParallelContext::operator=(ParallelContext&& other) noexcept {
   if (this != &other) {
-    // Groups first (newest first), then the MPU whose groups borrowed_ points into, as the
-    // destructor does.
+    // The watchdog first, then the groups it watched (newest first), then the MPU whose
+    // groups borrowed_ points into, as the destructor does.
+    watchdog_.reset();
     groups_ = std::move(other.groups_);
     mpu_ = std::move(other.mpu_);
     topology_ = std::move(other.topology_);
     rank_ = std::exchange(other.rank_, -1);
     borrowed_ = std::exchange(other.borrowed_, {});
     model_parallel_size_ = std::exchange(other.model_parallel_size_, 1);
+    watchdog_ = std::move(other.watchdog_);
   }
   return *this;
 }
@@ -487,9 +494,24 @@ const ProcessGroup& ParallelContext::expert_data_parallel_group(int ep) const {
 // A flight recorder for a communicator the context made (not one it shares, nor a self
 // communicator, whose operations cannot wait for anyone).
 void ParallelContext::record(const ProcessGroup& group, const std::string& name, const ContextOptions& options) {
-  if (options.flight_records == 0 || group.size() == 1 || group.shares_communicator()) return;
-  group.communicator().record_operations(
-      std::make_shared<FlightRecorder>(name, group.ranks(), options.flight_records, options.logger));
+  const std::size_t kept = options.flight_records > 0 ? options.flight_records : options.watchdog.count() > 0 ? 16 : 0;
+  if (kept == 0 || group.size() == 1 || group.shares_communicator()) return;
+  group.communicator().record_operations(std::make_shared<FlightRecorder>(name, group.ranks(), kept, options.logger));
+}
+
+void ParallelContext::start_watchdog(const ContextOptions& options) {
+  if (options.watchdog.count() <= 0) return;
+  std::vector<const Communicator*> watched;
+  std::vector<const Communicator*> held;  // newest first, as abort() goes
+  for (auto entry = groups_.entries.rbegin(); entry != groups_.entries.rend(); ++entry) {
+    const Communicator& comm = entry->group.communicator();
+    held.push_back(&comm);
+    if (comm.flight_recorder() != nullptr && std::ranges::find(watched, &comm) == watched.end()) {
+      watched.push_back(&comm);
+    }
+  }
+  watchdog_ = std::make_unique<detail::Watchdog>(options.watchdog, std::move(watched), std::move(held),
+                                                 options.logger, rank_);
 }
 
 std::string ParallelContext::flight_record() const {

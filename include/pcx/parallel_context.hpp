@@ -4,6 +4,7 @@
 
 #include <spdlog/logger.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -20,6 +21,10 @@
 #include "pcx/topology.hpp"
 
 namespace pcx {
+
+namespace detail {
+class Watchdog;
+}
 
 /// Settings of a ParallelContext that do not change its groups.
 struct ContextOptions {
@@ -38,6 +43,12 @@ struct ContextOptions {
   /// (FlightRecorder; 0, the default: none). A Timeout logs its communicator's record at
   /// error level through `logger`; flight_record() gives every record on request.
   std::size_t flight_records = 0;
+  /// A watchdog thread (0, the default: none): once an operation of a communicator the
+  /// context made has run longer than this, it logs the operation, the communicator, its
+  /// members and its flight record at error level through `logger`, and aborts the whole
+  /// context (abort()), so that every thread waiting in one of its groups returns with
+  /// CommError. Keeps 16 operations per communicator if flight_records is 0.
+  std::chrono::milliseconds watchdog{0};
   /// Whether a configured ParallelConfig::ranks_per_node is compared with the nodes the
   /// world communicator sees (Communicator::nodes(); MPI's shared-memory domains): a
   /// difference is a ConfigError on every rank. Turn it off to simulate several nodes on
@@ -134,7 +145,7 @@ class ParallelContext {
   ParallelContext& operator=(ParallelContext&& other) noexcept;
   ParallelContext(const ParallelContext&) = delete;
   ParallelContext& operator=(const ParallelContext&) = delete;
-  ~ParallelContext() = default;
+  ~ParallelContext();
 
   /// The validated layout (tensor and pipeline sizes as the MPU reports them).
   /// @throws ConfigError if the context was moved from, as every getter below.
@@ -274,6 +285,8 @@ class ParallelContext {
   [[nodiscard]] const ProcessGroup* find_group(const GroupId& id) const noexcept;
   // Attaches a FlightRecorder to @p group's communicator when options ask for one.
   static void record(const ProcessGroup& group, const std::string& name, const ContextOptions& options);
+  // Starts the watchdog over the groups built, when options ask for one.
+  void start_watchdog(const ContextOptions& options);
   // The group built earlier, or the GridMpu's, whose communicator @p view can share, or null.
   [[nodiscard]] const ProcessGroup* same_groups(const Communicator& world, const GroupView& view,
                                                 const CommOptions& chosen,
@@ -291,6 +304,8 @@ class ParallelContext {
   };
   std::vector<Borrowed> borrowed_;  // in group_ids() order
   int model_parallel_size_ = 1;
+  // Declared last, so stopped before the groups it watches are released.
+  std::unique_ptr<detail::Watchdog> watchdog_;
 };
 
 }  // namespace pcx

@@ -106,3 +106,62 @@ BOOST_AUTO_TEST_CASE(a_context_records_its_communicators_and_logs_a_timeout) {
   BOOST_TEST(text.find("error pcx: flight record: {\"communicator\": \"pcx:expert_parallel/2\"") != std::string::npos,
              text);
 }
+
+// The watchdog: of the expert group {0, 1}, rank 1 never comes to an all-reduce whose own
+// deadline (10 s) is far off; rank 0's watchdog (300 ms) logs the operation and aborts
+// rank 0's whole context, which ends the wait with CommError well before the deadline.
+// Ranks 2 and 3, whose group is complete, are not touched.
+BOOST_AUTO_TEST_CASE(the_watchdog_aborts_the_context_when_an_operation_runs_too_long) {
+  pcx::testing::ThreadWorld world(4, {.timeout = std::chrono::seconds(10)});
+  std::ostringstream log;
+  const auto logger =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
+  logger->set_pattern("%l %v");
+  std::vector<std::string> outcome(4);
+  std::vector<double> waited(4);
+  std::vector<int> aborted(4);
+  world.run([&](const pcx::Communicator& comm) {
+    pcx::ParallelConfig config;
+    config.expert_parallel_sizes = {2};
+    pcx::ContextOptions options;
+    options.watchdog = std::chrono::milliseconds(300);
+    options.logger = logger;
+    const pcx::ParallelContext context(comm, config, nullptr, options);
+    const auto r = static_cast<std::size_t>(comm.rank());
+    if (comm.rank() == 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      outcome[r] = "stayed away";
+      return;
+    }
+    std::vector<float> values = {1.0F};
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      context.expert_parallel_group(2).communicator().all_reduce(std::span<float>(values), pcx::ReduceOp::sum);
+      outcome[r] = "returned";
+    } catch (const pcx::CommError&) {
+      outcome[r] = "CommError";
+    } catch (const pcx::Timeout&) {
+      outcome[r] = "Timeout";
+    }
+    waited[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    // The watchdog aborts the waiting group first (newest first, as abort() goes): the
+    // world clone follows at once.
+    for (int i = 0; comm.rank() == 0 && i < 1000 && !context.world_group().communicator().aborted(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    aborted[r] = context.world_group().communicator().aborted() ? 1 : 0;
+  });
+  BOOST_TEST(outcome[0] == "CommError");
+  BOOST_TEST(waited[0] >= 0.3);
+  BOOST_TEST(waited[0] < 1.5);
+  BOOST_TEST(aborted[0] == 1);  // the whole context, not just the waiting group
+  BOOST_TEST(outcome[2] == "returned");
+  BOOST_TEST(aborted[2] == 0);
+  const std::string text = log.str();
+  BOOST_TEST(text.find("error pcx: watchdog on rank 0: all_reduce on pcx:expert_parallel/2 (operation 1, 1 elements)") !=
+                 std::string::npos,
+             text);
+  BOOST_TEST(text.find("members [0,1]; aborting the context") != std::string::npos, text);
+  BOOST_TEST(text.find("error pcx: flight record: {\"communicator\": \"pcx:expert_parallel/2\"") != std::string::npos,
+             text);
+}
