@@ -20,9 +20,9 @@
 //
 //   communicator_model [--world 1024 --world 16384] [--gib-per-communicator 0.5]
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <memory>
@@ -105,11 +105,13 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
-  std::printf("communicators per rank (largest over the ranks), ZeRO hpZ 8 and 8 ranks per node throughout; "
-              "device memory modelled at %.2f GiB per communicator (a model, not a measurement)\n\n",
-              gib);
-  std::printf("| W | configuration | seed | Megatron | both, one per kind | pcx | GiB seed | GiB Megatron | "
-              "GiB both | GiB pcx |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "communicators per rank (largest over the ranks), ZeRO hpZ 8 and 8 ranks per node throughout; "
+      "device memory modelled at %.2f GiB per communicator (a model, not a measurement)\n\n",
+      gib);
+  std::printf(
+      "| W | configuration | seed | Megatron | both, one per kind | pcx | GiB seed | GiB Megatron | "
+      "GiB both | GiB pcx |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const int w : worlds) {
     for (const Setup& s : kSetups) {
       pcx::ParallelConfig config;
@@ -130,9 +132,8 @@ int main(int argc, char** argv) {
       }
       const std::string seed = seed_can(s) ? std::to_string(most.seed) : "-";
       const std::string seed_gib = seed_can(s) ? fmt::format("{:.1f}", most.seed * gib) : "-";
-      std::printf("| %d | %s | %s | %d | %d | %d | %s | %.1f | %.1f | %.1f |\n", w, s.name, seed.c_str(),
-                  most.megatron, most.both, most.pcx, seed_gib.c_str(), most.megatron * gib, most.both * gib,
-                  most.pcx * gib);
+      std::printf("| %d | %s | %s | %d | %d | %d | %s | %.1f | %.1f | %.1f |\n", w, s.name, seed.c_str(), most.megatron,
+                  most.both, most.pcx, seed_gib.c_str(), most.megatron * gib, most.both * gib, most.pcx * gib);
     }
   }
   return 0;

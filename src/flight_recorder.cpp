@@ -80,7 +80,8 @@ std::vector<OperationRecord> FlightRecorder::records() const {
   const std::lock_guard lock(mutex_);
   std::vector<OperationRecord> kept;
   const std::uint64_t first = next_ > ring_.size() ? next_ - ring_.size() : 1;
-  for (std::uint64_t sequence = first; sequence < next_; ++sequence) kept.push_back(ring_[(sequence - 1) % ring_.size()]);
+  for (std::uint64_t sequence = first; sequence < next_; ++sequence)
+    kept.push_back(ring_[(sequence - 1) % ring_.size()]);
   return kept;
 }
 

@@ -34,11 +34,9 @@ std::vector<int> leaving_ranks(const Topology& layout, std::span<const int> excl
     leaving = std::move(lost);
   }
   if (std::cmp_equal(leaving.size(), world)) {
-    throw ConfigError(fmt::format("rebuild: no rank would stay: excluding [{}]{} leaves all {} ranks",
-                                  fmt::join(excluded, ","),
-                                  policy == ShrinkPolicy::drop_replicas ? " drops every data parallel replica, which"
-                                                                        : "",
-                                  world));
+    throw ConfigError(
+        fmt::format("rebuild: no rank would stay: excluding [{}]{} leaves all {} ranks", fmt::join(excluded, ","),
+                    policy == ShrinkPolicy::drop_replicas ? " drops every data parallel replica, which" : "", world));
   }
   return leaving;
 }
@@ -94,7 +92,8 @@ std::optional<Rebuilt> rebuild(const ParallelContext& failed, const Communicator
 
 std::optional<Rebuilt> rebuild(const Topology& layout, const Communicator& world, std::span<const int> excluded,
                                RebuildOptions options) {
-  const bool grid = layout.tensor_parallel_size() * layout.context_parallel_size() * layout.pipeline_parallel_size() > 1;
+  const bool grid =
+      layout.tensor_parallel_size() * layout.context_parallel_size() * layout.pipeline_parallel_size() > 1;
   return rebuild_from(layout, grid, world, excluded, std::move(options));
 }
 

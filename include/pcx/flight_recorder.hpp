@@ -24,10 +24,10 @@ struct OperationRecord {
     failed,     ///< Threw CommError, ConfigError or another error.
     timed_out,  ///< Threw Timeout: a peer did not come within the deadline.
   };
-  std::uint64_t sequence = 0;  ///< 1 for the communicator's first recorded operation.
-  std::string_view operation;  ///< "all_reduce", "split", ...
-  std::size_t count = 0;       ///< Elements of the caller's buffer (0 for management operations).
-  State state = State::running;  ///< Where it is now.
+  std::uint64_t sequence = 0;                   ///< 1 for the communicator's first recorded operation.
+  std::string_view operation;                   ///< "all_reduce", "split", ...
+  std::size_t count = 0;                        ///< Elements of the caller's buffer (0 for management operations).
+  State state = State::running;                 ///< Where it is now.
   std::chrono::steady_clock::time_point start;  ///< When it was called.
   std::chrono::steady_clock::time_point end;    ///< When it returned or threw; start while running.
 };

@@ -348,9 +348,7 @@ std::unique_ptr<Communicator> MpiCommunicator::do_create_group(std::span<const i
   // never reach MPI_Comm_create_group, whose groups must be the same everywhere. The
   // buffers live in the state, which a Timeout parks with the requests.
   State& s = *state_;
-  std::string listed;
-  for (const int member : members) listed += fmt::format("{},", member);
-  const std::int64_t digest = digest_of(listed);
+  const std::int64_t digest = digest_of(fmt::format("{}", fmt::join(members, ",")));
   s.digests = {digest, 0};
   const Clock::time_point until = deadline();
   for (int step = 1; options_.timeout.count() > 0 && step < n; step *= 2) {
