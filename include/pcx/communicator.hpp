@@ -200,9 +200,14 @@ class Communicator {
 
   /// The members but @p excluded, in their order here, as a new communicator: the
   /// survivors of a failure. Collective over the survivors only: the excluded members do
-  /// not call it (they may have stopped). MPI: create_group() over the survivors; NCCL:
-  /// `ncclCommShrink` with NCCL_SHRINK_ABORT (NCCL 2.27 and later), which first ends this
-  /// communicator's outstanding operations. Survivors that exclude different ranks get
+  /// not call it (they may have stopped). MPI: create_group() over the survivors, and this
+  /// communicator stays usable. NCCL: `ncclCommRevoke` (NCCL 2.28 and later), which ends
+  /// this communicator's outstanding operations, then `ncclCommShrink`; this communicator
+  /// is then aborted, however the shrink ends (a revoked one can be neither used nor
+  /// finalized). With NCCL 2.27, or a borrowed handle, `ncclCommShrink` with
+  /// NCCL_SHRINK_ABORT instead. Either way, work still queued on a caller's stream
+  /// (NcclCommunicator::enqueue_all_reduce and the like) is cancelled without an error
+  /// and leaves its buffers undefined. Survivors that exclude different ranks get
   /// ConfigMismatch or Timeout, never a communicator.
   /// @throws ConfigError if @p excluded holds a rank outside [0, size()), twice, or the
   ///         caller, or the backend cannot shrink; CommError or Timeout from the backend.

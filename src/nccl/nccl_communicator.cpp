@@ -773,14 +773,35 @@ std::unique_ptr<Communicator> NcclCommunicator::do_shrink(std::span<const int> e
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   // NCCL sorts the list in place (src/init.cc ncclCommShrink): it gets a copy.
   std::vector<int> list(excluded.begin(), excluded.end());
-  return make_child(fmt::format("ncclCommShrink (excluding [{}]) into NCCL communicator {}", fmt::join(list, ","),
-                                quoted_name(options)),
-                    options, true, [&](ncclComm_t comm, ncclComm_t* out, ncclConfig_t* config) {
-                      // NCCL_SHRINK_ABORT: the parent's outstanding operations wait for
-                      // excluded ranks that may never come; end them first.
-                      return ncclCommShrink(comm, list.data(), static_cast<int>(list.size()), out, config,
-                                            NCCL_SHRINK_ABORT);
-                    });
+  const auto shrink = [&](int flags) {
+    return make_child(fmt::format("ncclCommShrink (excluding [{}]) into NCCL communicator {}", fmt::join(list, ","),
+                                  quoted_name(options)),
+                      options, true, [&](ncclComm_t comm, ncclComm_t* out, ncclConfig_t* config) {
+                        return ncclCommShrink(comm, list.data(), static_cast<int>(list.size()), out, config, flags);
+                      });
+  };
+  // This communicator's outstanding operations wait for excluded ranks that may never
+  // come; they end first. NCCL 2.28: ncclCommRevoke ("stops all in-flight operations ...
+  // then, management operations (destroy, split, shrink) can proceed safely", nccl.h),
+  // whose wait for quiescence runs in NCCL's job, under our deadline. It cannot be undone
+  // and leaves a communicator that can be neither used nor finalized, so it is aborted
+  // however the shrink ends (rather than destroyed: a destroy is refused while an error
+  // is pending). A borrowed handle is its owner's to give up: it is not revoked.
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+  if (owned()) {
+    (void)make_config(options);  // bad options fail before anything is revoked
+    struct AbortOnExit {
+      const NcclCommunicator& revoked;
+      ~AbortOnExit() { revoked.abort(); }
+    } const released{*this};
+    enqueue("ncclCommRevoke", Deadline::of(state("ncclCommRevoke").options),
+            [](ncclComm_t comm) { return ncclCommRevoke(comm, NCCL_REVOKE_DEFAULT); });
+    return shrink(NCCL_SHRINK_DEFAULT);
+  }
+#endif
+  // NCCL_SHRINK_ABORT: NCCL stops the outstanding operations itself (in the caller, with
+  // no deadline of ours).
+  return shrink(NCCL_SHRINK_ABORT);
 #else
   (void)options;
   throw ConfigError(fmt::format("ncclCommShrink needs NCCL 2.27 or newer; this is {}", nccl_version_text()));

@@ -144,7 +144,17 @@ void execute(ncclComm* comm, const std::vector<Op>& ops, std::uint64_t number) {
 // src/enqueue.cc:ncclEnqueueCheck. An error on a non-blocking communicator also becomes
 // its result (its "fail" label). Collectives of no elements are dropped, and those of a
 // one-rank communicator are copies launched at once (src/enqueue.cc:taskAppend).
+// src/enqueue.cc:ncclEnqueueCheck: an operation on a revoked communicator is refused
+// before anything else; only the group records it, the communicator's state is untouched.
+ncclResult_t refuse_revoked(const ncclComm* comm, const char* call) {
+  if (check_comm(comm, call) != ncclSuccess || !comm->revoked) return ncclSuccess;
+  const ncclResult_t code = fail(ncclInvalidUsage, std::string(call) + ": communicator was revoked");
+  if (group().depth > 0) group().error = code;
+  return code;
+}
+
 ncclResult_t submit(Op op, ncclComm_t comm, cudaStream_t stream, const char* call) {
+  if (const ncclResult_t e = refuse_revoked(comm, call)) return e;
   ncclResult_t code = ensure_ready(comm, call);
   if (code == ncclSuccess) {
     const std::string name(call);
@@ -260,6 +270,7 @@ ncclResult_t ncclRecv(void* recv, size_t count, ncclDataType_t type, int peer, n
 // (src/enqueue.cc:taskAppend, ncclFuncAlltoAll, ncclFuncGather, ncclFuncScatter).
 ncclResult_t ncclAlltoAll(const void* send, void* recv, size_t count, ncclDataType_t type, ncclComm_t comm,
                           cudaStream_t stream) {
+  if (const ncclResult_t e = refuse_revoked(comm, "AlltoAll")) return e;
   if (const ncclResult_t e = ensure_ready(comm, "AlltoAll")) return e;
   const std::size_t block = count * type_size(type);
   ncclGroupStart();
@@ -273,6 +284,7 @@ ncclResult_t ncclAlltoAll(const void* send, void* recv, size_t count, ncclDataTy
 
 ncclResult_t ncclGather(const void* send, void* recv, size_t count, ncclDataType_t type, int root, ncclComm_t comm,
                         cudaStream_t stream) {
+  if (const ncclResult_t e = refuse_revoked(comm, "Gather")) return e;
   if (const ncclResult_t e = ensure_ready(comm, "Gather")) return e;
   const std::size_t block = count * type_size(type);
   ncclGroupStart();
@@ -287,6 +299,7 @@ ncclResult_t ncclGather(const void* send, void* recv, size_t count, ncclDataType
 
 ncclResult_t ncclScatter(const void* send, void* recv, size_t count, ncclDataType_t type, int root, ncclComm_t comm,
                          cudaStream_t stream) {
+  if (const ncclResult_t e = refuse_revoked(comm, "Scatter")) return e;
   if (const ncclResult_t e = ensure_ready(comm, "Scatter")) return e;
   const std::size_t block = count * type_size(type);
   ncclGroupStart();

@@ -458,6 +458,68 @@ BOOST_AUTO_TEST_CASE(shrink_abort_terminates_hung_parent_operations) {
   (void)cudaGetLastError();
 }
 
+// [nccl.h:200-207] ncclCommRevoke "stops all in-flight operations and marks communicator
+// state as ncclInProgress. The state will change to ncclSuccess when the communicator is
+// quiescent; then, management operations (destroy, split, shrink) can proceed safely.
+// Calling ncclCommFinalize after revoke is invalid ... revokeFlags must be
+// NCCL_REVOKE_DEFAULT (0)." src/init.cc ncclCommRevoke: a NULL communicator is accepted;
+// a second revoke is ncclInvalidArgument. src/enqueue.cc ncclEnqueueCheck: an operation
+// on a revoked communicator is ncclInvalidUsage. src/init.cc ncclCommFinalize: its
+// refusal stays as a non-blocking communicator's error. The last rank never joins an
+// all-reduce the others started; they revoke, then shrink it out.
+void revoke_then_shrink(bool blocking) {
+  EXPECT(ncclCommRevoke(nullptr, NCCL_REVOKE_DEFAULT) == ncclSuccess, "ncclCommRevoke(NULL)");
+  Stream stream;
+  DeviceBuffer buffer(64 * sizeof(float));
+  Comm child;
+  Comm parent;
+  ready_world(parent, blocking);
+  EXPECT(ncclCommRevoke(parent.get(), 1) == ncclInvalidArgument, "ncclCommRevoke with revokeFlags 1");
+  const bool survivor = g_size == 1 || g_rank != g_size - 1;
+  const auto all_reduce = [&] {
+    return ncclAllReduce(buffer.get(), buffer.get(), 64, ncclFloat32, ncclSum, parent.get(), stream.get());
+  };
+  if (survivor) {
+    if (g_size > 1) {
+      const ncclResult_t a = all_reduce();
+      EXPECT(a == ncclSuccess || a == ncclInProgress, "ncclAllReduce on the parent returned " << result_name(a));
+      EXPECT(wait_comm(parent.get()) == ncclSuccess, "the all-reduce was not enqueued");
+    }
+    const ncclResult_t r = ncclCommRevoke(parent.get(), NCCL_REVOKE_DEFAULT);
+    EXPECT(r == ncclSuccess || (!blocking && r == ncclInProgress), "ncclCommRevoke returned " << result_name(r));
+    EXPECT(wait_comm(parent.get()) == ncclSuccess, "the revoked communicator did not become quiescent");
+    EXPECT(wait_stream(stream.get()) != cudaErrorNotReady, "the revoked all-reduce still holds its stream");
+    EXPECT(ncclCommRevoke(parent.get(), NCCL_REVOKE_DEFAULT) == ncclInvalidArgument, "a second ncclCommRevoke");
+    EXPECT(all_reduce() == ncclInvalidUsage, "an all-reduce on the revoked communicator");
+    EXPECT(wait_comm(parent.get()) == ncclSuccess, "a refused operation changed the communicator's state");
+    if (g_size > 1) {
+      std::vector<int> excluded = {g_size - 1};
+      const ncclResult_t s =
+          ncclCommShrink(parent.get(), excluded.data(), 1, child.out(), nullptr, NCCL_SHRINK_DEFAULT);
+      EXPECT(s == ncclSuccess || s == ncclInProgress, "ncclCommShrink after revoke returned " << result_name(s));
+      EXPECT(wait_comm(parent.get()) == ncclSuccess && child.get() != nullptr, "the shrink after revoke");
+    }
+    EXPECT(ncclCommFinalize(parent.get()) == ncclInvalidArgument, "ncclCommFinalize after ncclCommRevoke");
+    ncclResult_t async = ncclSuccess;
+    EXPECT(ncclCommGetAsyncError(parent.get(), &async) == ncclSuccess &&
+               async == (blocking ? ncclSuccess : ncclInvalidArgument),
+           "the error after a refused ncclCommFinalize is " << result_name(async));
+  }
+  require_everyone(g_local_ok, "ncclCommRevoke then ncclCommShrink");
+  if (survivor && g_size > 1) {
+    const std::int64_t expected = std::int64_t{g_size} * (g_size - 1) / 2 - (g_size - 1);
+    sum_is(child.get(), g_rank, expected, "all-reduce over the survivors");
+    EXPECT(child.destroy() == ncclSuccess, "ncclCommDestroy(shrunk)");
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT(parent.abort() == ncclSuccess, "ncclCommAbort(parent)");
+  (void)cudaGetLastError();
+}
+
+BOOST_AUTO_TEST_CASE(revoke_stops_hung_operations_and_then_shrink_proceeds) { revoke_then_shrink(false); }
+
+BOOST_AUTO_TEST_CASE(blocking_revoke_returns_once_quiescent_and_then_shrink_proceeds) { revoke_then_shrink(true); }
+
 BOOST_AUTO_TEST_CASE(finalize_then_destroy_releases_a_blocking_communicator) {
   // [nccl.h:183-193] ncclCommFinalize "flushes all issued communications ... then, calling
   // ncclCommDestroy can locally free the rest of the resources".

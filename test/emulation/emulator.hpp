@@ -97,6 +97,9 @@ bool publish(const std::string& name, const void* data, std::size_t bytes, int r
 bool consume(const std::string& name, const std::atomic<bool>& cancelled,
              const std::function<void(const std::byte*, std::size_t)>& read, std::string& error);
 
+/// Waits until every reader of @p name, which this process published, has read it.
+/// Returns false when @p cancelled becomes true first.
+bool wait_read(const std::string& name, const std::atomic<bool>& cancelled);
 /// Name of a segment @p owner publishes: owner's process id first, so that segments of
 /// processes that died can be found and removed (sweep_dead_segments).
 std::string segment_name(pid_t owner, const std::string& comm_id, const std::string& tag);

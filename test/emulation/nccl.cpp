@@ -5,7 +5,7 @@
 // A communicator's ranks are processes (or threads) of one machine. They meet through
 // shared memory named after the unique id (shm.cpp). Not modelled: performance,
 // algorithms and protocols, user buffer registration, custom reduction operators,
-// ncclCommInitAll, ncclCommRevoke, windows and device APIs (they return
+// ncclCommInitAll, windows and device APIs (they return
 // ncclInvalidUsage).
 #include <unistd.h>
 
@@ -150,6 +150,9 @@ void finish(ncclComm* comm, ncclResult_t code, Clock::time_point called) {
 void release(ncclComm* comm) {
   join_jobs(comm);
   if (comm->released.exchange(true)) return;
+  // What the operations a revoke stopped published and nobody will read (commFree frees
+  // it). Not otherwise: after a destroy, peers still read what completed operations sent.
+  if (comm->revoked) remove_own_segments(comm->id);
   charge_communicator(comm->device, -1);
   std::lock_guard lock(registry().mutex);
   --registry().live;
@@ -221,7 +224,12 @@ struct Member {
 };
 
 // Every rank of `parent` in `ranks` learns every such rank's record: what ncclCommSplit
-// and ncclCommShrink exchange. Returns false if aborted.
+// and ncclCommShrink exchange. Returns false if aborted. A rank returns only once every
+// other has read its record: src/bootstrap.cc:bootstrapSplit sends to and receives from
+// the ring neighbours over the parent, then all-gathers over the child, so no member is
+// done with the parent before every member is, and a member may then abort the parent
+// (as pcx does after ncclCommRevoke) without stranding the others. (NCCL's
+// NCCL_SPLIT_NOCOLOR ranks leave after the parent's all-gather; waiting is stricter.)
 bool exchange(ncclComm* parent, const std::string& tag, const std::vector<int>& ranks, Member mine,
               std::vector<Member>& all, std::string& error) {
   all.assign(static_cast<std::size_t>(parent->nranks), Member{NCCL_SPLIT_NOCOLOR, 0});
@@ -237,7 +245,7 @@ bool exchange(ncclComm* parent, const std::string& tag, const std::vector<int>& 
     };
     if (!consume(name(r), parent->aborted, read, error)) return false;
   }
-  return true;
+  return wait_read(name(parent->rank), parent->aborted);
 }
 
 // src/init.cc:ncclCommInitChildComm, shared by split and shrink: "*newcomm should be
@@ -489,6 +497,35 @@ ncclResult_t ncclCommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t
   return make_child(comm, newcomm, config, "ncclCommShrink", "k", stay, 0, comm->rank);
 }
 
+// src/init.cc:ncclCommRevoke (2.28): a NULL communicator is accepted; revokeFlags must be
+// NCCL_REVOKE_DEFAULT; not after finalize or destroy, nor twice (ncclInvalidArgument). The
+// abort flags stop the in-flight operations, and a job clears them once the communicator
+// is quiescent (commRevokeAsync), reporting ncclInProgress until then on a non-blocking
+// communicator. It counts as finalized from then on (finalizeCalled = true), so a later
+// ncclCommFinalize is ncclInvalidArgument; operations are refused (refuse_revoked);
+// split, shrink, destroy and abort may follow. Stricter than NCCL: a call made before
+// the revoke's job ends is ncclInvalidArgument (NCCL's ncclCommEnsureReady lets it
+// through while the abort flags are set, into a bootstrap they abort).
+ncclResult_t ncclCommRevoke(ncclComm_t comm, int flags) {
+  if (comm == nullptr) return ncclSuccess;
+  if (const ncclResult_t e = check_comm(comm, "ncclCommRevoke")) return e;
+  if (flags != NCCL_REVOKE_DEFAULT) {
+    return fail(ncclInvalidArgument, "ncclCommRevoke : revokeFlags " + std::to_string(flags) + " is not 0");
+  }
+  if (comm->finalized || comm->revoked) {
+    return fail(ncclInvalidArgument, "ncclCommRevoke : the communicator is finalized or already revoked");
+  }
+  comm->revoked = true;
+  comm->finalized = true;
+  comm->aborted.store(true);
+  const ncclResult_t started = run(comm, [comm] {
+    for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
+    comm->aborted.store(false);
+    return ncclSuccess;
+  });
+  return comm->config.blocking ? started : comm->state.load();
+}
+
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
   if (const ncclResult_t e = check_comm(comm, "ncclGetAsyncError")) return e;
   if (error == nullptr) return fail(ncclInvalidArgument, "ncclGetAsyncError : asyncError argument is NULL");
@@ -520,10 +557,17 @@ ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int* device) {
 
 // src/init.cc:ncclCommFinalize: flushes the communicator's outstanding operations,
 // asynchronously for a non-blocking one; a second finalize is ncclInvalidArgument.
+// src/init.cc:ncclCommFinalize: a refusal (not ready, or finalized already, which a revoke
+// counts as) becomes a non-blocking communicator's lasting error (its `fail:` label), so
+// that only ncclCommAbort is left to it.
 ncclResult_t ncclCommFinalize(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
-  if (const ncclResult_t e = ensure_ready(comm, "ncclCommFinalize")) return e;
-  if (comm->finalized) return fail(ncclInvalidArgument, "ncclCommFinalize : called twice");
+  ncclResult_t refused = ensure_ready(comm, "ncclCommFinalize");
+  if (refused == ncclSuccess && comm->finalized) refused = fail(ncclInvalidArgument, "ncclCommFinalize : called twice");
+  if (refused != ncclSuccess) {
+    if (check_comm(comm, "ncclCommFinalize") == ncclSuccess && !comm->config.blocking) comm->state.store(refused);
+    return refused;
+  }
   comm->finalized = true;
   const ncclResult_t started = run(comm, [comm] {
     for (Backoff backoff; comm->pending.load() > 0 && !comm->aborted.load();) backoff.pause();
@@ -624,7 +668,6 @@ int pcxemu_live_communicators(void) {
 PCXEMU_NOT_EMULATED(ncclMemAlloc, void**, size_t)
 PCXEMU_NOT_EMULATED(ncclMemFree, void*)
 PCXEMU_NOT_EMULATED(ncclCommInitAll, ncclComm_t*, int, const int*)
-PCXEMU_NOT_EMULATED(ncclCommRevoke, ncclComm_t, int)
 PCXEMU_NOT_EMULATED(ncclCommRegister, const ncclComm_t, void*, size_t, void**)
 PCXEMU_NOT_EMULATED(ncclCommDeregister, const ncclComm_t, void*)
 PCXEMU_NOT_EMULATED(ncclCommWindowRegister, ncclComm_t, void*, size_t, ncclWindow_t*, int)

@@ -49,6 +49,7 @@ struct ncclComm {
   std::atomic<bool> aborted{false};   // set by ncclCommAbort: every wait gives up
   std::atomic<bool> released{false};  // destroyed or aborted: the handle is dead
   bool finalized = false;
+  bool revoked = false;
   std::vector<pid_t> pids;  // by rank, once initialized
 
   // Counters of the calling thread, identical on every rank because ranks call in the

@@ -250,6 +250,14 @@ bool consume(const std::string& name, const std::atomic<bool>& cancelled,
   return true;
 }
 
+bool wait_read(const std::string& name, const std::atomic<bool>& cancelled) {
+  const std::string path = kDirectory + name;
+  for (Backoff backoff; access(path.c_str(), F_OK) == 0; backoff.pause()) {
+    if (cancelled.load()) return false;
+  }
+  return true;
+}
+
 void sweep_dead_segments() {
   each_segment([](const std::string& name) {
     if (name.starts_with(kMeeting)) {

@@ -124,6 +124,54 @@ BOOST_AUTO_TEST_CASE(survivors_of_a_rank_that_stops_time_out_and_rebuild_without
   BOOST_TEST(everyone(checks.ok()));
 }
 
+// Communicator::shrink on NCCL 2.28: ncclCommRevoke first, which cannot be undone, so the
+// world is aborted however the shrink ends; options the survivors' communicator would
+// refuse are refused before the revoke, leaving the world usable. A borrowed world is
+// its owner's to give up: pcx shrinks it with NCCL_SHRINK_ABORT and does not abort it.
+BOOST_AUTO_TEST_CASE(shrink_gives_up_an_owned_world_but_not_a_borrowed_one,
+                     *boost::unit_test::precondition(TwoOrMoreRanks{})) {
+  const CallerDevice caller;
+  Checks checks;
+  const int live_before = live_communicators();
+  checks.run("shrink", [&] {
+    const NcclCommunicator world = nccl_world(non_blocking());
+    const int n = world.size();
+    const bool survivor = world.rank() != n - 1;
+    const std::vector<int> excluded = {n - 1};
+    const auto survivors_sum = [&](const pcx::Communicator& survivors) {
+      std::int32_t value = world.rank() + 1;
+      survivors.all_reduce(std::span<std::int32_t>(&value, 1), ReduceOp::sum);
+      return value == (n - 1) * n / 2;
+    };
+    if (survivor) {
+      pcx::CommOptions refused = non_blocking("pcx-test:refused");
+      refused.timeout = std::chrono::milliseconds(-1);
+      try {
+        (void)world.shrink(excluded, refused);
+        checks.expect(false, "a negative timeout was taken");
+      } catch (const pcx::ConfigError&) {
+      }
+    }
+    std::int32_t everyone_sum = 1;
+    world.all_reduce(std::span<std::int32_t>(&everyone_sum, 1), ReduceOp::sum);
+    checks.expect(!world.aborted() && everyone_sum == n, "refused options left the world unusable");
+    if (survivor) {
+      const NcclCommunicator borrowed = NcclCommunicator::borrow(world.native(), world.device(), world.stream());
+      const auto from_borrowed = borrowed.shrink(excluded, non_blocking("pcx-test:from-borrowed"));
+      checks.expect(survivors_sum(*from_borrowed), "an all-reduce over the shrunk borrowed world");
+      checks.expect(!world.aborted(), "shrinking a borrowed handle aborted its owner's world");
+      const auto from_owned = world.shrink(excluded, non_blocking("pcx-test:from-owned"));
+      checks.expect(survivors_sum(*from_owned), "an all-reduce over the shrunk world");
+      checks.expect(world.aborted() == (NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)),
+                    "the revoked world is not aborted (or one NCCL 2.27 shrank with NCCL_SHRINK_ABORT is)");
+    }
+    caller.check(checks, "the shrinks");
+  });
+  checks.expect(live_communicators() == live_before,
+                fmt::format("{} live communicators, {} before", live_communicators(), live_before));
+  BOOST_TEST(everyone(checks.ok()));
+}
+
 // A rank lost during a split of the context's construction (its ncclCommSplit never
 // completes): the survivors' constructor times out, which aborts the NCCL world the
 // split ran on, so they shrink the bootstrap instead, make a new NCCL world there and
