@@ -1,7 +1,7 @@
 // elastic: mixture-of-experts training steps that go on without a lost rank.
 //
-//   mpiexec -n 8 elastic [--backend mpi|nccl] [--fail-rank 3] [--fail-step 2] [--steps 4]
-//       [--tp 2] [--etp 1] [--ep 2] [--timeout-ms 1000]
+//   mpiexec -n 8 elastic [--backend mpi|nccl] [--fail-rank 3] [--fail-step 2]
+//       [--fail-by sleep|kill] [--steps 4] [--tp 2] [--etp 1] [--ep 2] [--timeout-ms 1000]
 //
 // The layout is Megatron's: tensor parallel groups of --tp ranks from a GridMpu, experts
 // of --etp-wide tensor groups, --ep of them per expert parallel group. One step, on every
@@ -12,20 +12,27 @@
 //  3. dense gradients: an all_reduce (avg) over the data parallel group;
 //  4. the loss: an all_reduce (sum) over the world.
 // At step --fail-step, rank --fail-rank stops responding: it sleeps three deadlines, then
-// leaves. The others time out (every operation has a deadline of --timeout-ms), give up
-// their context and rebuild it on the survivors with pcx::rebuild, which drops the lost
-// rank's data parallel replica and keeps every other shape; they redo the step and go on.
-// The last line, printed by the survivors' rank 0, starts with "elastic: recovered" and
-// gives the time from the start of the failed step to the end of its first good run.
+// leaves; with --fail-by kill it dies at once (SIGKILL). The others time out (every
+// operation has a deadline of --timeout-ms), give up their context and rebuild it on the
+// survivors with pcx::rebuild, which drops the lost rank's data parallel replica and keeps
+// every other shape; they redo the step and go on. The last line, printed by the
+// survivors' rank 0, starts with "elastic: recovered" and gives the time from the start
+// of the failed step to the end of its first good run. After a kill, the launcher must
+// let the others go on (Open MPI: mpiexec --enable-recovery), and they end without
+// MPI_Finalize, which would wait for the dead process.
 //
-// Exit status: 0 on every rank (the lost rank and its replica leave early); 2 for bad flags.
+// Exit status: 0 on every rank (the lost rank and its replica leave early; a killed rank
+// has none); 2 for bad flags.
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <span>
@@ -54,6 +61,7 @@ struct Options {
   std::string backend = "mpi";
   int fail_rank = 3;
   int fail_step = 2;
+  std::string fail_by = "sleep";
   int steps = 4;
   int tp = 2;
   int etp = 1;
@@ -139,6 +147,7 @@ int run(const Options& o, const pcx::Communicator& world) {
   for (int number = 1; number <= o.steps;) {
     const Clock::time_point started = Clock::now();
     if (!survivors && number == o.fail_step && first_rank == o.fail_rank) {
+      if (o.fail_by == "kill") std::raise(SIGKILL);
       std::this_thread::sleep_for(3 * std::chrono::milliseconds(o.timeout_ms));  // stops responding
     } else {
       try {
@@ -186,6 +195,8 @@ Options parse(const std::vector<std::string>& args, int world_size) {
   app.add_option("--backend", o.backend, "mpi, or nccl with one GPU per rank")->check(CLI::IsMember({"mpi", "nccl"}));
   app.add_option("--fail-rank", o.fail_rank, "the rank that stops responding")->check(CLI::Range(0, 1 << 20));
   app.add_option("--fail-step", o.fail_step, "the step at which it stops")->check(CLI::Range(1, 1000));
+  app.add_option("--fail-by", o.fail_by, "how it stops: sleep, or kill (needs mpiexec --enable-recovery)")
+      ->check(CLI::IsMember({"sleep", "kill"}));
   app.add_option("--steps", o.steps, "steps")->check(CLI::Range(1, 1000));
   app.add_option("--tp", o.tp, "tensor parallel size")->check(CLI::Range(1, 1 << 20));
   app.add_option("--etp", o.etp, "expert tensor parallel size")->check(CLI::Range(1, 1 << 20));
@@ -203,6 +214,7 @@ std::vector<pcx::AgreedValue> agreed_values(const Options& o) {
   return {{"--backend", pcx::samples::digest(o.backend), /*is_digest=*/true},
           {"--fail-rank", o.fail_rank},
           {"--fail-step", o.fail_step},
+          {"--fail-by", pcx::samples::digest(o.fail_by), /*is_digest=*/true},
           {"--steps", o.steps},
           {"--tp", o.tp},
           {"--etp", o.etp},
@@ -210,7 +222,7 @@ std::vector<pcx::AgreedValue> agreed_values(const Options& o) {
           {"--timeout-ms", o.timeout_ms}};
 }
 
-int elastic(const Options& o, const pcx::MpiCommunicator& world) {
+int run_on(const Options& o, const pcx::MpiCommunicator& world) {
 #if PCX_WITH_NCCL
   if (o.backend == "nccl") {
     if (!pcx::samples::every_rank_has_a_device(world, kProgram)) return pcx::samples::kSkipped;
@@ -221,6 +233,17 @@ int elastic(const Options& o, const pcx::MpiCommunicator& world) {
 #endif
   // Its own world: the shrink and the abort above leave MPI_COMM_WORLD alone.
   return run(o, *world.dup());
+}
+
+int elastic(const Options& o, const pcx::MpiCommunicator& world) {
+  const int status = run_on(o, world);
+  if (o.fail_by == "kill") {
+    // Open MPI 4.1's MPI_Finalize is a fence over every process of the job, the dead one
+    // too, and may never return (there is no ULFM): end here, every pcx object released.
+    std::fflush(nullptr);
+    std::_Exit(status);
+  }
+  return status;
 }
 
 }  // namespace

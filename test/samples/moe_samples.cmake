@@ -87,26 +87,40 @@ if(TARGET mock_mpu_test)
 endif()
 
 # elastic: rank 3 of 8 stops at step 2; the survivors time out, rebuild without its data
-# parallel replica and go on, checking every number (test/samples/check_elastic.sh).
+# parallel replica and go on, checking every number (test/samples/check_elastic.sh). The
+# KILLED cases kill rank 3 instead: mpiexec then needs recovery enabled
+# (orte_enable_recovery, mpiexec --enable-recovery) not to end the job with it, and each
+# rank's own exit status is checked (rank_status.sh), since mpiexec's is then always 0.
 if(TARGET elastic)
   function(_pcx_elastic_test name ranks)
-    cmake_parse_arguments(PARSE_ARGV 2 arg "" "" "LABELS;RANK_ENV;ARGS")
+    cmake_parse_arguments(PARSE_ARGV 2 arg "KILLED" "" "LABELS;RANK_ENV;ARGS")
     pcx_mpiexec_env_flags(env_flags ${arg_RANK_ENV})
+    set(check ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/check_elastic.sh)
+    set(program $<TARGET_FILE:elastic>)
+    set(environment OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1)
+    if(arg_KILLED)
+      list(APPEND check --killed 3 ${ranks})
+      set(program ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/rank_status.sh ${program})
+      list(APPEND arg_ARGS --fail-rank 3 --fail-by kill)
+      list(APPEND environment OMPI_MCA_orte_enable_recovery=1)
+    endif()
     add_test(NAME elastic.${name}
-             COMMAND ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/check_elastic.sh ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG}
-                     ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS} ${env_flags} ${MPIEXEC_PREFLAGS} $<TARGET_FILE:elastic>
-                     ${MPIEXEC_POSTFLAGS} ${arg_ARGS})
+             COMMAND ${check} ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS}
+                     ${env_flags} ${MPIEXEC_PREFLAGS} ${program} ${MPIEXEC_POSTFLAGS} ${arg_ARGS})
     set_tests_properties(elastic.${name} PROPERTIES
       TIMEOUT 120
       PROCESSORS ${ranks}
       LABELS "mpi;samples;${arg_LABELS}"
       SKIP_RETURN_CODE 77
-      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+      ENVIRONMENT "${environment}")
   endfunction()
   _pcx_elastic_test(mpi.ranks8 8)
   _pcx_elastic_test(mpi.first_rank_at_first_step.ranks4 4 ARGS --fail-rank 0 --fail-step 1 --steps 2 --tp 1 --ep 1)
+  _pcx_elastic_test(mpi.killed.ranks8 8 KILLED)
   if(TARGET pcx::nccl)
     _pcx_elastic_test(nccl.emulated.ranks8 8 LABELS emulator nccl RANK_ENV ${PCX_ON_EMULATOR} ARGS --backend nccl)
+    _pcx_elastic_test(nccl.emulated.killed.ranks8 8 KILLED LABELS emulator nccl RANK_ENV ${PCX_ON_EMULATOR}
+                      ARGS --backend nccl)
   endif()
   pcx_sample_failure_test(elastic.error.fail_rank_outside elastic "--fail-rank 9 is not a rank of the 4 ranks" 4
                           --fail-rank 9)
