@@ -9,6 +9,7 @@
 #include <fstream>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "nccl_test_support.hpp"
@@ -172,34 +173,36 @@ BOOST_AUTO_TEST_CASE(shrink_gives_up_an_owned_world_but_not_a_borrowed_one,
   BOOST_TEST(everyone(checks.ok()));
 }
 
-// A rank lost during a split of the context's construction (its ncclCommSplit never
-// completes): the survivors' constructor times out, which aborts the NCCL world the
-// split ran on, so they shrink the bootstrap instead, make a new NCCL world there and
-// build their context on it (docs/recovery.md).
-BOOST_AUTO_TEST_CASE(survivors_of_a_rank_lost_during_a_split_rebuild_on_a_new_world,
-                     *boost::unit_test::precondition(OnEmulator{}) * boost::unit_test::precondition(TwoOrMoreRanks{})) {
+// A rank lost while the NCCL world is made (its ncclCommInitRank never completes) or
+// during a split of the context's construction (its ncclCommSplit never completes): the
+// survivors time out, which aborts whatever NCCL world there was, so they shrink the
+// bootstrap instead, make a new NCCL world there and build their context on it
+// (docs/recovery.md).
+void survivors_rebuild_on_a_new_world_after_a_rank_lost_in(const std::string& fault) {
   const CallerDevice caller;
   Checks checks;
   const int live_before = live_communicators();
-  checks.run("lost during a split", [&] {
+  checks.run(fault, [&] {
     const MpiCommunicator bootstrap = MpiCommunicator::world();
     const int n = bootstrap.size();
     const int lost = n - 1;
-    const NcclCommunicator world = nccl_world(non_blocking());
+    std::optional<NcclCommunicator> world;
     const auto build = [&] {
-      (void)pcx::ParallelContext(world, experts_of_the_world(n), nullptr, context_options(std::chrono::milliseconds(500)));
+      world.emplace(nccl_world(short_deadline("pcx-test:world-losing-a-rank")));
+      (void)pcx::ParallelContext(*world, experts_of_the_world(n), nullptr,
+                                 context_options(std::chrono::milliseconds(500)));
     };
     try {
-      if (world.rank() == lost) {
-        with_fault(fmt::format("split_hang@{}", lost), build);
+      if (bootstrap.rank() == lost) {
+        with_fault(fmt::format("{}@{}", fault, lost), build);
       } else {
         build();
       }
       checks.expect(false, "the context was built without the lost rank");
     } catch (const pcx::Timeout&) {
     }
-    checks.expect(world.failed(), "the world the split timed out on is not aborted");
-    if (world.rank() == lost) return;  // it leaves
+    checks.expect(!world || world->failed(), "the world the split timed out on is not aborted");
+    if (bootstrap.rank() == lost) return;  // it leaves
     const std::vector<int> excluded = {lost};
     const auto survivors = bootstrap.shrink(excluded);
     const NcclCommunicator next = NcclCommunicator::create_world(*survivors);
@@ -211,6 +214,16 @@ BOOST_AUTO_TEST_CASE(survivors_of_a_rank_lost_during_a_split_rebuild_on_a_new_wo
   checks.expect(live_communicators() == live_before,
                 fmt::format("{} live communicators, {} before", live_communicators(), live_before));
   BOOST_TEST(everyone(checks.ok()));
+}
+
+BOOST_AUTO_TEST_CASE(survivors_of_a_rank_lost_during_initialization_rebuild_on_a_new_world,
+                     *boost::unit_test::precondition(OnEmulator{}) * boost::unit_test::precondition(TwoOrMoreRanks{})) {
+  survivors_rebuild_on_a_new_world_after_a_rank_lost_in("init_hang");
+}
+
+BOOST_AUTO_TEST_CASE(survivors_of_a_rank_lost_during_a_split_rebuild_on_a_new_world,
+                     *boost::unit_test::precondition(OnEmulator{}) * boost::unit_test::precondition(TwoOrMoreRanks{})) {
+  survivors_rebuild_on_a_new_world_after_a_rank_lost_in("split_hang");
 }
 
 // 50 cycles of: an NCCL world, a context, its rank `cycle % n` lost, the survivors'
