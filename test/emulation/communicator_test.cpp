@@ -413,6 +413,19 @@ BOOST_AUTO_TEST_CASE(shrink_default_renumbers_survivors_in_parent_order) {
   EXPECT(parent.destroy() == ncclSuccess, "ncclCommDestroy(parent)");
 }
 
+// After a shrink that left out the last rank: the survivors sum their ranks over the
+// shrunk communicator, then every rank releases both.
+void survivors_sum_then_release(Comm& child, Comm& parent, bool survivor) {
+  if (survivor) {
+    const std::int64_t expected = std::int64_t{g_size} * (g_size - 1) / 2 - (g_size - 1);
+    sum_is(child.get(), g_rank, expected, "all-reduce over the survivors");
+    EXPECT(child.destroy() == ncclSuccess, "ncclCommDestroy(shrunk)");
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT(parent.abort() == ncclSuccess, "ncclCommAbort(parent)");
+  (void)cudaGetLastError();
+}
+
 BOOST_AUTO_TEST_CASE(shrink_abort_terminates_hung_parent_operations) {
   // [nccl.h:70] NCCL_SHRINK_ABORT: "First, terminate ongoing parent operations, and then shrink
   // the parent communicator". The last rank is excluded and never joins an all-reduce the
@@ -448,14 +461,7 @@ BOOST_AUTO_TEST_CASE(shrink_abort_terminates_hung_parent_operations) {
     EXPECT(e != cudaErrorNotReady, "the parent's all-reduce still holds its stream after NCCL_SHRINK_ABORT");
   }
   require_everyone(g_local_ok, "ncclCommShrink(NCCL_SHRINK_ABORT)");
-  if (survivor) {
-    const std::int64_t expected = std::int64_t{g_size} * (g_size - 1) / 2 - (g_size - 1);
-    sum_is(child.get(), g_rank, expected, "all-reduce over the survivors");
-    EXPECT(child.destroy() == ncclSuccess, "ncclCommDestroy(shrunk)");
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  EXPECT(parent.abort() == ncclSuccess, "ncclCommAbort(parent)");
-  (void)cudaGetLastError();
+  survivors_sum_then_release(child, parent, survivor);
 }
 
 // [nccl.h:200-207] ncclCommRevoke "stops all in-flight operations and marks communicator
@@ -506,14 +512,7 @@ void revoke_then_shrink(bool blocking) {
            "the error after a refused ncclCommFinalize is " << result_name(async));
   }
   require_everyone(g_local_ok, "ncclCommRevoke then ncclCommShrink");
-  if (survivor && g_size > 1) {
-    const std::int64_t expected = std::int64_t{g_size} * (g_size - 1) / 2 - (g_size - 1);
-    sum_is(child.get(), g_rank, expected, "all-reduce over the survivors");
-    EXPECT(child.destroy() == ncclSuccess, "ncclCommDestroy(shrunk)");
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  EXPECT(parent.abort() == ncclSuccess, "ncclCommAbort(parent)");
-  (void)cudaGetLastError();
+  survivors_sum_then_release(child, parent, survivor && g_size > 1);
 }
 
 BOOST_AUTO_TEST_CASE(revoke_stops_hung_operations_and_then_shrink_proceeds) { revoke_then_shrink(false); }
