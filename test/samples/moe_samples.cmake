@@ -100,7 +100,10 @@ if(TARGET elastic)
     set(environment OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1)
     if(arg_KILLED)
       list(APPEND check --killed 3 ${ranks})
-      set(program ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/rank_status.sh ${program})
+      # The rank's variables reach elastic only, not the shell around it: a sanitized
+      # emulator cannot be preloaded into bash.
+      set(program ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/rank_status.sh env ${arg_RANK_ENV} ${program})
+      set(env_flags)
       list(APPEND arg_ARGS --fail-rank 3 --fail-by kill)
       list(APPEND environment OMPI_MCA_orte_enable_recovery=1)
     endif()
