@@ -141,9 +141,6 @@ void execute(ncclComm* comm, const std::vector<Op>& ops, std::uint64_t number) {
   if (!ok && !comm->aborted.load()) set_failure(comm, ncclSystemError, error);
 }
 
-// src/enqueue.cc:ncclEnqueueCheck. An error on a non-blocking communicator also becomes
-// its result (its "fail" label). Collectives of no elements are dropped, and those of a
-// one-rank communicator are copies launched at once (src/enqueue.cc:taskAppend).
 // src/enqueue.cc:ncclEnqueueCheck: an operation on a revoked communicator is refused
 // before anything else; only the group records it, the communicator's state is untouched.
 ncclResult_t refuse_revoked(const ncclComm* comm, const char* call) {
@@ -153,6 +150,9 @@ ncclResult_t refuse_revoked(const ncclComm* comm, const char* call) {
   return code;
 }
 
+// src/enqueue.cc:ncclEnqueueCheck. An error on a non-blocking communicator also becomes
+// its result (its "fail" label). Collectives of no elements are dropped, and those of a
+// one-rank communicator are copies launched at once (src/enqueue.cc:taskAppend).
 ncclResult_t submit(Op op, ncclComm_t comm, cudaStream_t stream, const char* call) {
   if (const ncclResult_t e = refuse_revoked(comm, call)) return e;
   ncclResult_t code = ensure_ready(comm, call);

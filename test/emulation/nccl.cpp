@@ -5,8 +5,7 @@
 // A communicator's ranks are processes (or threads) of one machine. They meet through
 // shared memory named after the unique id (shm.cpp). Not modelled: performance,
 // algorithms and protocols, user buffer registration, custom reduction operators,
-// ncclCommInitAll, windows and device APIs (they return
-// ncclInvalidUsage).
+// ncclCommInitAll, windows and device APIs (they return ncclInvalidUsage).
 #include <unistd.h>
 
 #include <algorithm>
@@ -556,10 +555,9 @@ ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int* device) {
 }
 
 // src/init.cc:ncclCommFinalize: flushes the communicator's outstanding operations,
-// asynchronously for a non-blocking one; a second finalize is ncclInvalidArgument.
-// src/init.cc:ncclCommFinalize: a refusal (not ready, or finalized already, which a revoke
-// counts as) becomes a non-blocking communicator's lasting error (its `fail:` label), so
-// that only ncclCommAbort is left to it.
+// asynchronously for a non-blocking one. A refusal (not ready, or finalized already,
+// which a revoke counts as) becomes a non-blocking communicator's lasting error (its
+// `fail:` label), so that only ncclCommAbort is left to it.
 ncclResult_t ncclCommFinalize(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
   ncclResult_t refused = ensure_ready(comm, "ncclCommFinalize");

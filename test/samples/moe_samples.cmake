@@ -94,7 +94,6 @@ endif()
 if(TARGET elastic)
   function(_pcx_elastic_test name ranks)
     cmake_parse_arguments(PARSE_ARGV 2 arg "KILLED" "" "LABELS;RANK_ENV;ARGS")
-    pcx_mpiexec_env_flags(env_flags ${arg_RANK_ENV})
     set(check ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/check_elastic.sh)
     set(program $<TARGET_FILE:elastic>)
     set(environment OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1)
@@ -103,9 +102,10 @@ if(TARGET elastic)
       # The rank's variables reach elastic only, not the shell around it: a sanitized
       # emulator cannot be preloaded into bash.
       set(program ${PCX_BASH} ${CMAKE_CURRENT_SOURCE_DIR}/rank_status.sh env ${arg_RANK_ENV} ${program})
-      set(env_flags)
       list(APPEND arg_ARGS --fail-rank 3 --fail-by kill)
       list(APPEND environment OMPI_MCA_orte_enable_recovery=1)
+    else()
+      pcx_mpiexec_env_flags(env_flags ${arg_RANK_ENV})
     endif()
     add_test(NAME elastic.${name}
              COMMAND ${check} ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ranks} ${PCX_MPIEXEC_EXTRA_FLAGS}
