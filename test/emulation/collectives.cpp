@@ -196,9 +196,10 @@ ncclResult_t submit(Op op, ncclComm_t comm, cudaStream_t stream, const char* cal
                          [&](const Launch& l) { return l.comm == comm && l.stream == stream; });
   if (it == g.launches.end()) it = g.launches.insert(g.launches.end(), Launch{comm, stream, {}});
   it->ops.push_back(std::move(op));
+  g.blocking = comm->config.blocking ? 1 : 0;  // include/group.h:123 ncclGroupCommJoin: the last one sets the mode
   if (g.depth > 0) return ncclSuccess;
   ++g.depth;
-  return ncclGroupEnd();
+  return end_group();
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
-// NCCL's communicators and group calls, on the host, following NCCL 2.28.9's own source
-// (src/init.cc, src/group.cc, src/misc/argcheck.cc, cited as file:function) rather than
-// what any caller expects. Collectives are in collectives.cpp.
+// NCCL's communicators, on the host, following NCCL 2.28.9's own source (src/init.cc,
+// src/misc/argcheck.cc, cited as file:function or file:line at tag v2.28.9-1) rather than
+// what any caller expects. Every call runs inside a group (group.cpp), as NCCL's own calls
+// run between ncclGroupStartInternal and ncclGroupEndInternal; operations are in
+// collectives.cpp.
 //
 // A communicator's ranks are processes (or threads) of one machine. They meet through
 // shared memory named after the unique id (shm.cpp). Not modelled: performance,
@@ -105,16 +107,13 @@ ncclResult_t parse_config(const ncclConfig_t* given, Config& out) {
   return ncclSuccess;
 }
 
-ncclComm* make_comm(std::string id, int nranks, int rank, int device, Config config, Faults faults) {
+// A communicator as NCCL allocates it (calloc: asyncResult ncclSuccess), before its
+// initialization: init fills in who it is at the call, a split's child when it completes.
+ncclComm* allocate(int device, Config config, Faults faults) {
   auto made = std::make_unique<ncclComm>();
-  made->id = std::move(id);
-  made->nranks = nranks;
-  made->rank = rank;
   made->device = device;
   made->config = std::move(config);
   made->faults = std::move(faults);
-  made->sent.assign(static_cast<std::size_t>(nranks), 0);
-  made->received.assign(static_cast<std::size_t>(nranks), 0);
   ncclComm* comm = made.get();
   {
     std::lock_guard lock(registry().mutex);
@@ -126,28 +125,23 @@ ncclComm* make_comm(std::string id, int nranks, int rank, int device, Config con
   return comm;
 }
 
-void join_jobs(ncclComm* comm) {
-  std::vector<std::thread> jobs;
-  {
-    std::lock_guard lock(comm->mutex);
-    jobs.swap(comm->jobs);
-  }
-  for (std::thread& t : jobs) t.join();
+void name(ncclComm* comm, std::string id, int nranks, int rank) {
+  comm->id = std::move(id);
+  comm->nranks = nranks;
+  comm->rank = rank;
+  comm->sent.assign(static_cast<std::size_t>(nranks), 0);
+  comm->received.assign(static_cast<std::size_t>(nranks), 0);
 }
 
-// A non-blocking call's job ends no sooner than the launch delay after the call, so that
-// code which assumes a non-blocking call is done when it returns fails every time.
+// A non-blocking split's child appears no sooner than the launch delay after the call, as
+// every non-blocking call ends no sooner (group.cpp), so that code which reads it early
+// fails every time.
 void wait_launch_delay(const ncclComm* comm, Clock::time_point called) {
   for (Backoff backoff; Clock::now() < called + settings().launch_delay && !comm->aborted.load();) backoff.pause();
 }
 
-void finish(ncclComm* comm, ncclResult_t code, Clock::time_point called) {
-  wait_launch_delay(comm, called);
-  comm->state.store(code);  // src/group.cc:groupLaunch: the job's result replaces ncclInProgress
-}
-
 void release(ncclComm* comm) {
-  join_jobs(comm);
+  join_group(comm);
   if (comm->released.exchange(true)) return;
   // What the operations a revoke stopped published and nobody will read (commFree frees
   // it). Not otherwise: after a destroy, peers still read what completed operations sent.
@@ -176,45 +170,58 @@ ncclResult_t join(ncclComm* comm) {
     }
   }
   comm->pids = std::move(pids);
+  comm->initialized.store(true);
   return ncclSuccess;
 }
 
 // src/init.cc:ncclCommInitRankDev: *newcomm is set before the (possibly asynchronous)
-// initialization starts; the device is the caller's current one.
+// initialization starts, and back to NULL if the call fails (init.cc:2040); the device is
+// the caller's current one. A non-blocking call returns the communicator's state after
+// its group end (init.cc:2162-2166): ncclInProgress, or ncclSuccess inside a user's group,
+// which has not launched it yet.
 ncclResult_t init(ncclComm_t* newcomm, int nranks, const ncclUniqueId* ids, int nids, int rank,
                   const ncclConfig_t* given) {
-  if (newcomm == nullptr) return fail(ncclInvalidArgument, "CommInitRank : newcomm argument is NULL");
-  *newcomm = nullptr;
-  if (nranks < 1 || rank < 0 || rank >= nranks) {
-    return fail(ncclInvalidArgument, "Invalid rank requested : " + std::to_string(rank) + "/" + std::to_string(nranks));
-  }
-  if (ids == nullptr || nids < 1 || nids > nranks) {
-    return fail(ncclInvalidArgument, "CommInitRank : " + std::to_string(nids) + " unique ids for " +
-                                         std::to_string(nranks) + " ranks (1 to nranks are allowed)");
-  }
-  std::string id;
-  for (int i = 0; i < nids; ++i) {
-    if (std::memcmp(ids[i].internal, kIdMagic, sizeof(kIdMagic)) != 0) {
-      return fail(ncclInvalidArgument, "CommInitRank : unique id was not made by ncclGetUniqueId");
+  ncclComm* comm = nullptr;
+  const ncclResult_t result = in_group([&]() -> ncclResult_t {
+    if (newcomm == nullptr) return fail(ncclInvalidArgument, "CommInitRank : newcomm argument is NULL");
+    *newcomm = nullptr;
+    if (nranks < 1 || rank < 0 || rank >= nranks) {
+      return fail(ncclInvalidArgument,
+                  "Invalid rank requested : " + std::to_string(rank) + "/" + std::to_string(nranks));
     }
-    id += hex(reinterpret_cast<const unsigned char*>(ids[i].internal) + sizeof(kIdMagic), 16);
-  }
-  if (nids > 1) id = derive(id, "scalable");
-  Config config;
-  if (const ncclResult_t e = parse_config(given, config)) return e;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    return fail(ncclUnhandledCudaError, "Cuda failure 'no CUDA-capable device is detected'");
-  }
-  std::string error;
-  std::optional<Faults> faults = read_faults(error);
-  if (!faults) return fail(ncclInvalidArgument, error);
-  sweep_dead_segments();
-  ncclComm* comm = make_comm(id, nranks, rank, device, config, *faults);
-  *newcomm = comm;
-  const ncclResult_t started = run(comm, [comm] { return join(comm); });
-  // src/init.cc:ncclCommInitRankConfig returns a non-blocking communicator's state.
-  return config.blocking ? started : comm->state.load();
+    if (ids == nullptr || nids < 1 || nids > nranks) {
+      return fail(ncclInvalidArgument, "CommInitRank : " + std::to_string(nids) + " unique ids for " +
+                                           std::to_string(nranks) + " ranks (1 to nranks are allowed)");
+    }
+    std::string id;
+    for (int i = 0; i < nids; ++i) {
+      if (std::memcmp(ids[i].internal, kIdMagic, sizeof(kIdMagic)) != 0) {
+        return fail(ncclInvalidArgument, "CommInitRank : unique id was not made by ncclGetUniqueId");
+      }
+      id += hex(reinterpret_cast<const unsigned char*>(ids[i].internal) + sizeof(kIdMagic), 16);
+    }
+    if (nids > 1) id = derive(id, "scalable");
+    Config config;
+    if (const ncclResult_t e = parse_config(given, config)) return e;
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) {
+      return fail(ncclUnhandledCudaError, "Cuda failure 'no CUDA-capable device is detected'");
+    }
+    std::string error;
+    std::optional<Faults> faults = read_faults(error);
+    if (!faults) return fail(ncclInvalidArgument, error);
+    sweep_dead_segments();
+    ncclComm* made = allocate(device, config, *faults);
+    name(made, id, nranks, rank);
+    if (const ncclResult_t e = queue(made, [made] { return join(made); })) {
+      release(made);
+      return e;
+    }
+    comm = made;
+    *newcomm = comm;
+    return ncclSuccess;
+  });
+  return result == ncclSuccess && comm != nullptr && !comm->config.blocking ? comm->state.load() : result;
 }
 
 struct Member {
@@ -247,12 +254,16 @@ bool exchange(ncclComm* parent, const std::string& tag, const std::vector<int>& 
   return wait_read(name(parent->rank), parent->aborted);
 }
 
-// src/init.cc:ncclCommInitChildComm, shared by split and shrink: "*newcomm should be
-// NCCL_COMM_NULL until comm split fully complete"; the job runs on the PARENT, which
-// reports ncclInProgress if it is non-blocking (src/group.cc:ncclAsyncLaunch takes the
-// parent's config.blocking); a NULL config copies the parent's (copyCommConfig); the
-// child's ranks are ordered by key, ties by parent rank (init.cc, the stable insertion
-// by key of the split's allgather).
+// src/init.cc:ncclCommInitChildComm, shared by split and shrink, inside the call's group.
+// The child is allocated at the call (init.cc:2576) unless the colour is
+// NCCL_SPLIT_NOCOLOR; "*newcomm should be NCCL_COMM_NULL until comm split fully
+// complete" (2571-2572); the job runs on the PARENT (ncclAsyncLaunch is given the parent),
+// so a non-blocking parent reports ncclInProgress; a NULL config copies the parent's
+// (copyCommConfig); the child's ranks are ordered by key, ties by parent rank (the stable
+// insertion by key of commGetSplitInfo). The job writes the child into *newcomm when it
+// ends, also when it fails (1612-1620): the caller aborts a child that failed. The call
+// returns the queued job's ncclSuccess, not the group end's ncclInProgress (2666-2680 and
+// src/include/checks.h:122-129, NCCLCHECK lets ncclInProgress pass).
 ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_t* given, const char* call,
                         const std::string& kind, const std::vector<int>& ranks, int colour, int key) {
   if (newcomm == nullptr) return fail(ncclInvalidArgument, std::string(call) + " : newcomm argument is NULL");
@@ -263,19 +274,29 @@ ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_
   std::string error;
   std::optional<Faults> faults = read_faults(error);
   if (!faults) return fail(ncclInvalidArgument, error);
+  ncclComm* child = colour == NCCL_SPLIT_NOCOLOR ? nullptr : allocate(parent->device, config, *faults);
   const std::string tag = kind + std::to_string(++parent->children);
   const Clock::time_point called = Clock::now();
-  const ncclResult_t started = run(parent, [=, faults = *faults]() -> ncclResult_t {
+  const auto publish_child = [newcomm, child] { std::atomic_ref(*newcomm).store(child); };
+  const auto failed = [=](ncclResult_t code) {
+    if (child != nullptr) {
+      child->aborted.store(parent->aborted.load());  // the parent's abort reached it (childAbortFlag)
+      child->state.store(code);                      // NCCL leaves it ncclSuccess and records the failure in initState
+    }
+    publish_child();
+    return code;
+  };
+  const ncclResult_t queued = queue(parent, [=, faults = *faults]() -> ncclResult_t {
     if (faults.find("split_hang", parent->rank) != 0) {
       hang(parent);
-      return ncclInvalidUsage;
+      return failed(ncclInvalidUsage);
     }
     std::vector<Member> all;
     std::string why;
     if (!exchange(parent, tag, ranks, Member{colour, key}, all, why)) {
-      return parent->aborted.load() ? ncclInvalidUsage : fail(ncclSystemError, why);
+      return failed(parent->aborted.load() ? ncclInvalidUsage : fail(ncclSystemError, why));
     }
-    if (colour == NCCL_SPLIT_NOCOLOR) return ncclSuccess;
+    if (child == nullptr) return ncclSuccess;
     std::vector<int> members;
     for (const int r : ranks)
       if (all[static_cast<std::size_t>(r)].colour == colour) members.push_back(r);
@@ -283,43 +304,20 @@ ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_
       return all[static_cast<std::size_t>(a)].key < all[static_cast<std::size_t>(b)].key;
     });
     const auto me = std::find(members.begin(), members.end(), parent->rank) - members.begin();
-    ncclComm* child = make_comm(derive(parent->id, tag + "c" + std::to_string(colour)),
-                                static_cast<int>(members.size()), static_cast<int>(me), parent->device, config, faults);
+    name(child, derive(parent->id, tag + "c" + std::to_string(colour)), static_cast<int>(members.size()),
+         static_cast<int>(me));
     if (faults.find("init_hang", child->rank) != 0) {
-      hang(parent);  // the parent's abort reaches the child being made (init.cc:setCommAbortFlags, childAbortFlag)
-      release(child);
-      return ncclInvalidUsage;
+      hang(parent);  // the parent's abort reaches the child being made
+      return failed(ncclInvalidUsage);
     }
     for (const int r : members) child->pids.push_back(parent->pids[static_cast<std::size_t>(r)]);
-    child->state.store(ncclSuccess);
+    child->initialized.store(true);
     if (!parent->config.blocking) wait_launch_delay(parent, called);
-    *newcomm = child;  // written by the job, into the caller's pointer, as NCCL does
+    publish_child();
     return ncclSuccess;
   });
-  // A non-blocking split returns ncclSuccess, not ncclInProgress: ncclCommSplit returns
-  // ncclCommInitChildComm's result, and NCCLCHECK lets the group's ncclInProgress pass
-  // (src/init.cc:ncclCommSplit, src/include/checks.h). The parent reports the progress.
-  return started == ncclInProgress ? ncclSuccess : started;
-}
-
-// Runs the jobs a group collected: a blocking group's all at once, each on a thread of
-// its own, since they may meet each other (one thread initializing several devices);
-// a non-blocking group's in the background (src/group.cc:groupLaunch, ncclAsyncJobMain).
-ncclResult_t run_jobs(std::vector<std::pair<ncclComm*, std::function<ncclResult_t()>>>& jobs, bool blocking) {
-  ncclResult_t code = ncclSuccess;
-  if (!blocking) {
-    for (auto& [comm, job] : jobs) run(comm, std::move(job));
-    return jobs.empty() ? ncclSuccess : ncclInProgress;
-  }
-  std::vector<ncclResult_t> results(jobs.size(), ncclSuccess);
-  std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < jobs.size(); ++i) threads.emplace_back([&, i] { results[i] = jobs[i].second(); });
-  for (std::thread& t : threads) t.join();
-  for (std::size_t i = 0; i < jobs.size(); ++i) {
-    jobs[i].first->state.store(results[i]);
-    if (results[i] != ncclSuccess && code == ncclSuccess) code = results[i];
-  }
-  return code;
+  if (queued != ncclSuccess && child != nullptr) release(child);
+  return queued;
 }
 
 }  // namespace
@@ -329,9 +327,6 @@ std::uint64_t Faults::find(const std::string& kind, int rank) const {
     if (f.kind == kind && (f.rank < 0 || f.rank == rank)) return f.k;
   return 0;
 }
-
-thread_local Group this_thread_group;
-Group& group() { return this_thread_group; }
 
 ncclResult_t fail(ncclResult_t code, const std::string& message) {
   std::lock_guard lock(last_error().mutex);
@@ -352,15 +347,23 @@ ncclResult_t check_comm(const ncclComm* comm, const char* call) {
 }
 
 // src/init.cc:ncclCommEnsureReady: a communicator still in progress may not be used
-// (ncclInvalidArgument), and one with an error keeps returning it.
+// (ncclInvalidArgument), and one with an error keeps returning it. Stricter than NCCL: one
+// whose initialization has not run yet (its group is still open) is ncclInvalidUsage,
+// where NCCL would go on with a communicator it has not set up.
 ncclResult_t ensure_ready(const ncclComm* comm, const char* call) {
   if (const ncclResult_t e = check_comm(comm, call)) return e;
   const ncclResult_t state = comm->state.load();
   if (state == ncclInProgress) {
-    return fail(ncclInvalidArgument,
-                std::string(call) + " : Attempt to use communicator before the previous operation returned ncclSuccess");
+    return fail(
+        ncclInvalidArgument,
+        std::string(call) + " : Attempt to use communicator before the previous operation returned ncclSuccess");
   }
-  return state != ncclSuccess ? state : comm->failure.load();
+  if (state != ncclSuccess) return state;
+  if (!comm->initialized.load()) {
+    return fail(ncclInvalidUsage,
+                std::string(call) + " : communicator used before the group that initializes it ended");
+  }
+  return comm->failure.load();
 }
 
 void set_failure(ncclComm* comm, ncclResult_t code, const std::string& message) {
@@ -371,35 +374,6 @@ void set_failure(ncclComm* comm, ncclResult_t code, const std::string& message) 
 
 void hang(const ncclComm* comm) {
   for (Backoff backoff; !comm->aborted.load();) backoff.pause();
-}
-
-// A call's job (init, split, finalize, launch): inside a group it waits for the outermost
-// ncclGroupEnd (src/group.cc:ncclAsyncLaunch); otherwise it runs inline for a blocking
-// communicator, or on a thread of the communicator's for a non-blocking one, which
-// reports ncclInProgress until it is done (src/group.cc:ncclGroupEndInternal).
-ncclResult_t run(ncclComm* comm, std::function<ncclResult_t()> job) {
-  join_jobs(comm);  // callers checked the communicator is ready, so earlier jobs have ended
-  comm->state.store(ncclInProgress);
-  Group& g = group();
-  if (g.depth > 0) {
-    if (g.blocking >= 0 && g.blocking != static_cast<int>(comm->config.blocking)) {
-      g.error = fail(ncclInvalidArgument, "Blocking and nonblocking communicators are not allowed in the same group.");
-      comm->state.store(g.error);
-      return g.error;
-    }
-    g.blocking = comm->config.blocking ? 1 : 0;
-    g.jobs.emplace_back(comm, std::move(job));
-    return ncclSuccess;
-  }
-  if (comm->config.blocking) {
-    const ncclResult_t code = job();
-    comm->state.store(code);
-    return code;
-  }
-  const Clock::time_point started = Clock::now();
-  std::lock_guard lock(comm->mutex);
-  comm->jobs.emplace_back([comm, job = std::move(job), started] { finish(comm, job(), started); });
-  return ncclInProgress;
 }
 
 }  // namespace pcxemu
@@ -465,10 +439,12 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t* comm, int nranks, int rank, in
 // Any colour but NCCL_SPLIT_NOCOLOR forms a child, negative ones included (src/init.cc,
 // the split's allgather compares colours only).
 ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config) {
-  if (const ncclResult_t e = check_comm(comm, "ncclCommSplit")) return e;
-  std::vector<int> everyone(static_cast<std::size_t>(comm->nranks));
-  for (int r = 0; r < comm->nranks; ++r) everyone[static_cast<std::size_t>(r)] = r;
-  return make_child(comm, newcomm, config, "ncclCommSplit", "s", everyone, color, key);
+  return in_group([&] {
+    if (const ncclResult_t e = check_comm(comm, "ncclCommSplit")) return e;
+    std::vector<int> everyone(static_cast<std::size_t>(comm->nranks));
+    for (int r = 0; r < comm->nranks; ++r) everyone[static_cast<std::size_t>(r)] = r;
+    return make_child(comm, newcomm, config, "ncclCommSplit", "s", everyone, color, key);
+  });
 }
 
 // src/init.cc:ncclCommShrink: with NCCL_SHRINK_ABORT the parent's outstanding operations
@@ -477,34 +453,40 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newc
 // order; NCCL sorts the caller's list in place.
 ncclResult_t ncclCommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t* newcomm, ncclConfig_t* config,
                             int flags) {
-  if (const ncclResult_t e = check_comm(comm, "ncclCommShrink")) return e;
-  if ((flags & NCCL_SHRINK_ABORT) != 0) {
-    comm->aborted.store(true);
-    for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
-    comm->aborted.store(false);
-  }
-  if (exclude == nullptr || count <= 0) {
-    return fail(ncclInvalidArgument, "ncclCommShrink : excludeRanksList is NULL or excludeRanksCount is not positive");
-  }
-  std::sort(exclude, exclude + count);
-  if (std::binary_search(exclude, exclude + count, comm->rank)) {
-    return fail(ncclInvalidArgument, "ncclCommShrink : rank " + std::to_string(comm->rank) + " is excluded and must not call it");
-  }
-  std::vector<int> stay;
-  for (int r = 0; r < comm->nranks; ++r)
-    if (!std::binary_search(exclude, exclude + count, r)) stay.push_back(r);
-  return make_child(comm, newcomm, config, "ncclCommShrink", "k", stay, 0, comm->rank);
+  return in_group([&] {
+    if (const ncclResult_t e = check_comm(comm, "ncclCommShrink")) return e;
+    if ((flags & NCCL_SHRINK_ABORT) != 0) {
+      comm->aborted.store(true);
+      for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
+      comm->aborted.store(false);
+    }
+    if (exclude == nullptr || count <= 0) {
+      return fail(ncclInvalidArgument,
+                  "ncclCommShrink : excludeRanksList is NULL or excludeRanksCount is not positive");
+    }
+    std::sort(exclude, exclude + count);
+    if (std::binary_search(exclude, exclude + count, comm->rank)) {
+      return fail(ncclInvalidArgument,
+                  "ncclCommShrink : rank " + std::to_string(comm->rank) + " is excluded and must not call it");
+    }
+    std::vector<int> stay;
+    for (int r = 0; r < comm->nranks; ++r)
+      if (!std::binary_search(exclude, exclude + count, r)) stay.push_back(r);
+    return make_child(comm, newcomm, config, "ncclCommShrink", "k", stay, 0, comm->rank);
+  });
 }
 
 // src/init.cc:ncclCommRevoke (2.28): a NULL communicator is accepted; revokeFlags must be
-// NCCL_REVOKE_DEFAULT; not after finalize or destroy, nor twice (ncclInvalidArgument). The
-// abort flags stop the in-flight operations, and a job clears them once the communicator
-// is quiescent (commRevokeAsync), reporting ncclInProgress until then on a non-blocking
-// communicator. It counts as finalized from then on (finalizeCalled = true), so a later
-// ncclCommFinalize is ncclInvalidArgument; operations are refused (refuse_revoked);
-// split, shrink, destroy and abort may follow. Stricter than NCCL: a call made before
-// the revoke's job ends is ncclInvalidArgument (NCCL's ncclCommEnsureReady lets it
-// through while the abort flags are set, into a bootstrap they abort).
+// NCCL_REVOKE_DEFAULT; not after finalize or destroy, nor twice (ncclInvalidArgument), all
+// checked before its group. The abort flags stop the in-flight operations and a group job
+// still running (ncclCommEnsureReady -> ncclGroupJobAbort), and the revoke's job clears
+// them once the communicator is quiescent (commRevokeAsync); a non-blocking communicator
+// returns its state after the group end, ncclInProgress. It counts as finalized from then
+// on, so a later ncclCommFinalize is ncclInvalidArgument; operations are refused
+// (refuse_revoked); split, shrink, destroy and abort may follow. Stricter than NCCL: a
+// call made before the revoke's job ends is ncclInvalidArgument (NCCL's
+// ncclCommEnsureReady lets it through while the abort flags are set, into a bootstrap
+// they abort).
 ncclResult_t ncclCommRevoke(ncclComm_t comm, int flags) {
   if (comm == nullptr) return ncclSuccess;
   if (const ncclResult_t e = check_comm(comm, "ncclCommRevoke")) return e;
@@ -514,15 +496,18 @@ ncclResult_t ncclCommRevoke(ncclComm_t comm, int flags) {
   if (comm->finalized || comm->revoked) {
     return fail(ncclInvalidArgument, "ncclCommRevoke : the communicator is finalized or already revoked");
   }
-  comm->revoked = true;
-  comm->finalized = true;
-  comm->aborted.store(true);
-  const ncclResult_t started = run(comm, [comm] {
-    for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
-    comm->aborted.store(false);
-    return ncclSuccess;
+  const ncclResult_t result = in_group([comm] {
+    comm->aborted.store(true);
+    comm->revoked = true;
+    abort_group(comm);
+    comm->finalized = true;
+    return queue(comm, [comm] {
+      for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
+      comm->aborted.store(false);
+      return ncclSuccess;
+    });
   });
-  return comm->config.blocking ? started : comm->state.load();
+  return comm->config.blocking ? result : comm->state.load();
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
@@ -555,23 +540,29 @@ ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int* device) {
 }
 
 // src/init.cc:ncclCommFinalize: flushes the communicator's outstanding operations,
-// asynchronously for a non-blocking one. A refusal (not ready, or finalized already,
-// which a revoke counts as) becomes a non-blocking communicator's lasting error (its
-// `fail:` label), so that only ncclCommAbort is left to it.
+// asynchronously for a non-blocking one, which returns its state after the group end
+// (init.cc:2291-2294). A refusal (not ready, or finalized already, which a revoke counts
+// as) becomes a non-blocking communicator's lasting error (its `fail:` label), so that
+// only ncclCommAbort is left to it.
 ncclResult_t ncclCommFinalize(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
-  ncclResult_t refused = ensure_ready(comm, "ncclCommFinalize");
-  if (refused == ncclSuccess && comm->finalized) refused = fail(ncclInvalidArgument, "ncclCommFinalize : called twice");
-  if (refused != ncclSuccess) {
-    if (check_comm(comm, "ncclCommFinalize") == ncclSuccess && !comm->config.blocking) comm->state.store(refused);
-    return refused;
-  }
-  comm->finalized = true;
-  const ncclResult_t started = run(comm, [comm] {
-    for (Backoff backoff; comm->pending.load() > 0 && !comm->aborted.load();) backoff.pause();
-    return comm->aborted.load() ? ncclInvalidUsage : ncclSuccess;
+  const ncclResult_t result = in_group([comm] {
+    ncclResult_t refused = ensure_ready(comm, "ncclCommFinalize");
+    if (refused == ncclSuccess && comm->finalized) {
+      refused = fail(ncclInvalidArgument, "ncclCommFinalize : called twice");
+    }
+    if (refused != ncclSuccess) {
+      if (check_comm(comm, "ncclCommFinalize") == ncclSuccess && !comm->config.blocking) comm->state.store(refused);
+      return refused;
+    }
+    comm->finalized = true;
+    return queue(comm, [comm] {
+      for (Backoff backoff; comm->pending.load() > 0 && !comm->aborted.load();) backoff.pause();
+      return comm->aborted.load() ? ncclInvalidUsage : ncclSuccess;
+    });
   });
-  return comm->config.blocking ? started : comm->state.load();
+  if (check_comm(comm, "ncclCommFinalize") != ncclSuccess || comm->config.blocking) return result;
+  return comm->state.load();
 }
 
 // src/init.cc:ncclCommDestroy: a communicator not ready (in progress, or with an error)
@@ -579,6 +570,7 @@ ncclResult_t ncclCommFinalize(ncclComm_t comm) {
 // after ncclGroupStartInternal and skips its ncclGroupEndInternal, so the calling thread
 // is left one group deeper: modelled too, since code that follows a refused destroy with
 // an abort on the same thread then finds the abort's reclaim waiting for an ncclGroupEnd.
+// The reclaim is a job of a blocking group (destroyFlag, src/group.cc:52-53).
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
   if (const ncclResult_t e = check_comm(comm, "ncclCommDestroy")) return e;
@@ -586,70 +578,37 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     ++group().depth;
     return e;
   }
-  if (group().depth > 0) {
-    group().jobs.emplace_back(comm, [comm] {
-      for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();  // commDestroySync
-      release(comm);
-      return ncclSuccess;
-    });
-    return ncclSuccess;
-  }
-  for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();  // commDestroySync
-  release(comm);
-  return ncclSuccess;
+  return in_group([comm] {
+    return queue(
+        comm,
+        [comm] {
+          for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();  // commDestroySync
+          release(comm);
+          return ncclSuccess;
+        },
+        true);
+  });
 }
 
 // src/init.cc:ncclCommAbort: sets the abort flags at once, which stop what runs on the
-// device and the job of a split being made from it; the reclaim is a job like any other
-// (it waits for an ncclGroupEnd inside a group).
+// device and the job of a split being made from it, and aborts and joins a group job
+// still running (ncclCommEnsureReady -> ncclGroupJobAbort); the reclaim is a job of a
+// blocking group like destroy's (it waits for an ncclGroupEnd inside a group).
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
   if (const ncclResult_t e = check_comm(comm, "ncclCommAbort")) return e;
   comm->aborted.store(true);
   remove_own_segments(comm->id);
-  if (group().depth > 0) {
-    group().jobs.emplace_back(comm, [comm] {
-      release(comm);
-      return ncclSuccess;
-    });
-    return ncclSuccess;
-  }
-  release(comm);
-  return ncclSuccess;
-}
-
-ncclResult_t ncclGroupStart() {
-  ++group().depth;
-  return ncclSuccess;
-}
-
-// src/group.cc:ncclGroupEndInternal: only the outermost end launches; a group with an
-// error launches nothing and gives every non-blocking communicator in it the error.
-ncclResult_t ncclGroupEnd() {
-  if (group().depth == 0) return fail(ncclInvalidUsage, "ncclGroupEnd: not in a group call.");
-  if (--group().depth > 0) return ncclSuccess;
-  Group done = std::exchange(group(), Group{});
-  if (done.error != ncclSuccess) {
-    for (const Launch& work : done.launches)
-      if (!work.comm->config.blocking) work.comm->state.store(done.error);
-    for (const auto& [comm, job] : done.jobs)
-      if (!comm->config.blocking) comm->state.store(done.error);
-    return done.error;
-  }
-  ncclResult_t code = run_jobs(done.jobs, done.blocking != 0);
-  for (Launch& work : done.launches) {
-    ncclComm* comm = work.comm;
-    const bool blocking = comm->config.blocking;
-    const ncclResult_t launched = launch(std::move(work), done.numbered);
-    if (launched != ncclSuccess) {
-      if (!blocking) comm->state.store(launched);
-      code = launched;
-    } else if (!blocking) {
-      run(comm, [] { return ncclSuccess; });  // in progress until the background launch is done
-      if (code == ncclSuccess) code = ncclInProgress;
-    }
-  }
-  return code;
+  abort_group(comm);
+  return in_group([comm] {
+    return queue(
+        comm,
+        [comm] {
+          release(comm);
+          return ncclSuccess;
+        },
+        true);
+  });
 }
 
 int pcxemu_live_communicators(void) {
@@ -659,9 +618,9 @@ int pcxemu_live_communicators(void) {
 
 // Declared by nccl.h but not emulated: they fail clearly instead of reaching a real NCCL
 // with the emulator's handles.
-#define PCXEMU_NOT_EMULATED(name, ...)                                                                    \
-  ncclResult_t name(__VA_ARGS__) {                                                                        \
-    return fail(ncclInvalidUsage, #name " is not emulated (pcx's NCCL emulator, see README.md)");          \
+#define PCXEMU_NOT_EMULATED(name, ...)                                                            \
+  ncclResult_t name(__VA_ARGS__) {                                                                \
+    return fail(ncclInvalidUsage, #name " is not emulated (pcx's NCCL emulator, see README.md)"); \
   }
 PCXEMU_NOT_EMULATED(ncclMemAlloc, void**, size_t)
 PCXEMU_NOT_EMULATED(ncclMemFree, void*)

@@ -16,6 +16,8 @@ struct Config {
   std::string name;
 };
 
+struct GroupJob;
+
 /// PCX_EMU_FAULT, parsed (see pcx_emulator.h).
 struct Fault {
   std::string kind;
@@ -34,6 +36,7 @@ struct Faults {
 /// One rank's communicator. Handles are never freed, so that a handle used after
 /// ncclCommDestroy or ncclCommAbort gives an error rather than undefined behaviour.
 struct ncclComm {
+  // Set when its initialization starts (init) or completes (a split's child).
   std::string id;  // 32 hex digits, the same on every rank
   int nranks = 0;
   int rank = 0;
@@ -41,13 +44,15 @@ struct ncclComm {
   pcxemu::Config config;
   pcxemu::Faults faults;
 
-  // src/init.cc:ncclCommGetAsyncError reads two results: the communicator's own, which
-  // each call's background job overwrites when it ends (ncclInProgress until then), and
+  // src/init.cc:ncclCommGetAsyncError reads two results: the communicator's own
+  // (asyncResult: zero, ncclSuccess, when allocated; ncclInProgress from the end of the
+  // group that launches a job for it until that group's job ends, then its result), and
   // its operations' (the proxy's), which stays once set.
-  std::atomic<ncclResult_t> state{ncclInProgress};
+  std::atomic<ncclResult_t> state{ncclSuccess};
   std::atomic<ncclResult_t> failure{ncclSuccess};
-  std::atomic<bool> aborted{false};   // set by ncclCommAbort: every wait gives up
-  std::atomic<bool> released{false};  // destroyed or aborted: the handle is dead
+  std::atomic<bool> initialized{false};  // its members have met (pids are set)
+  std::atomic<bool> aborted{false};      // the abort flag: every wait gives up
+  std::atomic<bool> released{false};     // destroyed or aborted: the handle is dead
   bool finalized = false;
   bool revoked = false;
   std::vector<pid_t> pids;  // by rank, once initialized
@@ -60,9 +65,9 @@ struct ncclComm {
   std::vector<std::uint64_t> sent;
   std::vector<std::uint64_t> received;
 
-  std::atomic<int> pending{0};  // stream tasks not yet finished
-  std::mutex mutex;             // guards jobs
-  std::vector<std::thread> jobs;
+  std::atomic<int> pending{0};                  // stream tasks not yet finished
+  std::mutex mutex;                             // guards group_job
+  std::shared_ptr<pcxemu::GroupJob> group_job;  // the last non-blocking group launched for it
 };
 
 namespace pcxemu {
@@ -77,8 +82,6 @@ ncclResult_t ensure_ready(const ncclComm* comm, const char* call);
 void set_failure(ncclComm* comm, ncclResult_t code, const std::string& message);
 /// Waits until @p comm is aborted: what a rank that never arrives looks like.
 void hang(const ncclComm* comm);
-/// Runs @p job for @p comm as NCCL runs a call's job (see nccl.cpp).
-ncclResult_t run(ncclComm* comm, std::function<ncclResult_t()> job);
 
 enum class Kind { all_reduce, reduce, broadcast, all_gather, reduce_scatter, send, recv };
 
@@ -101,17 +104,55 @@ struct Launch {
   std::vector<Op> ops;
 };
 
+/// The background work of a call (init, split, shrink, finalize, revoke, destroy, abort),
+/// run by the group that launches it.
+using Job = std::function<ncclResult_t()>;
+
 /// What ncclGroupStart collects on this thread until the outermost ncclGroupEnd
-/// (src/group.cc): operations, and the jobs of init, split, shrink and destroy.
+/// (src/group.cc; every call is inside a group of its own, ncclGroupStartInternal).
 struct Group {
   int depth = 0;
-  ncclResult_t error = ncclSuccess;
-  int blocking = -1;  // of the first job's communicator; jobs of both kinds may not mix
+  ncclResult_t error = ncclSuccess;  // ncclGroupError: the first error of a call in it
+  int blocking = -1;                 // ncclGroupBlocking: -1 until a communicator sets it
   std::vector<Launch> launches;
-  std::vector<std::pair<ncclComm*, std::function<ncclResult_t()>>> jobs;
+  std::vector<std::pair<ncclComm*, Job>> jobs;
   std::vector<const ncclComm*> numbered;  // communicators whose operation count this group took
 };
 Group& group();
+
+/// A launched non-blocking group (src/group.cc ncclGroupJob): its communicators report
+/// ncclInProgress until every job of it has ended, then its one result; aborting any of
+/// them while it runs aborts all of them (ncclGroupJobAbort).
+struct GroupJob {
+  std::vector<ncclComm*> comms;
+  std::atomic<bool> done{false};
+  std::thread thread;
+  std::thread::id id;
+  std::mutex mutex;  // guards the join
+
+  /// Waits for the group's thread, unless called from it.
+  void join();
+};
+
+/// Queues @p job for @p comm in this thread's group (src/group.cc:ncclAsyncLaunch): a job
+/// of a non-blocking communicator may not join a blocking one's group (ncclInvalidArgument,
+/// recorded for the group); @p reclaim (destroy, abort) makes the group blocking.
+ncclResult_t queue(ncclComm* comm, Job job, bool reclaim = false);
+
+/// ncclGroupEndInternal: the outermost end launches what the group collected.
+ncclResult_t end_group();
+
+/// An API call as NCCL makes it: @p body between ncclGroupStartInternal and
+/// ncclGroupEndInternal, its error recorded for the group (include/group.h
+/// ncclGroupErrCheck). Returns the body's result, or the group end's error.
+ncclResult_t in_group(const std::function<ncclResult_t()>& body);
+
+/// Waits until @p comm's last group job has ended.
+void join_group(ncclComm* comm);
+
+/// ncclGroupJobAbort: sets the abort flag of every communicator of @p comm's group job if
+/// it is still running, then waits for it.
+void abort_group(ncclComm* comm);
 
 /// Puts a group's operations on one communicator on its stream (collectives.cpp);
 /// @p numbered lists the communicators that already counted this group as an operation.
