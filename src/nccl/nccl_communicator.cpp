@@ -732,9 +732,12 @@ std::unique_ptr<Communicator> NcclCommunicator::make_child(const std::string& wh
   ncclConfig_t config = make_config(child->options);
   const std::optional<std::uint64_t> free_before = free_memory(parent.device);
   // The call runs on the parent: the parent reports ncclInProgress until it is done
-  // (src/group.cc ncclGroupEndInternal marks the job's communicator, the parent).
+  // (src/group.cc ncclGroupEndInternal marks the job's communicator, the parent). The call
+  // itself returns ncclSuccess (NCCL 2.28) or ncclInProgress (which the user guide allows);
+  // enqueue takes both.
+  const Deadline deadline = Deadline::of(options);
   try {
-    enqueue(what, Deadline::of(options), [&](ncclComm_t comm) { return call(comm, &child->comm, &config); });
+    enqueue(what, deadline, [&](ncclComm_t comm) { return call(comm, &child->comm, &config); });
   } catch (...) {
     if (!parent.owned) {
       // pcx does not abort a borrowed parent, so NCCL's thread may still write the slot.
@@ -749,6 +752,17 @@ std::unique_ptr<Communicator> NcclCommunicator::make_child(const std::string& wh
   if (!joins) return nullptr;
   if (child->comm == nullptr) {
     throw CommError(fmt::format("{} on {} completed without a child communicator", what, describe()), -1);
+  }
+  // The child is polled too, within the same deadline: NCCL 2.28 writes it ready, but its
+  // maintainers expect a caller to be able to poll it as it polls an init (nccl#1472).
+  if (const ncclResult_t ready = settle(child->comm, deadline.at); ready != ncclSuccess) {
+    child->abort();
+    if (ready == ncclInProgress) {
+      throw Timeout(fmt::format("{} on {}: the child did not become ready within {} ms; it was aborted", what,
+                                describe(), deadline.timeout.count()));
+    }
+    throw CommError(fmt::format("{} on {}: the child failed: {}; it was aborted", what, describe(), nccl_text(ready)),
+                    static_cast<int>(ready));
   }
   child->created_bytes = used_since(parent.device, free_before);
   return std::make_unique<NcclCommunicator>(NcclCommunicator(std::move(child)));

@@ -34,6 +34,7 @@ struct Settings {
   std::size_t device_memory = std::size_t{80} << 30;
   std::size_t comm_memory = std::size_t{64} << 20;
   std::chrono::microseconds launch_delay{2000};
+  bool split_in_progress = false;  // non-blocking split and shrink return ncclInProgress
 };
 const Settings& settings();
 

@@ -85,6 +85,7 @@ const Settings& settings() {
         read("PCX_EMU_COMM_MEMORY", static_cast<long long>(s.comm_memory), 0, kTerabyte, true));
     s.launch_delay =
         std::chrono::microseconds(read("PCX_EMU_LAUNCH_DELAY_US", s.launch_delay.count(), 0, 60'000'000, false));
+    s.split_in_progress = read("PCX_EMU_SPLIT_IN_PROGRESS", 0, 0, 1, false) == 1;
     return s;
   }();
   return values;

@@ -313,11 +313,28 @@ ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_
     for (const int r : members) child->pids.push_back(parent->pids[static_cast<std::size_t>(r)]);
     child->initialized.store(true);
     if (!parent->config.blocking) wait_launch_delay(parent, called);
+    child->state.store(ncclSuccess);
     publish_child();
     return ncclSuccess;
   });
   if (queued != ncclSuccess && child != nullptr) release(child);
+  if (queued == ncclSuccess && child != nullptr && !parent->config.blocking && settings().split_in_progress) {
+    child->state.store(ncclInProgress);
+    publish_child();
+  }
   return queued;
+}
+
+// What ncclCommSplit and ncclCommShrink return: the call's own result, ncclSuccess for one
+// that launched a non-blocking job. With PCX_EMU_SPLIT_IN_PROGRESS=1 a non-blocking split
+// behaves instead as NCCL's maintainers describe one that mimics ncclCommInitRank
+// (NVIDIA/nccl#1472): it returns ncclInProgress, which the user guide allows of any call
+// on a non-blocking communicator, and writes *newcomm at the call, a child that reports
+// ncclInProgress until the split ends; so that a caller is tested against both.
+ncclResult_t child_result(const ncclComm* parent, ncclResult_t result) {
+  const bool launched = result == ncclSuccess && check_comm(parent, "ncclCommSplit") == ncclSuccess &&
+                        parent->state.load() == ncclInProgress;
+  return launched && settings().split_in_progress ? ncclInProgress : result;
 }
 
 }  // namespace
@@ -439,12 +456,12 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t* comm, int nranks, int rank, in
 // Any colour but NCCL_SPLIT_NOCOLOR forms a child, negative ones included (src/init.cc,
 // the split's allgather compares colours only).
 ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config) {
-  return in_group([&] {
-    if (const ncclResult_t e = check_comm(comm, "ncclCommSplit")) return e;
-    std::vector<int> everyone(static_cast<std::size_t>(comm->nranks));
-    for (int r = 0; r < comm->nranks; ++r) everyone[static_cast<std::size_t>(r)] = r;
-    return make_child(comm, newcomm, config, "ncclCommSplit", "s", everyone, color, key);
-  });
+  return child_result(comm, in_group([&] {
+                        if (const ncclResult_t e = check_comm(comm, "ncclCommSplit")) return e;
+                        std::vector<int> everyone(static_cast<std::size_t>(comm->nranks));
+                        for (int r = 0; r < comm->nranks; ++r) everyone[static_cast<std::size_t>(r)] = r;
+                        return make_child(comm, newcomm, config, "ncclCommSplit", "s", everyone, color, key);
+                      }));
 }
 
 // src/init.cc:ncclCommShrink: with NCCL_SHRINK_ABORT the parent's outstanding operations
@@ -453,27 +470,27 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newc
 // order; NCCL sorts the caller's list in place.
 ncclResult_t ncclCommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t* newcomm, ncclConfig_t* config,
                             int flags) {
-  return in_group([&] {
-    if (const ncclResult_t e = check_comm(comm, "ncclCommShrink")) return e;
-    if ((flags & NCCL_SHRINK_ABORT) != 0) {
-      comm->aborted.store(true);
-      for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
-      comm->aborted.store(false);
-    }
-    if (exclude == nullptr || count <= 0) {
-      return fail(ncclInvalidArgument,
-                  "ncclCommShrink : excludeRanksList is NULL or excludeRanksCount is not positive");
-    }
-    std::sort(exclude, exclude + count);
-    if (std::binary_search(exclude, exclude + count, comm->rank)) {
-      return fail(ncclInvalidArgument,
-                  "ncclCommShrink : rank " + std::to_string(comm->rank) + " is excluded and must not call it");
-    }
-    std::vector<int> stay;
-    for (int r = 0; r < comm->nranks; ++r)
-      if (!std::binary_search(exclude, exclude + count, r)) stay.push_back(r);
-    return make_child(comm, newcomm, config, "ncclCommShrink", "k", stay, 0, comm->rank);
-  });
+  return child_result(comm, in_group([&] {
+                        if (const ncclResult_t e = check_comm(comm, "ncclCommShrink")) return e;
+                        if ((flags & NCCL_SHRINK_ABORT) != 0) {
+                          comm->aborted.store(true);
+                          for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
+                          comm->aborted.store(false);
+                        }
+                        if (exclude == nullptr || count <= 0) {
+                          return fail(ncclInvalidArgument,
+                                      "ncclCommShrink : excludeRanksList is NULL or excludeRanksCount is not positive");
+                        }
+                        std::sort(exclude, exclude + count);
+                        if (std::binary_search(exclude, exclude + count, comm->rank)) {
+                          return fail(ncclInvalidArgument, "ncclCommShrink : rank " + std::to_string(comm->rank) +
+                                                               " is excluded and must not call it");
+                        }
+                        std::vector<int> stay;
+                        for (int r = 0; r < comm->nranks; ++r)
+                          if (!std::binary_search(exclude, exclude + count, r)) stay.push_back(r);
+                        return make_child(comm, newcomm, config, "ncclCommShrink", "k", stay, 0, comm->rank);
+                      }));
 }
 
 // src/init.cc:ncclCommRevoke (2.28): a NULL communicator is accepted; revokeFlags must be

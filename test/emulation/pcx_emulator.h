@@ -15,6 +15,11 @@
 //                          64M): a model of NCCL's buffers, not a measurement
 //   PCX_EMU_LAUNCH_DELAY_US  how long a non-blocking call stays ncclInProgress before
 //                          it completes in the background (default 2000)
+//   PCX_EMU_SPLIT_IN_PROGRESS  1: a non-blocking ncclCommSplit or ncclCommShrink works
+//                          as an init does: it returns ncclInProgress (NCCL 2.28.9:
+//                          ncclSuccess) and writes *newcomm at once (2.28.9: when the
+//                          split ends), a child that reports ncclInProgress until then;
+//                          NCCL's user guide allows both (default 0)
 //   PCX_EMU_FAULT          comma-separated faults, read when a communicator is created
 //                          (init, split, shrink) and kept by it:
 //                            init_hang[@R]   init (or the child side of a split) of rank R
