@@ -34,20 +34,6 @@ bool g_local_ok = true;
 
 int my_device() { return g_devices > 0 ? g_rank % g_devices : 0; }
 
-std::string result_name(ncclResult_t r) {
-  switch (r) {
-    case ncclSuccess: return "ncclSuccess";
-    case ncclUnhandledCudaError: return "ncclUnhandledCudaError";
-    case ncclSystemError: return "ncclSystemError";
-    case ncclInternalError: return "ncclInternalError";
-    case ncclInvalidArgument: return "ncclInvalidArgument";
-    case ncclInvalidUsage: return "ncclInvalidUsage";
-    case ncclRemoteError: return "ncclRemoteError";
-    case ncclInProgress: return "ncclInProgress";
-    default: return "ncclResult_t(" + std::to_string(static_cast<int>(r)) + ")";
-  }
-}
-
 std::string error_name(cudaError_t e) { return cudaGetErrorName(e) != nullptr ? cudaGetErrorName(e) : "?"; }
 
 bool everyone(bool ok) {

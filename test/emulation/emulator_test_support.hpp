@@ -43,6 +43,8 @@
 #include <thread>
 #include <vector>
 
+#include "result_name.hpp"
+
 namespace emutest {
 
 using Clock = std::chrono::steady_clock;
@@ -67,8 +69,6 @@ extern int g_devices;
 extern bool g_local_ok;
 
 int my_device();
-
-std::string result_name(ncclResult_t r);
 
 std::string error_name(cudaError_t e);
 

@@ -30,6 +30,8 @@
 #include <utility>
 #include <vector>
 
+#include "result_name.hpp"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -45,24 +47,7 @@ struct World {
   int size = 1;
 };
 
-// A rule this NCCL cannot run: too old for the call.
-struct Skip {
-  std::string why;
-};
-
-std::string name(ncclResult_t r) {
-  switch (r) {
-    case ncclSuccess: return "ncclSuccess";
-    case ncclUnhandledCudaError: return "ncclUnhandledCudaError";
-    case ncclSystemError: return "ncclSystemError";
-    case ncclInternalError: return "ncclInternalError";
-    case ncclInvalidArgument: return "ncclInvalidArgument";
-    case ncclInvalidUsage: return "ncclInvalidUsage";
-    case ncclRemoteError: return "ncclRemoteError";
-    case ncclInProgress: return "ncclInProgress";
-    default: return "ncclResult_t " + std::to_string(static_cast<int>(r));
-  }
-}
+std::string name(ncclResult_t r) { return emutest::result_name(r); }
 
 std::string name(cudaError_t e) { return cudaGetErrorName(e); }
 
@@ -181,15 +166,6 @@ ncclResult_t alone(Slot& comm, int size) {
   return ncclCommInitRankConfig(comm.out(), size, own_id(), 0, &c);
 }
 
-void require_version(int major, int minor) {
-  int version = 0;
-  (void)ncclGetVersion(&version);
-  if (version < NCCL_VERSION(major, minor, 0)) {
-    throw Skip{"needs NCCL " + std::to_string(major) + "." + std::to_string(minor) + ", this is " +
-               std::to_string(version)};
-  }
-}
-
 // ---- The rules' scenarios: each makes the situation of its rule and observes it ----------
 
 Observed init_blocking(const World& w) {
@@ -265,12 +241,9 @@ Observed split_blocking(const World& w) {
           {"child.at_return", state(child.get())}};
 }
 
-Observed split_nonblocking(const World& w) {
-  Slot child;
-  Slot parent;
-  ready(parent, w, false);
-  MPI_Barrier(MPI_COMM_WORLD);
-  const ncclResult_t r = ncclCommSplit(parent.get(), 0, w.rank, child.out(), nullptr);
+// What a non-blocking split or shrink that returned `r` shows at once, and once the parent
+// is done with it.
+Observed child_made(ncclResult_t r, const Slot& parent, const Slot& child) {
   Observed o{{"returns", name(r)}, {"handle.at_return", child.describe()}, {"parent.at_return", state(parent.get())}};
   o["parent.at_end"] = settle(parent.get());
   o["handle.at_end"] = child.describe();
@@ -278,18 +251,30 @@ Observed split_nonblocking(const World& w) {
   return o;
 }
 
-// Rank 0 calls first and watches for kAbsent; the others call once it is done watching.
+// Rank 0 splits the parent while the other ranks have not called, and watches for kAbsent.
+Observed split_alone(const World& w, const Slot& parent, Slot& child) {
+  if (w.rank != 0) return {};
+  Observed o{{"returns", name(ncclCommSplit(parent.get(), 0, w.rank, child.out(), nullptr))}};
+  std::this_thread::sleep_for(kAbsent);
+  o["handle.while_absent"] = child.describe();
+  o["parent.while_absent"] = state(parent.get());
+  return o;
+}
+
+Observed split_nonblocking(const World& w) {
+  Slot child;
+  Slot parent;
+  ready(parent, w, false);
+  MPI_Barrier(MPI_COMM_WORLD);
+  return child_made(ncclCommSplit(parent.get(), 0, w.rank, child.out(), nullptr), parent, child);
+}
+
+// The other ranks call once rank 0 is done watching.
 Observed split_peer_absent(const World& w) {
   Slot child;
   Slot parent;
   ready(parent, w, false);
-  Observed o;
-  if (w.rank == 0) {
-    o["returns"] = name(ncclCommSplit(parent.get(), 0, w.rank, child.out(), nullptr));
-    std::this_thread::sleep_for(kAbsent);
-    o["handle.while_absent"] = child.describe();
-    o["parent.while_absent"] = state(parent.get());
-  }
+  Observed o = split_alone(w, parent, child);
   MPI_Barrier(MPI_COMM_WORLD);
   if (w.rank != 0) (void)ncclCommSplit(parent.get(), 0, w.rank, child.out(), nullptr);
   const std::string end = settle(parent.get());
@@ -304,10 +289,8 @@ Observed split_nocolor(const World& w) {
   Slot child;
   Slot parent;
   ready(parent, w, false);
-  const ncclResult_t r = ncclCommSplit(parent.get(), NCCL_SPLIT_NOCOLOR, w.rank, child.out(), nullptr);
-  Observed o{{"returns", name(r)}, {"handle.at_return", child.describe()}, {"parent.at_return", state(parent.get())}};
-  o["parent.at_end"] = settle(parent.get());
-  o["handle.at_end"] = child.describe();
+  Observed o = child_made(ncclCommSplit(parent.get(), NCCL_SPLIT_NOCOLOR, w.rank, child.out(), nullptr), parent, child);
+  o.erase("child.at_end");  // there is none
   return o;
 }
 
@@ -342,12 +325,8 @@ Observed split_abort_while_absent(const World& w) {
   Slot child;
   Slot parent;
   ready(parent, w, false);
-  Observed o;
+  Observed o = split_alone(w, parent, child);
   if (w.rank == 0) {
-    o["returns"] = name(ncclCommSplit(parent.get(), 0, w.rank, child.out(), nullptr));
-    std::this_thread::sleep_for(kAbsent);
-    o["handle.while_absent"] = child.describe();
-    o["parent.while_absent"] = state(parent.get());
     o["abort.returns"] = name(parent.abort());
     o["handle.after_abort"] = child.describe();
     o["child_abort.returns"] = name(child.abort());
@@ -356,40 +335,26 @@ Observed split_abort_while_absent(const World& w) {
   return o;
 }
 
-Observed shrink_nonblocking(const World& w) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
-  require_version(2, 27);
+Observed shrink_nonblocking(const World& w) {
   Slot child;
   Slot parent;
   ready(parent, w, false);
   int excluded = w.size - 1;
   if (w.rank == excluded) return {};
-  const ncclResult_t r = ncclCommShrink(parent.get(), &excluded, 1, child.out(), nullptr, NCCL_SHRINK_DEFAULT);
-  Observed o{{"returns", name(r)}, {"handle.at_return", child.describe()}, {"parent.at_return", state(parent.get())}};
-  o["parent.at_end"] = settle(parent.get());
-  o["handle.at_end"] = child.describe();
-  o["child.at_end"] = settle(child.get());
-  return o;
-#else
-  (void)w;
-  throw Skip{"needs NCCL 2.27 headers"};
-#endif
+  return child_made(ncclCommShrink(parent.get(), &excluded, 1, child.out(), nullptr, NCCL_SHRINK_DEFAULT), parent,
+                    child);
 }
 
 Observed shrink_excluded_caller(const World& w) {
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
-  require_version(2, 27);
   Slot child;
   Slot parent;
   ready(parent, w, false);
   int excluded = w.rank;
   const ncclResult_t r = ncclCommShrink(parent.get(), &excluded, 1, child.out(), nullptr, NCCL_SHRINK_DEFAULT);
   return {{"returns", name(r)}, {"handle.at_return", child.describe()}, {"parent.after", state(parent.get())}};
-#else
-  (void)w;
-  throw Skip{"needs NCCL 2.27 headers"};
-#endif
 }
+#endif
 
 Observed finalize(const World& w, bool blocking) {
   Slot comm;
@@ -414,66 +379,43 @@ Observed finalize_twice(const World& w) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
 // A ready non-blocking communicator over every rank, revoked and quiescent.
 void revoked(Slot& comm, const World& w) {
-  require_version(2, 28);
   ready(comm, w, false);
   (void)ncclCommRevoke(comm.get(), NCCL_REVOKE_DEFAULT);
   (void)settle(comm.get());
 }
-#endif
 
 Observed revoke_nonblocking(const World& w) {
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-  require_version(2, 28);
   Slot comm;
   ready(comm, w, false);
   const ncclResult_t r = ncclCommRevoke(comm.get(), NCCL_REVOKE_DEFAULT);
   Observed o{{"returns", name(r)}, {"comm.at_return", state(comm.get())}};
   o["comm.at_end"] = settle(comm.get());
   return o;
-#else
-  (void)w;
-  throw Skip{"needs NCCL 2.28 headers"};
-#endif
 }
 
 Observed revoke_then_operation(const World& w) {
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
   const Operation op;
   Slot comm;
   revoked(comm, w);
   const ncclResult_t r = op.all_reduce(comm.get());
   return {{"operation.returns", name(r)}, {"comm.after", state(comm.get())}};
-#else
-  (void)w;
-  throw Skip{"needs NCCL 2.28 headers"};
-#endif
 }
 
 Observed revoke_then_revoke_or_finalize(const World& w) {
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
   Slot comm;
   revoked(comm, w);
   const ncclResult_t again = ncclCommRevoke(comm.get(), NCCL_REVOKE_DEFAULT);
   const ncclResult_t finalized = ncclCommFinalize(comm.get());
   return {{"revoke.returns", name(again)}, {"finalize.returns", name(finalized)}, {"comm.after", state(comm.get())}};
-#else
-  (void)w;
-  throw Skip{"needs NCCL 2.28 headers"};
-#endif
 }
 
 Observed revoke_invalid_flags(const World& w) {
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-  require_version(2, 28);
   Slot comm;
   ready(comm, w, false);
   const ncclResult_t r = ncclCommRevoke(comm.get(), 1);
   return {{"returns", name(r)}, {"comm.after", state(comm.get())}};
-#else
-  (void)w;
-  throw Skip{"needs NCCL 2.28 headers"};
-#endif
 }
+#endif
 
 Observed operation_nonblocking(const World& w) {
   const Operation op;
@@ -584,15 +526,19 @@ constexpr Entry kScenarios[] = {
     {"split.nonblocking.in_group", split_in_group},
     {"split.parent_in_progress", split_parent_in_progress},
     {"split.nonblocking.abort_while_absent", split_abort_while_absent},
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
     {"shrink.nonblocking", shrink_nonblocking},
     {"shrink.excluded_caller", shrink_excluded_caller},
+#endif
     {"finalize.blocking", finalize_blocking},
     {"finalize.nonblocking", finalize_nonblocking},
     {"finalize.twice.nonblocking", finalize_twice},
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
     {"revoke.nonblocking", revoke_nonblocking},
     {"revoke.then_operation", revoke_then_operation},
     {"revoke.then_revoke_or_finalize", revoke_then_revoke_or_finalize},
     {"revoke.invalid_flags", revoke_invalid_flags},
+#endif
     {"operation.nonblocking", operation_nonblocking},
     {"operation.nonblocking.one_rank", operation_one_rank},
     {"operation.nonblocking.zero_count", operation_zero_count},
@@ -647,21 +593,34 @@ class Watchdog {
   std::thread thread_;
 };
 
+// NCCL_VERSION of a rule's "nccl" ("2.28"): the release that brought its call.
+int version_of(const json& rule) {
+  int major = 0;
+  int minor = 0;
+  (void)std::sscanf(rule.value("nccl", std::string("0.0")).c_str(), "%d.%d", &major, &minor);
+  return NCCL_VERSION(major, minor, 0);
+}
+
 // What a rank saw of a rule: its observations, or why it could not run it.
 json run_rule(const json& rule, const World& w) {
   const std::string id = rule.at("id").get<std::string>();
   const int ranks = rule.value("ranks", 1);
   if (w.size < ranks) return {{"skipped", "needs " + std::to_string(ranks) + " ranks"}};
+  int version = 0;
+  (void)ncclGetVersion(&version);
+  const int needed = version_of(rule);
+  if (version < needed)
+    return {{"skipped", "needs NCCL " + std::to_string(needed) + ", this is " + std::to_string(version)}};
   for (const Entry& e : kScenarios) {
     if (e.id != id) continue;
     try {
       return {{"observed", e.run(w)}};
-    } catch (const Skip& s) {
-      return {{"skipped", s.why}};
     } catch (const std::exception& error) {
       return {{"error", error.what()}};
     }
   }
+  if (NCCL_VERSION_CODE < needed)
+    return {{"skipped", "built against NCCL headers older than " + std::to_string(needed)}};
   return {{"error", "no scenario makes this rule's situation"}};
 }
 
