@@ -53,9 +53,18 @@ ncclResult_t launch_all(Group& done) {
   return code;
 }
 
+std::shared_ptr<GroupJob> group_job_of(ncclComm* comm) {
+  const std::lock_guard lock(comm->mutex);
+  return comm->group_job;
+}
+
 }  // namespace
 
 Group& group() { return this_thread_group; }
+
+void wait_launch_delay(Clock::time_point called, const std::function<bool()>& aborted) {
+  for (Backoff backoff; Clock::now() < called + settings().launch_delay && !aborted();) backoff.pause();
+}
 
 void GroupJob::join() {
   const std::lock_guard lock(mutex);
@@ -63,22 +72,13 @@ void GroupJob::join() {
 }
 
 void join_group(ncclComm* comm) {
-  std::shared_ptr<GroupJob> job;
-  {
-    const std::lock_guard lock(comm->mutex);
-    job = comm->group_job;
-  }
-  if (job) job->join();
+  if (const std::shared_ptr<GroupJob> job = group_job_of(comm)) job->join();
 }
 
 // src/group.cc:780-791 ncclGroupJobAbort: a group job still running is aborted as a whole
 // (asyncJobLaunch then sets every job's abort flag) and joined.
 void abort_group(ncclComm* comm) {
-  std::shared_ptr<GroupJob> job;
-  {
-    const std::lock_guard lock(comm->mutex);
-    job = comm->group_job;
-  }
+  const std::shared_ptr<GroupJob> job = group_job_of(comm);
   if (!job) return;
   if (!job->done.load()) {
     for (ncclComm* member : job->comms) member->aborted.store(true);
@@ -143,12 +143,9 @@ ncclResult_t end_group() {
   job->thread = std::thread([raw, jobs = std::move(done.jobs), launched, called]() mutable {
     ncclResult_t code = run_all(jobs);
     if (code == ncclSuccess) code = launched;
-    // No sooner than the launch delay after the call, so that code which assumes a
-    // non-blocking call is done when it returns fails every time.
-    const auto aborted = [raw] {
+    wait_launch_delay(called, [raw] {
       return std::any_of(raw->comms.begin(), raw->comms.end(), [](const ncclComm* c) { return c->aborted.load(); });
-    };
-    for (Backoff backoff; Clock::now() < called + settings().launch_delay && !aborted();) backoff.pause();
+    });
     for (ncclComm* comm : raw->comms) comm->state.store(code);  // group.cc:608-630
     raw->done.store(true);
   });

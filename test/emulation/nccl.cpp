@@ -133,13 +133,6 @@ void name(ncclComm* comm, std::string id, int nranks, int rank) {
   comm->received.assign(static_cast<std::size_t>(nranks), 0);
 }
 
-// A non-blocking split's child appears no sooner than the launch delay after the call, as
-// every non-blocking call ends no sooner (group.cpp), so that code which reads it early
-// fails every time.
-void wait_launch_delay(const ncclComm* comm, Clock::time_point called) {
-  for (Backoff backoff; Clock::now() < called + settings().launch_delay && !comm->aborted.load();) backoff.pause();
-}
-
 void release(ncclComm* comm) {
   join_group(comm);
   if (comm->released.exchange(true)) return;
@@ -312,7 +305,8 @@ ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_
     }
     for (const int r : members) child->pids.push_back(parent->pids[static_cast<std::size_t>(r)]);
     child->initialized.store(true);
-    if (!parent->config.blocking) wait_launch_delay(parent, called);
+    // A non-blocking split's child appears no sooner than its parent is done.
+    if (!parent->config.blocking) wait_launch_delay(called, [parent] { return parent->aborted.load(); });
     child->state.store(ncclSuccess);
     publish_child();
     return ncclSuccess;
@@ -332,8 +326,8 @@ ncclResult_t make_child(ncclComm* parent, ncclComm_t* newcomm, const ncclConfig_
 // on a non-blocking communicator, and writes *newcomm at the call, a child that reports
 // ncclInProgress until the split ends; so that a caller is tested against both.
 ncclResult_t child_result(const ncclComm* parent, ncclResult_t result) {
-  const bool launched = result == ncclSuccess && check_comm(parent, "ncclCommSplit") == ncclSuccess &&
-                        parent->state.load() == ncclInProgress;
+  // ncclSuccess means the parent passed its checks.
+  const bool launched = result == ncclSuccess && parent->state.load() == ncclInProgress;
   return launched && settings().split_in_progress ? ncclInProgress : result;
 }
 
@@ -456,12 +450,13 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t* comm, int nranks, int rank, in
 // Any colour but NCCL_SPLIT_NOCOLOR forms a child, negative ones included (src/init.cc,
 // the split's allgather compares colours only).
 ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config) {
-  return child_result(comm, in_group([&] {
-                        if (const ncclResult_t e = check_comm(comm, "ncclCommSplit")) return e;
-                        std::vector<int> everyone(static_cast<std::size_t>(comm->nranks));
-                        for (int r = 0; r < comm->nranks; ++r) everyone[static_cast<std::size_t>(r)] = r;
-                        return make_child(comm, newcomm, config, "ncclCommSplit", "s", everyone, color, key);
-                      }));
+  const ncclResult_t result = in_group([&] {
+    if (const ncclResult_t e = check_comm(comm, "ncclCommSplit")) return e;
+    std::vector<int> everyone(static_cast<std::size_t>(comm->nranks));
+    for (int r = 0; r < comm->nranks; ++r) everyone[static_cast<std::size_t>(r)] = r;
+    return make_child(comm, newcomm, config, "ncclCommSplit", "s", everyone, color, key);
+  });
+  return child_result(comm, result);
 }
 
 // src/init.cc:ncclCommShrink: with NCCL_SHRINK_ABORT the parent's outstanding operations
@@ -470,27 +465,28 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newc
 // order; NCCL sorts the caller's list in place.
 ncclResult_t ncclCommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t* newcomm, ncclConfig_t* config,
                             int flags) {
-  return child_result(comm, in_group([&] {
-                        if (const ncclResult_t e = check_comm(comm, "ncclCommShrink")) return e;
-                        if ((flags & NCCL_SHRINK_ABORT) != 0) {
-                          comm->aborted.store(true);
-                          for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
-                          comm->aborted.store(false);
-                        }
-                        if (exclude == nullptr || count <= 0) {
-                          return fail(ncclInvalidArgument,
-                                      "ncclCommShrink : excludeRanksList is NULL or excludeRanksCount is not positive");
-                        }
-                        std::sort(exclude, exclude + count);
-                        if (std::binary_search(exclude, exclude + count, comm->rank)) {
-                          return fail(ncclInvalidArgument, "ncclCommShrink : rank " + std::to_string(comm->rank) +
-                                                               " is excluded and must not call it");
-                        }
-                        std::vector<int> stay;
-                        for (int r = 0; r < comm->nranks; ++r)
-                          if (!std::binary_search(exclude, exclude + count, r)) stay.push_back(r);
-                        return make_child(comm, newcomm, config, "ncclCommShrink", "k", stay, 0, comm->rank);
-                      }));
+  const ncclResult_t result = in_group([&] {
+    if (const ncclResult_t e = check_comm(comm, "ncclCommShrink")) return e;
+    if ((flags & NCCL_SHRINK_ABORT) != 0) {
+      comm->aborted.store(true);
+      for (Backoff backoff; comm->pending.load() > 0;) backoff.pause();
+      comm->aborted.store(false);
+    }
+    if (exclude == nullptr || count <= 0) {
+      return fail(ncclInvalidArgument,
+                  "ncclCommShrink : excludeRanksList is NULL or excludeRanksCount is not positive");
+    }
+    std::sort(exclude, exclude + count);
+    if (std::binary_search(exclude, exclude + count, comm->rank)) {
+      return fail(ncclInvalidArgument,
+                  "ncclCommShrink : rank " + std::to_string(comm->rank) + " is excluded and must not call it");
+    }
+    std::vector<int> stay;
+    for (int r = 0; r < comm->nranks; ++r)
+      if (!std::binary_search(exclude, exclude + count, r)) stay.push_back(r);
+    return make_child(comm, newcomm, config, "ncclCommShrink", "k", stay, 0, comm->rank);
+  });
+  return child_result(comm, result);
 }
 
 // src/init.cc:ncclCommRevoke (2.28): a NULL communicator is accepted; revokeFlags must be

@@ -127,7 +127,6 @@ struct GroupJob {
   std::vector<ncclComm*> comms;
   std::atomic<bool> done{false};
   std::thread thread;
-  std::thread::id id;
   std::mutex mutex;  // guards the join
 
   /// Waits for the group's thread, unless called from it.
@@ -146,6 +145,11 @@ ncclResult_t end_group();
 /// ncclGroupEndInternal, its error recorded for the group (include/group.h
 /// ncclGroupErrCheck). Returns the body's result, or the group end's error.
 ncclResult_t in_group(const std::function<ncclResult_t()>& body);
+
+/// Waits until @p called + PCX_EMU_LAUNCH_DELAY_US, or until @p aborted() is true: no
+/// non-blocking call ends sooner, so that code which assumes one is done when it returns
+/// fails every time.
+void wait_launch_delay(Clock::time_point called, const std::function<bool()>& aborted);
 
 /// Waits until @p comm's last group job has ended.
 void join_group(ncclComm* comm);
