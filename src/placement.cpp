@@ -12,15 +12,25 @@
 namespace pcx {
 namespace {
 
-// Groups of @p layout with members on more than one node of @p per_node consecutive
-// ranks: members are ascending, so a group is on one node when its first and last are.
-int crossing_groups(const GroupLayout& layout, int per_node) {
+// How @p layout's groups lie on nodes of @p per_node consecutive ranks: the groups with
+// members on more than one node, and the nodes all groups touch together (a group on one
+// node touches one). Members are ascending, so a group's nodes are its changes of node.
+struct Spread {
   int crossing = 0;
-  const int last = layout.group_size() - 1;
+  long long nodes = 0;
+};
+
+Spread spread(const GroupLayout& layout, int per_node) {
+  Spread s;
   for (int c = 0; c < layout.group_count(); ++c) {
-    crossing += layout.global_rank(c, 0) / per_node != layout.global_rank(c, last) / per_node ? 1 : 0;
+    int nodes = 1;
+    for (int i = 1; i < layout.group_size(); ++i) {
+      nodes += layout.global_rank(c, i) / per_node != layout.global_rank(c, i - 1) / per_node ? 1 : 0;
+    }
+    s.crossing += nodes > 1 ? 1 : 0;
+    s.nodes += nodes;
   }
-  return crossing;
+  return s;
 }
 
 // The kinds whose groups depend on the order, the views of the two grids, with their axes.
@@ -39,10 +49,13 @@ std::vector<std::string> split_names(std::string_view text) {
   return names;
 }
 
+// Megatron's default order lists the most communicating axis first.
+constexpr std::array<std::string_view, 5> kByTraffic = {"tp", "cp", "ep", "dp", "pp"};
+constexpr std::size_t kExpertAxis = 2;
+
 // How much a kind's traffic needs a node's bandwidth: the slowest of its axes in Megatron's
-// default order, which lists the most communicating axis first (0 for tp ... 4 for pp).
+// default order (0 for tp ... 4 for pp).
 std::size_t slowest_axis(std::string_view varying) {
-  constexpr std::array<std::string_view, 5> kByTraffic = {"tp", "cp", "ep", "dp", "pp"};
   std::size_t slowest = 0;
   for (const std::string& axis : split_names(varying)) {
     slowest = std::max(slowest, static_cast<std::size_t>(std::ranges::find(kByTraffic, axis) - kByTraffic.begin()));
@@ -73,6 +86,12 @@ std::optional<Topology> with_order(const Topology& topology, std::string order) 
 }  // namespace
 
 std::string PlacementWarning::message() const {
+  if (better_order.empty()) {
+    return fmt::format(
+        "{}: groups of {} ranks cannot fit in nodes of {} ranks: {} of {} groups cross nodes and no order keeps "
+        "them inside; give nodes of at least {} ranks or smaller groups",
+        id.name(), group_size, ranks_per_node, crossing_groups, group_count, group_size);
+  }
   return fmt::format(
       "{}: {} of {} groups cross nodes of {} ranks; order '{}' keeps them inside nodes and moves out no "
       "kind of axes as fast in Megatron's default order",
@@ -85,30 +104,48 @@ std::vector<PlacementWarning> check_placement(const Topology& topology) {
   struct Kind {
     const GroupView* view;
     std::string_view varying;
-    int crossing;
+    Spread now;
+    bool checked;  // false for a kind with the same groups as a faster or earlier one
   };
   std::vector<Kind> kinds;
   for (const GroupView& view : topology.all_views()) {
-    const GridKind* k = grid_kind(view.id.kind);
-    // A kind with an earlier one's groups (tensor-context parallel when cp = 1) has its verdict.
-    const bool repeated =
-        std::ranges::any_of(kinds, [&](const Kind& earlier) { return earlier.view->layout == view.layout; });
-    if (k && !repeated) kinds.push_back({&view, k->varying, crossing_groups(view.layout, *per_node)});
+    if (const GridKind* k = grid_kind(view.id.kind)) kinds.push_back({&view, k->varying, spread(view.layout, *per_node), true});
+  }
+  // Kinds with the same groups (tensor-context parallel when cp = 1, expert and data
+  // parallel when etp = tp) get one verdict, the fastest one's; all keep their own say in
+  // what a new order may spread, as their groups may part under it.
+  for (Kind& kind : kinds) {
+    for (const Kind& other : kinds) {
+      const bool before = slowest_axis(other.varying) < slowest_axis(kind.varying) ||
+                          (slowest_axis(other.varying) == slowest_axis(kind.varying) && &other < &kind);
+      if (other.checked && &other != &kind && before && other.view->layout == kind.view->layout) kind.checked = false;
+    }
   }
   std::vector<PlacementWarning> warnings;
   for (const Kind& kind : kinds) {
-    if (kind.crossing == 0) continue;
+    if (!kind.checked || kind.now.crossing == 0) continue;
+    const GroupLayout& layout = kind.view->layout;
+    PlacementWarning warning{kind.view->id, kind.now.crossing, layout.group_count(), layout.group_size(), *per_node, {}};
+    if (layout.group_size() > *per_node) {
+      // Expert, data and pipeline parallel groups larger than a node are common designs;
+      // tensor or context parallel ones are the most expensive mistake there is, and no
+      // order mends them.
+      if (slowest_axis(kind.varying) < kExpertAxis) warnings.push_back(std::move(warning));
+      continue;
+    }
     std::string order = fronted(topology.order(), kind.varying);
     if (order == topology.order()) continue;
     const std::optional<Topology> better = with_order(topology, order);
-    if (!better || crossing_groups(better->layout(kind.view->id), *per_node) != 0) continue;
-    // A faster kind inside nodes now must stay inside: tp over dp, never the reverse.
+    if (!better || spread(better->layout(kind.view->id), *per_node).crossing != 0) continue;
+    // No kind of axes as fast may spread over more nodes: tensor parallel may push data
+    // parallel across nodes, never the reverse, nor further across when it crosses already.
     const bool keeps_faster_inside = std::ranges::all_of(kinds, [&](const Kind& other) {
-      return other.crossing != 0 || slowest_axis(other.varying) > slowest_axis(kind.varying) ||
-             crossing_groups(better->layout(other.view->id), *per_node) == 0;
+      return slowest_axis(other.varying) > slowest_axis(kind.varying) ||
+             spread(better->layout(other.view->id), *per_node).nodes <= other.now.nodes;
     });
     if (keeps_faster_inside) {
-      warnings.push_back({kind.view->id, kind.crossing, kind.view->layout.group_count(), *per_node, std::move(order)});
+      warning.better_order = std::move(order);
+      warnings.push_back(std::move(warning));
     }
   }
   return warnings;

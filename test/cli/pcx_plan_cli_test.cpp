@@ -734,6 +734,15 @@ BOOST_AUTO_TEST_CASE(check_names_kinds_that_cross_nodes_needlessly) {
     BOOST_TEST(bad.out == "placement: tensor_parallel: 8 of 8 groups cross nodes of 8 ranks; order 'tp-dp' keeps them "
                           "inside nodes and moves out no kind of axes as fast in Megatron's default order\n");
   }
+  // Tensor parallel groups of 8 on nodes of 4 cannot fit; pairing data parallel would
+  // spread them over 4 nodes each instead of 2, so that is not proposed.
+  const Outcome too_big = run_plan({"--world", "16", "--tp", "8", "--ranks-per-node", "4", "--check"});
+  BOOST_TEST_CONTEXT(too_big.describe()) {
+    BOOST_TEST(too_big.exited_with(3));
+    BOOST_TEST(too_big.out ==
+               "placement: tensor_parallel: groups of 8 ranks cannot fit in nodes of 4 ranks: 2 of 2 groups cross "
+               "nodes and no order keeps them inside; give nodes of at least 8 ranks or smaller groups\n");
+  }
   const Outcome good = run_ok({"--world", "64", "--tp", "8", "--ranks-per-node", "8", "--check"});
   BOOST_TEST(good.out == "placement: every kind that can stay inside nodes of 8 ranks does\n");
   const Outcome no_nodes = run_plan({"--world", "64", "--tp", "8", "--check"});

@@ -104,3 +104,42 @@ BOOST_AUTO_TEST_CASE(nothing_to_check_without_several_nodes) {
   // Groups of one rank never cross.
   BOOST_TEST(check_placement(topology(8, 1, 1, std::nullopt, 1)).empty());
 }
+
+BOOST_AUTO_TEST_CASE(tensor_parallel_larger_than_a_node_is_named_and_never_pushed_further_out) {
+  // 16 = dp 2 x tp 8 on nodes of 4: tp groups {0..7}, {8..15} cannot fit and span 2 nodes
+  // each. dp groups {r, r+8} cross too; 'dp-tp-cp-ep-pp' would make them pairs, but tp
+  // {0, 2, ..., 14} would then span 4 nodes each: no order is proposed for dp.
+  const auto warnings = check_placement(topology(16, 8, 1, std::nullopt, 4));
+  BOOST_TEST_REQUIRE(warnings.size() == 1u);
+  BOOST_TEST(warnings[0].id.name() == "tensor_parallel");
+  BOOST_TEST(warnings[0].crossing_groups == 2);
+  BOOST_TEST(warnings[0].group_count == 2);
+  BOOST_TEST(warnings[0].group_size == 8);
+  BOOST_TEST(warnings[0].better_order.empty());
+  BOOST_TEST(warnings[0].message() ==
+             "tensor_parallel: groups of 8 ranks cannot fit in nodes of 4 ranks: 2 of 2 groups cross nodes and no "
+             "order keeps them inside; give nodes of at least 8 ranks or smaller groups");
+}
+
+BOOST_AUTO_TEST_CASE(tensor_context_larger_than_a_node_is_named_its_parts_are_not_moved) {
+  // 32 = dp 2 x cp 4 x tp 4 on nodes of 8: tp {4k..4k+3} is inside; tensor-context
+  // {0..15}, {16..31} cannot fit; cp {r, r+4, r+8, r+12} spans 2 nodes, and 'cp-tp-dp-pp'
+  // would take it inside only by spreading tp to {r, r+4, r+8, r+12}.
+  BOOST_TEST(names(check_placement(topology(32, 4, 4, std::nullopt, 8))) ==
+                 (std::vector<std::string>{"tensor_context_parallel"}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(expert_and_data_parallel_larger_than_a_node_are_designs_not_mistakes) {
+  // 64 = dp 16 x tp 4, experts 16 on nodes of 8: expert groups {r, r+4, ..., r+60} span
+  // 8 nodes, as data parallel does; neither fits in a node, and neither is named.
+  BOOST_TEST(check_placement(topology(64, 4, 1, std::nullopt, 8, {16})).empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_proposal_never_parts_kinds_that_share_groups_now) {
+  // 64 = dp 8 x tp 8, experts 8 with expert tensor 8, nodes of 8: expert groups
+  // {r, r+8, ..., r+56} cross. 'ep-tp-cp-dp-pp' would make them blocks of 8, but expert
+  // tensor parallel, the same groups as tensor parallel now, would become {r, r+8, ...}:
+  // it keeps its say although it is checked as tensor parallel. Nothing is named.
+  BOOST_TEST(check_placement(topology(64, 8, 1, std::nullopt, 8, {8}, 8)).empty());
+}
