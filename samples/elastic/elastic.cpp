@@ -1,7 +1,7 @@
 // elastic: mixture-of-experts training steps that go on without a lost rank.
 //
 //   mpiexec -n 8 elastic [--backend mpi|nccl] [--fail-rank 3] [--fail-step 2]
-//       [--fail-by sleep|kill] [--steps 4] [--tp 2] [--etp 1] [--ep 2] [--timeout-ms 1000]
+//       [--fail-by sleep|kill|host] [--steps 4] [--tp 2] [--etp 1] [--ep 2] [--timeout-ms 1000]
 //
 // The layout is Megatron's: tensor parallel groups of --tp ranks from a GridMpu, experts
 // of --etp-wide tensor groups, --ep of them per expert parallel group. One step, on every
@@ -12,14 +12,16 @@
 //  3. dense gradients: an all_reduce (avg) over the data parallel group;
 //  4. the loss: an all_reduce (sum) over the world.
 // At step --fail-step, rank --fail-rank stops responding: it sleeps three deadlines, then
-// leaves; with --fail-by kill it dies at once (SIGKILL). The others time out (every
-// operation has a deadline of --timeout-ms), give up their context and rebuild it on the
-// survivors with pcx::rebuild, which drops the lost rank's data parallel replica and keeps
-// every other shape; they redo the step and go on. The last line, printed by the
+// leaves; with --fail-by kill it dies at once (SIGKILL). With --fail-by host its whole
+// node is lost: every rank on the node of --fail-rank (Communicator::nodes()) stops as
+// with sleep, for the host to be killed from outside (scripts/hosts kill). The others
+// time out (every operation has a deadline of --timeout-ms), give up their context and
+// rebuild it on the survivors with pcx::rebuild, which drops the lost ranks' data parallel
+// replicas and keeps every other shape; they redo the step and go on. The last line, printed by the
 // survivors' rank 0, starts with "elastic: recovered" and gives the time from the start
 // of the failed step to the end of its first good run. After a kill, the launcher must
 // let the others go on (Open MPI: mpiexec --enable-recovery), and they end without
-// MPI_Finalize, which would wait for the dead process.
+// MPI_Finalize, which would wait for the dead processes.
 //
 // Exit status: 0 on every rank (the lost rank and its replica leave early; a killed rank
 // has none); 2 for bad flags.
@@ -27,6 +29,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -127,8 +130,23 @@ pcx::ParallelConfig layout(const Options& o) {
   return config;
 }
 
+// The ranks that stop at the failed step: --fail-rank, or with --fail-by host every rank
+// on its node. Collective (nodes() is).
+std::vector<int> lost_ranks(const Options& o, const pcx::Communicator& world) {
+  if (o.fail_by != "host") return {o.fail_rank};
+  const std::vector<int> nodes = world.nodes();
+  if (nodes.empty()) throw pcx::ConfigError(fmt::format("--fail-by host: a {} world has no nodes", world.backend()));
+  std::vector<int> lost;
+  for (int r = 0; r < world.size(); ++r) {
+    if (nodes[static_cast<std::size_t>(r)] == nodes[static_cast<std::size_t>(o.fail_rank)]) lost.push_back(r);
+  }
+  return lost;
+}
+
 int run(const Options& o, const pcx::Communicator& world) {
   const int first_rank = world.rank();
+  const std::vector<int> lost = lost_ranks(o, world);
+  const bool stops = std::ranges::find(lost, first_rank) != lost.end();
   pcx::ContextOptions options;
   options.communicators.timeout = std::chrono::milliseconds(o.timeout_ms);
   auto mpu = std::make_shared<const pcx::GridMpu>(world, layout(o));
@@ -138,15 +156,16 @@ int run(const Options& o, const pcx::Communicator& world) {
   const auto say = [&](const std::string& line) {
     if (context().rank() == 0) fmt::print("{}\n", line);
   };
-  say(fmt::format("{}: {} ranks, tensor {}, expert tensor {}, experts {}; rank {} stops at step {}", kProgram,
-                  world.size(), o.tp, o.etp, o.ep, o.fail_rank, o.fail_step));
+  say(fmt::format("{}: {} ranks, tensor {}, expert tensor {}, experts {}; rank{} {} stop{} at step {}", kProgram,
+                  world.size(), o.tp, o.etp, o.ep, lost.size() == 1 ? "" : "s", fmt::join(lost, ","),
+                  lost.size() == 1 ? "s" : "", o.fail_step));
 
   Clock::time_point failed_at;  // the start of the failed step, while recovering
   bool recovering = false;
   std::string recovery;
   for (int number = 1; number <= o.steps;) {
     const Clock::time_point started = Clock::now();
-    if (!survivors && number == o.fail_step && first_rank == o.fail_rank) {
+    if (!survivors && number == o.fail_step && stops) {
       if (o.fail_by == "kill") std::raise(SIGKILL);
       std::this_thread::sleep_for(3 * std::chrono::milliseconds(o.timeout_ms));  // stops responding
     } else {
@@ -167,10 +186,9 @@ int run(const Options& o, const pcx::Communicator& world) {
       failed_at = started;
       recovering = true;
     }
-    // The lost rank is known to every survivor (here from the command line; in a job, from
-    // its launcher or health checks). Everyone, the lost rank too once it wakes, gives up
-    // the context; the ranks that leave stop here.
-    const std::vector<int> lost = {o.fail_rank};
+    // The lost ranks are known to every survivor (here from the command line; in a job,
+    // from its launcher or health checks). Everyone, the lost ranks too once they wake,
+    // gives up the context; the ranks that leave stop here.
     const Clock::time_point rebuilding = Clock::now();
     pcx::RebuildOptions rebuild;
     rebuild.context = options;
@@ -178,8 +196,8 @@ int run(const Options& o, const pcx::Communicator& world) {
     world.abort();  // shrunk: no longer usable by all its ranks
     if (!rebuilt) return 0;
     survivors = std::move(rebuilt);
-    say(fmt::format("  step {}: rank {} lost; rebuilt in {:.0f} ms on {} ranks (data parallel {} -> {})", number,
-                    o.fail_rank, ms_between(rebuilding, Clock::now()), survivors->context.world_size(),
+    say(fmt::format("  step {}: rank{} {} lost; rebuilt in {:.0f} ms on {} ranks (data parallel {} -> {})", number,
+                    lost.size() == 1 ? "" : "s", fmt::join(lost, ","), ms_between(rebuilding, Clock::now()), survivors->context.world_size(),
                     first.data_parallel_size(), survivors->context.data_parallel_size()));
   }
   say(fmt::format("{}: recovered: {}; {} steps on {} of {} ranks, every number checked", kProgram,
@@ -195,8 +213,10 @@ Options parse(const std::vector<std::string>& args, int world_size) {
   app.add_option("--backend", o.backend, "mpi, or nccl with one GPU per rank")->check(CLI::IsMember({"mpi", "nccl"}));
   app.add_option("--fail-rank", o.fail_rank, "the rank that stops responding")->check(CLI::Range(0, 1 << 20));
   app.add_option("--fail-step", o.fail_step, "the step at which it stops")->check(CLI::Range(1, 1000));
-  app.add_option("--fail-by", o.fail_by, "how it stops: sleep, or kill (needs mpiexec --enable-recovery)")
-      ->check(CLI::IsMember({"sleep", "kill"}));
+  app.add_option("--fail-by", o.fail_by,
+                 "how it stops: sleep; kill (needs mpiexec --enable-recovery); host: its node's ranks stop, for the "
+                 "host to be killed")
+      ->check(CLI::IsMember({"sleep", "kill", "host"}));
   app.add_option("--steps", o.steps, "steps")->check(CLI::Range(1, 1000));
   app.add_option("--tp", o.tp, "tensor parallel size")->check(CLI::Range(1, 1 << 20));
   app.add_option("--etp", o.etp, "expert tensor parallel size")->check(CLI::Range(1, 1 << 20));
@@ -237,7 +257,7 @@ int run_on(const Options& o, const pcx::MpiCommunicator& world) {
 
 int elastic(const Options& o, const pcx::MpiCommunicator& world) {
   const int status = run_on(o, world);
-  if (o.fail_by == "kill") {
+  if (o.fail_by != "sleep") {
     // Open MPI 4.1's MPI_Finalize is a fence over every process of the job, the dead one
     // too, and may never return (there is no ULFM): end here, every pcx object released.
     std::fflush(nullptr);
