@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <optional>
+#include <utility>
 
 #include "pcx/error.hpp"
 
@@ -105,27 +106,33 @@ std::vector<PlacementWarning> check_placement(const Topology& topology) {
     const GroupView* view;
     std::string_view varying;
     Spread now;
-    bool checked;  // false for a kind with the same groups as a faster or earlier one
   };
   std::vector<Kind> kinds;
   for (const GroupView& view : topology.all_views()) {
-    if (const GridKind* k = grid_kind(view.id.kind)) kinds.push_back({&view, k->varying, spread(view.layout, *per_node), true});
+    const GridKind* k = grid_kind(view.id.kind);
+    if (k != nullptr) kinds.push_back({&view, k->varying, spread(view.layout, *per_node)});
   }
   // Kinds with the same groups (tensor-context parallel when cp = 1, expert and data
-  // parallel when etp = tp) get one verdict, the fastest one's; all keep their own say in
-  // what a new order may spread, as their groups may part under it.
-  for (Kind& kind : kinds) {
-    for (const Kind& other : kinds) {
-      const bool before = slowest_axis(other.varying) < slowest_axis(kind.varying) ||
-                          (slowest_axis(other.varying) == slowest_axis(kind.varying) && &other < &kind);
-      if (other.checked && &other != &kind && before && other.view->layout == kind.view->layout) kind.checked = false;
+  // parallel when etp = tp) get one verdict, the fastest one's (the first of equals); all
+  // keep their say in what a new order may spread, as their groups may part under it.
+  const auto judged = [&](std::size_t i) {
+    const auto rank = [&](std::size_t j) { return std::pair(slowest_axis(kinds[j].varying), j); };
+    for (std::size_t j = 0; j < kinds.size(); ++j) {
+      if (rank(j) < rank(i) && kinds[j].view->layout == kinds[i].view->layout) return false;
     }
-  }
+    return true;
+  };
   std::vector<PlacementWarning> warnings;
-  for (const Kind& kind : kinds) {
-    if (!kind.checked || kind.now.crossing == 0) continue;
+  for (std::size_t i = 0; i < kinds.size(); ++i) {
+    const Kind& kind = kinds[i];
+    if (kind.now.crossing == 0 || !judged(i)) continue;
     const GroupLayout& layout = kind.view->layout;
-    PlacementWarning warning{kind.view->id, kind.now.crossing, layout.group_count(), layout.group_size(), *per_node, {}};
+    PlacementWarning warning{.id = kind.view->id,
+                             .crossing_groups = kind.now.crossing,
+                             .group_count = layout.group_count(),
+                             .group_size = layout.group_size(),
+                             .ranks_per_node = *per_node,
+                             .better_order = {}};
     if (layout.group_size() > *per_node) {
       // Expert, data and pipeline parallel groups larger than a node are common designs;
       // tensor or context parallel ones are the most expensive mistake there is, and no

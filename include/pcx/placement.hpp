@@ -11,9 +11,9 @@ namespace pcx {
 
 /// A kind whose groups cross node boundaries, where that is a mistake: either its groups
 /// cannot fit in a node at all (larger than a node, for a kind of tensor and context
-/// parallel axes only), or an order of the same sizes
-/// keeps them inside nodes and spreads no kind of axes as fast (tp, cp, ep, dp, pp: the
-/// most communicating first) over more nodes than now.
+/// parallel axes only), or an order of the same sizes keeps them inside nodes and spreads
+/// no kind of axes as fast (tp, cp, ep, dp, pp: the most communicating first) over more
+/// nodes than now.
 struct PlacementWarning {
   GroupId id;                ///< The kind.
   int crossing_groups = 0;   ///< Its groups with members on more than one node.

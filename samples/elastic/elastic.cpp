@@ -147,6 +147,7 @@ int run(const Options& o, const pcx::Communicator& world) {
   const int first_rank = world.rank();
   const std::vector<int> lost = lost_ranks(o, world);
   const bool stops = std::ranges::find(lost, first_rank) != lost.end();
+  const std::string lost_text = fmt::format("rank{} {}", lost.size() == 1 ? "" : "s", fmt::join(lost, ","));
   pcx::ContextOptions options;
   options.communicators.timeout = std::chrono::milliseconds(o.timeout_ms);
   auto mpu = std::make_shared<const pcx::GridMpu>(world, layout(o));
@@ -156,9 +157,8 @@ int run(const Options& o, const pcx::Communicator& world) {
   const auto say = [&](const std::string& line) {
     if (context().rank() == 0) fmt::print("{}\n", line);
   };
-  say(fmt::format("{}: {} ranks, tensor {}, expert tensor {}, experts {}; rank{} {} stop{} at step {}", kProgram,
-                  world.size(), o.tp, o.etp, o.ep, lost.size() == 1 ? "" : "s", fmt::join(lost, ","),
-                  lost.size() == 1 ? "s" : "", o.fail_step));
+  say(fmt::format("{}: {} ranks, tensor {}, expert tensor {}, experts {}; {} stop{} at step {}", kProgram, world.size(),
+                  o.tp, o.etp, o.ep, lost_text, lost.size() == 1 ? "s" : "", o.fail_step));
 
   Clock::time_point failed_at;  // the start of the failed step, while recovering
   bool recovering = false;
@@ -196,9 +196,9 @@ int run(const Options& o, const pcx::Communicator& world) {
     world.abort();  // shrunk: no longer usable by all its ranks
     if (!rebuilt) return 0;
     survivors = std::move(rebuilt);
-    say(fmt::format("  step {}: rank{} {} lost; rebuilt in {:.0f} ms on {} ranks (data parallel {} -> {})", number,
-                    lost.size() == 1 ? "" : "s", fmt::join(lost, ","), ms_between(rebuilding, Clock::now()), survivors->context.world_size(),
-                    first.data_parallel_size(), survivors->context.data_parallel_size()));
+    say(fmt::format("  step {}: {} lost; rebuilt in {:.0f} ms on {} ranks (data parallel {} -> {})", number, lost_text,
+                    ms_between(rebuilding, Clock::now()), survivors->context.world_size(), first.data_parallel_size(),
+                    survivors->context.data_parallel_size()));
   }
   say(fmt::format("{}: recovered: {}; {} steps on {} of {} ranks, every number checked", kProgram,
                   recovery.empty() ? std::string("no failure") : recovery, o.steps, context().world_size(),
