@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <map>
 #include <cstdint>
 #include <numeric>
 #include <string>
@@ -177,20 +178,23 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
 // The size of the world communicator's nodes, which must be blocks of consecutive ranks,
 // all of one size (the node kinds and the placement check assume it).
 int node_size(std::span<const int> nodes) {
-  const auto world = static_cast<int>(nodes.size());
-  const auto size = static_cast<int>(std::ranges::count(nodes, nodes[0]));
-  if (world % size != 0) {
-    throw ConfigError(
-        fmt::format("the world communicator's nodes differ in size: the node of rank 0 has {} ranks, "
-                    "which do not divide the world's {}",
-                    size, world));
+  std::map<int, int> sizes;  // by the node's name, its lowest member
+  for (const int node : nodes) ++sizes[node];
+  const int size = sizes.begin()->second;
+  for (const auto& [node, members] : sizes) {
+    if (members != size) {
+      throw ConfigError(fmt::format("the world communicator's nodes differ in size: the node of rank {} has {} ranks, "
+                                    "the node of rank {} has {} (give every host the same number of ranks)",
+                                    sizes.begin()->first, size, node, members));
+    }
   }
-  for (int r = 0; r < world; ++r) {
-    if (nodes[static_cast<std::size_t>(r)] != r / size * size) {
+  for (int r = 0; r < static_cast<int>(nodes.size()); ++r) {
+    const int node = nodes[static_cast<std::size_t>(r)];
+    if (node != r / size * size) {
       throw ConfigError(fmt::format(
-          "the world communicator's nodes are not blocks of {} consecutive ranks: rank {} is on the node of rank {} "
-          "(number ranks node by node, e.g. mpiexec --map-by core)",
-          size, r, nodes[static_cast<std::size_t>(r)]));
+          "the world communicator's nodes are not blocks of {} consecutive ranks: rank {} is on the node of rank {}, "
+          "not on that of rank {} (number ranks node by node, e.g. mpiexec --map-by core)",
+          size, r, node, r / size * size));
     }
   }
   return size;

@@ -2,10 +2,12 @@
 # Runs print_groups under mpiexec and checks that every rank's groups, as it prints them,
 # are exactly what pcx-plan prints for that rank (same kinds, same order, same members).
 #
-#   compare_with_plan.sh <pcx-plan> <world> <launch command...> -- <flags...>
+#   compare_with_plan.sh [--nodes-of N] <pcx-plan> <world> <launch command...> -- <flags...>
 #
 # <launch command> is the whole command that starts print_groups on <world> ranks
-# (mpiexec -n <world> ... print_groups); <flags> go to both programs. Bash only: no
+# (mpiexec -n <world> ... print_groups); <flags> go to both programs, but that with
+# --nodes-of N, pcx-plan gets --ranks-per-node N where the flags say auto: the nodes the
+# launch is known to make, which print_groups must find. Bash only: no
 # python or jq, so the JSON is compared as text (both programs print nlohmann's
 # compact dump, and a rank's object holds only arrays and print_groups' communicator count, so it
 # has no inner braces).
@@ -16,7 +18,12 @@ fail() {
   exit 1
 }
 
-[[ $# -ge 3 ]] || fail "usage: $0 <pcx-plan> <world> <launch command...> -- <flags...>"
+nodes_of=
+if [[ ${1-} == --nodes-of ]]; then
+  nodes_of=${2-}
+  shift 2
+fi
+[[ $# -ge 3 ]] || fail "usage: $0 [--nodes-of N] <pcx-plan> <world> <launch command...> -- <flags...>"
 plan=$1
 world=$2
 shift 2
@@ -36,6 +43,16 @@ for flag in "${flags[@]}"; do
   [[ $flag == --world || $flag == --world=* ]] && world_given=true
 done
 $world_given || plan_flags=(--world "$world" "${flags[@]}")
+if [[ -n $nodes_of ]]; then
+  replaced=false
+  for ((i = 1; i < ${#plan_flags[@]}; ++i)); do
+    if [[ ${plan_flags[i - 1]} == --ranks-per-node && ${plan_flags[i]} == auto ]]; then
+      plan_flags[i]=$nodes_of
+      replaced=true
+    fi
+  done
+  $replaced || fail "--nodes-of $nodes_of: the flags have no --ranks-per-node auto"
+fi
 
 tmp=$(mktemp -d) || fail "mktemp"
 trap 'rm -rf "$tmp"' EXIT

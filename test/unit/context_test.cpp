@@ -573,13 +573,18 @@ BOOST_AUTO_TEST_CASE(ranks_per_node_are_detected_and_checked_against_the_worlds_
   std::vector<int> round_robin(16);
   for (int r = 0; r < 16; ++r) round_robin[static_cast<std::size_t>(r)] = r % 2;
   BOOST_CHECK_EXCEPTION(build(round_robin, pcx::kDetectRanksPerNode), pcx::ConfigError,
-                        fails_with("not blocks of 8 consecutive ranks: rank 1 is on the node of rank 1"));
+                        fails_with("not blocks of 8 consecutive ranks: rank 1 is on the node of rank 1, not on that of rank 0"));
   BOOST_CHECK_EXCEPTION(build(round_robin, 8), pcx::ConfigError, fails_with("rank 1 is on the node of rank 1"));
   // Nodes of 12 and 4.
   std::vector<int> unequal(16, 0);
   for (int r = 12; r < 16; ++r) unequal[static_cast<std::size_t>(r)] = 12;
   BOOST_CHECK_EXCEPTION(build(unequal, pcx::kDetectRanksPerNode), pcx::ConfigError,
-                        fails_with("differ in size: the node of rank 0 has 12 ranks, which do not divide the world's 16"));
+                        fails_with("differ in size: the node of rank 0 has 12 ranks, the node of rank 12 has 4"));
+  // Nodes of 4, 4, 6 and 2, whose first size divides the world: still unequal.
+  std::vector<int> divides(16);
+  for (int r = 0; r < 16; ++r) divides[static_cast<std::size_t>(r)] = r < 8 ? r / 4 * 4 : (r < 14 ? 8 : 14);
+  BOOST_CHECK_EXCEPTION(build(divides, 4), pcx::ConfigError,
+                        fails_with("differ in size: the node of rank 0 has 4 ranks, the node of rank 8 has 6"));
   // A fake world without nodes cannot detect them, and is not checked.
   BOOST_CHECK_EXCEPTION(build(std::vector<int>(), pcx::kDetectRanksPerNode), pcx::ConfigError,
                         fails_with("fake communicator cannot tell nodes apart"));
