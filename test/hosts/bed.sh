@@ -14,7 +14,17 @@ job() {
   "$PCX_HOSTS_TOOL" on host0 mpirun "$@"
 }
 
-# The bed's hosts in order, one per line.
-bed_hosts() {
-  tr ' ' '\n' <<<"$PCX_HOSTS"
+# wait_for <milliseconds> <command...>: runs the command every 50 ms until it succeeds
+# (status 0) or the time is up (status 1); $waited_ms is the time it took.
+wait_for() {
+  local limit=$1
+  shift
+  for ((waited_ms = 0; waited_ms <= limit; waited_ms += 50)); do
+    "$@" && return 0
+    sleep 0.05
+  done
+  return 1
 }
+
+# ended <pid>: whether the process has ended.
+ended() { ! kill -0 "$1" 2>/dev/null; }

@@ -15,20 +15,14 @@ mkdir -p "$statuses"
 job --hostfile "$PCX_HOSTFILE" --map-by slot -n 16 "$probe" --status-dir "$statuses" --count 0 --elements 65536 \
   --timeout-ms "$deadline_ms" >"$TMPDIR/out" 2>"$TMPDIR/err" &
 launched=$!
-for ((i = 0; i < 600; ++i)); do
-  [[ -e $statuses/running ]] && break
-  sleep 0.05
-done
-[[ -e $statuses/running ]] || { cat "$TMPDIR/out" "$TMPDIR/err" >&2; fail "the probe did not start"; }
+wait_for 30000 test -e "$statuses/running" || { cat "$TMPDIR/out" "$TMPDIR/err" >&2; fail "the probe did not start"; }
 "$PCX_HOSTS_TOOL" link host2 down
 cut_ns=$(date +%s%N)
 echo "host2's link cut"
 
 bound_ms=$((deadline_ms + 1000))
-for ((i = 0; i < (bound_ms + 3000) / 50; ++i)); do
-  (($(ls "$statuses" | grep -c '^rank\.[0-9]*$') == 16)) && break
-  sleep 0.05
-done
+all_written() { (($(ls "$statuses" | grep -c '^rank\.[0-9]*$') == 16)); }
+wait_for $((bound_ms + 3000)) all_written
 for ((r = 0; r < 16; ++r)); do
   read -r outcome index started ended <"$statuses/rank.$r" 2>/dev/null || fail "rank $r wrote no outcome"
   [[ $outcome == timeout ]] || fail "rank $r ended in '$outcome', not a timeout"
@@ -40,20 +34,11 @@ for ((r = 0; r < 16; ++r)); do
 done
 
 # The job: the ranks leave at once; mpirun must see it, over the cut link or once it is back.
-ended=false
-for ((i = 0; i < 200; ++i)); do
-  kill -0 "$launched" 2>/dev/null || { ended=true; break; }
-  sleep 0.05
-done
-if $ended; then
+if wait_for 10000 ended "$launched"; then
   echo "mpirun exited with the link down"
 else
   "$PCX_HOSTS_TOOL" link host2 up
-  for ((i = 0; i < 400; ++i)); do
-    kill -0 "$launched" 2>/dev/null || { ended=true; break; }
-    sleep 0.05
-  done
-  $ended || fail "mpirun did not exit within 20 s of the link coming back"
+  wait_for 20000 ended "$launched" || fail "mpirun did not exit within 20 s of the link coming back"
   echo "mpirun exited once the link was back (not within 10 s with it down)"
 fi
 wait "$launched"

@@ -22,34 +22,25 @@ PCX_RANK_STATUS_DIR=$statuses job -x PCX_RANK_STATUS_DIR --hostfile "$PCX_HOSTFI
   bash "$rank_status" "$elastic" --fail-rank 8 --fail-step 2 --fail-by host --timeout-ms 1000 --steps 4 \
   >"$TMPDIR/out" 2>"$TMPDIR/err" &
 launched=$!
-for ((i = 0; i < 600; ++i)); do
-  grep -q 'step 1:' "$TMPDIR/out" && break
-  sleep 0.05
-done
-grep -q 'step 1:' "$TMPDIR/out" || { cat "$TMPDIR/out" "$TMPDIR/err" >&2; fail "elastic did not finish step 1"; }
+wait_for 30000 grep -q 'step 1:' "$TMPDIR/out" || { cat "$TMPDIR/out" "$TMPDIR/err" >&2; fail "elastic did not finish step 1"; }
 "$PCX_HOSTS_TOOL" kill host2
 echo "host2 killed after step 1"
 
 if [[ $mode == no-recovery ]]; then
-  for ((i = 0; i < 200; ++i)); do
-    kill -0 "$launched" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -0 "$launched" 2>/dev/null && fail "mpirun still runs 10 s after the host died"
+  wait_for 10000 ended "$launched" || fail "mpirun still runs 10 s after the host died"
   status=0
   wait "$launched" || status=$?
   ((status != 0)) || fail "mpirun exited 0 though a host died"
-  echo "OK: without recovery mpirun ended the job with status $status within $((i * 50)) ms"
+  echo "OK: without recovery mpirun ended the job with status $status within $waited_ms ms"
   exit 0
 fi
 
 survivors=(0 1 2 3 4 5 6 7 12 13 14 15)
-for ((i = 0; i < 600; ++i)); do
-  done=0
-  for r in "${survivors[@]}"; do [[ -e $statuses/rank.$r ]] && done=$((done + 1)); done
-  ((done == ${#survivors[@]})) && break
-  sleep 0.05
-done
+survivors_done() {
+  local r
+  for r in "${survivors[@]}"; do [[ -e $statuses/rank.$r ]] || return 1; done
+}
+wait_for 30000 survivors_done
 kill -KILL "$launched" 2>/dev/null
 wait "$launched" 2>/dev/null
 cat "$TMPDIR/out"
