@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 #include <mpi.h>
 #include <nccl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <boost/test/unit_test.hpp>
@@ -13,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <numeric>
@@ -85,6 +87,57 @@ BOOST_AUTO_TEST_CASE(blocking_init_is_ready_when_it_returns) {
   EXPECT(comm.destroy() == ncclSuccess, "ncclCommDestroy");
   EXPECT(pcxemu_live_communicators() == comms_at_start,
          "live communicators after destroy " << pcxemu_live_communicators());
+}
+
+namespace {
+
+// The host NCCL takes this process to be on (src/misc/utils.cc, getHostHashOnce):
+// NCCL_HOSTID when set, otherwise the host name followed by the kernel's boot id.
+std::string nccl_host() {
+  if (const char* configured = std::getenv("NCCL_HOSTID"); configured != nullptr) return configured;
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  std::string boot_id;
+  std::ifstream("/proc/sys/kernel/random/boot_id") >> boot_id;
+  return name + boot_id;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(one_device_serves_one_rank_per_host) {
+  // [init.cc] initTransportsRank (src/init.cc:903 in 2.28.9): a rank whose host hash and
+  // bus id equal another rank's fails with "Duplicate GPU detected", ncclInvalidUsage; ranks
+  // of different hosts each use their own device 0. Every rank here takes device 0, and
+  // the job is started either on one host or with NCCL_HOSTID set per rank.
+  constexpr int kLength = 256;
+  std::vector<char> hosts(static_cast<std::size_t>(kLength) * static_cast<std::size_t>(g_size));
+  std::string mine = nccl_host();
+  mine.resize(kLength - 1);
+  MPI_Allgather(mine.c_str(), kLength, MPI_CHAR, hosts.data(), kLength, MPI_CHAR, MPI_COMM_WORLD);
+  const auto host_of = [&](int r) { return std::string(hosts.data() + static_cast<std::ptrdiff_t>(r) * kLength); };
+  int companions = 0;
+  for (int r = 0; r < g_size; ++r) companions += r != g_rank && host_of(r) == host_of(g_rank) ? 1 : 0;
+  // NCCL does not say what a rank with a device of its own does when others fail: only a
+  // job in which all ranks or none share a host is judged.
+  if (!everyone(companions > 0) && !everyone(companions == 0)) {
+    BOOST_TEST_MESSAGE("ranks both alone and sharing a host: not judged");
+    return;
+  }
+  EXPECT(cudaSetDevice(0) == cudaSuccess, "cudaSetDevice(0)");
+  Comm comm;
+  const ncclResult_t r = init_world(comm, true);
+  if (companions > 0) {
+    EXPECT(r == ncclInvalidUsage, companions << " other ranks on this host and device 0, init returned "
+                                            << result_name(r));
+    // The failed job leaves *newcomm set (the group's cleanup does not free it, group.cc
+    // groupCleanup): the caller aborts it.
+    if (comm.get() != nullptr) EXPECT(comm.abort() == ncclSuccess, "ncclCommAbort of the failed communicator");
+    return;
+  }
+  EXPECT(r == ncclSuccess, "alone on this host, init on device 0 returned " << result_name(r));
+  if (everyone(r == ncclSuccess)) sum_is(comm.get(), 1, g_size, "all-reduce across hosts on device 0");
+  everyone(true);  // nobody destroys before every rank's all-reduce is done
+  if (comm.get() != nullptr) EXPECT((r == ncclSuccess ? comm.destroy() : comm.abort()) == ncclSuccess, "release");
 }
 
 BOOST_AUTO_TEST_CASE(non_blocking_init_returns_in_progress_then_succeeds) {

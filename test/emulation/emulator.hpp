@@ -35,6 +35,7 @@ struct Settings {
   std::size_t comm_memory = std::size_t{64} << 20;
   std::chrono::microseconds launch_delay{2000};
   bool split_in_progress = false;  // non-blocking split and shrink return ncclInProgress
+  std::uint64_t host = 0;          // which host this process is on, as NCCL tells hosts apart
 };
 const Settings& settings();
 
@@ -81,12 +82,19 @@ void charge_communicator(int device, int count);
 
 // ---- Shared memory between processes ------------------------------------------------
 
+/// Where a member of a communicator runs: its host and the machine's device it uses.
+struct Place {
+  std::uint64_t host;
+  std::int32_t device;
+  bool operator==(const Place&) const = default;
+};
+
 /// A communicator's members meet in a segment named after its id: each writes its
-/// process id and @p device at its rank. Returns the process ids by rank once all have
-/// arrived (and their devices in @p devices), or an empty vector when @p cancelled became
+/// process id and @p mine at its rank. Returns the process ids by rank once all have
+/// arrived (and their places in @p places), or an empty vector when @p cancelled became
 /// true first, or with @p error set when the segment cannot be used or the ranks disagree
 /// on the size.
-std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, int device, std::vector<int>& devices,
+std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, Place mine, std::vector<Place>& places,
                               const std::atomic<bool>& cancelled, std::string& error);
 
 /// Publishes @p bytes under @p name for @p readers readers; the last reader removes it.

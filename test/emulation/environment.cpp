@@ -1,4 +1,6 @@
 // The emulator's settings, read from the environment once (see pcx_emulator.h).
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +54,27 @@ std::vector<int> visible_devices(int machine) {
   return visible;
 }
 
+// NCCL's host identity (src/misc/utils.cc, getHostHashOnce): NCCL_HOSTID when set,
+// otherwise the host name followed by /proc/sys/kernel/random/boot_id. Ranks with the same
+// identity are on one host for NCCL, whatever their network namespace.
+std::uint64_t host_hash() {
+  std::string id;
+  if (const char* configured = std::getenv("NCCL_HOSTID"); configured != nullptr) {
+    id = configured;
+  } else {
+    char name[256] = {};
+    if (gethostname(name, sizeof(name) - 1) == 0) id = name;
+    if (std::FILE* boot = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+      char boot_id[64] = {};
+      if (std::fscanf(boot, "%63s", boot_id) == 1) id += boot_id;
+      std::fclose(boot);
+    }
+  }
+  std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a; only equality matters
+  for (const char c : id) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+  return hash;
+}
+
 }  // namespace
 
 long long parse_bytes(const char* text) {
@@ -86,6 +109,7 @@ const Settings& settings() {
     s.launch_delay =
         std::chrono::microseconds(read("PCX_EMU_LAUNCH_DELAY_US", s.launch_delay.count(), 0, 60'000'000, false));
     s.split_in_progress = read("PCX_EMU_SPLIT_IN_PROGRESS", 0, 0, 1, false) == 1;
+    s.host = host_hash();
     return s;
   }();
   return values;

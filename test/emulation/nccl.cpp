@@ -145,19 +145,20 @@ void release(ncclComm* comm) {
 }
 
 // The members meet unless a fault says this rank never arrives. src/init.cc
-// (initTransportsRank): two ranks of one host on one device is ncclInvalidUsage.
+// (initTransportsRank, AllGather1): two ranks with one host hash on one device (busId) is
+// ncclInvalidUsage; ranks of different hosts may each use their device 0.
 ncclResult_t join(ncclComm* comm) {
   if (comm->faults.find("init_hang", comm->rank) != 0) {
     hang(comm);
     return ncclInvalidUsage;
   }
   std::string error;
-  std::vector<int> devices;
-  const int mine = machine_device(comm->device);
-  std::vector<pid_t> pids = rendezvous(comm->id, comm->nranks, comm->rank, mine, devices, comm->aborted, error);
+  std::vector<Place> places;
+  const Place mine{settings().host, machine_device(comm->device)};
+  std::vector<pid_t> pids = rendezvous(comm->id, comm->nranks, comm->rank, mine, places, comm->aborted, error);
   if (pids.empty()) return comm->aborted.load() ? ncclInvalidUsage : fail(ncclSystemError, error);
   for (int r = 0; r < comm->nranks; ++r) {
-    if (r != comm->rank && devices[static_cast<std::size_t>(r)] == mine) {
+    if (r != comm->rank && places[static_cast<std::size_t>(r)] == mine) {
       return fail(ncclInvalidUsage, "Duplicate GPU detected : rank " + std::to_string(comm->rank) + " and rank " +
                                         std::to_string(r) + " both on CUDA device " + std::to_string(comm->device));
     }

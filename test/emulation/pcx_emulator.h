@@ -20,6 +20,9 @@
 //                          ncclSuccess) and writes *newcomm at once (2.28.9: when the
 //                          split ends), a child that reports ncclInProgress until then;
 //                          NCCL's user guide allows both (default 0)
+//   NCCL_HOSTID            the host this process is on, as NCCL reads it (unset: host name
+//                          and boot id); two ranks of one communicator on one host and one
+//                          device fail to initialize with ncclInvalidUsage, as in NCCL
 //   PCX_EMU_FAULT          comma-separated faults, read when a communicator is created
 //                          (init, split, shrink) and kept by it:
 //                            init_hang[@R]   init (or the child side of a split) of rank R

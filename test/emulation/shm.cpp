@@ -30,10 +30,10 @@ struct Control {
   std::atomic<std::int32_t> attached;
   // followed by Slot slots[nranks]
 };
-// A rank's place in the meeting: its device, then its process id (0 until it arrives).
+// A rank's seat at the meeting: its place, then its process id (0 until it arrives).
 struct Slot {
   std::atomic<pid_t> pid;
-  std::int32_t device;
+  Place place;
 };
 static_assert(std::atomic<pid_t>::is_always_lock_free, "pids are shared between processes");
 
@@ -104,7 +104,7 @@ int open_control(const std::string& path, int nranks, std::string& error) {
       }
       auto* control = new (map.data()) Control{kControlMagic, nranks, {0}};
       auto* slots = reinterpret_cast<Slot*>(control + 1);
-      for (int r = 0; r < nranks; ++r) new (&slots[r]) Slot{{0}, -1};
+      for (int r = 0; r < nranks; ++r) new (&slots[r]) Slot{{0}, {0, -1}};
     }
     const bool won = link(made.c_str(), path.c_str()) == 0;
     unlink(made.c_str());
@@ -150,7 +150,7 @@ bool abandoned(const std::string& path) {
 
 }  // namespace
 
-std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, int device, std::vector<int>& devices,
+std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, Place mine, std::vector<Place>& places,
                               const std::atomic<bool>& cancelled, std::string& error) {
   const std::string path = kDirectory + kMeeting + id;
   const int fd = open_control(path, nranks, error);
@@ -166,15 +166,15 @@ std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, int d
     return {};
   }
   auto* slots = reinterpret_cast<Slot*>(control + 1);
-  Slot& mine = slots[rank];
+  Slot& seat = slots[rank];
   pid_t none = 0;
-  if (!mine.pid.compare_exchange_strong(none, -1)) {
+  if (!seat.pid.compare_exchange_strong(none, -1)) {
     error = "rank " + std::to_string(rank) + " of communicator " + id + " was already taken by process " +
             std::to_string(none);
     return {};
   }
-  mine.device = device;
-  mine.pid.store(getpid());  // publishes the device with it
+  seat.place = mine;
+  seat.pid.store(getpid());  // publishes the place with it
   // Once everyone is here the name has done its job; the mappings keep the memory.
   if (control->attached.fetch_add(1) + 1 == nranks) unlink(path.c_str());
   std::vector<pid_t> found(static_cast<std::size_t>(nranks));
@@ -182,12 +182,12 @@ std::vector<pid_t> rendezvous(const std::string& id, int nranks, int rank, int d
     bool all = true;
     for (int r = 0; r < nranks; ++r) all = all && (found[static_cast<std::size_t>(r)] = slots[r].pid.load()) > 0;
     if (all) {
-      devices.resize(found.size());
-      for (int r = 0; r < nranks; ++r) devices[static_cast<std::size_t>(r)] = slots[r].device;
+      places.resize(found.size());
+      for (int r = 0; r < nranks; ++r) places[static_cast<std::size_t>(r)] = slots[r].place;
       return found;
     }
     if (cancelled.load()) {
-      mine.pid.store(0);
+      seat.pid.store(0);
       if (control->attached.fetch_sub(1) == 1) unlink(path.c_str());
       return {};
     }
