@@ -244,7 +244,7 @@ BOOST_AUTO_TEST_CASE(a_parallel_context_runs_on_nccl) {
       config.world_size = n;
       config.expert_parallel_sizes = {n};
       config.zero_hpz_size = n;
-      config.ranks_per_node = n;
+      config.ranks_per_node = pcx::kDetectRanksPerNode;  // one node here, several across hosts
       pcx::ContextOptions options;
       options.communicators = settings;  // no name: the context names each kind
       // Every kind has the world's groups and would share the clone; one gets its own.
