@@ -289,4 +289,59 @@ std::vector<std::vector<int>> GroupLayout::groups() const {
   return all;
 }
 
+GroupLayout GroupLayout::subgroups(int stride, int size) const {
+  if (!positions_.empty()) {
+    throw ConfigError("subgroups of a layout that leaves ranks out (kept positions) are not defined");
+  }
+  if (stride < 1 || size < 1 || group_size_ % stride != 0 || group_size_ / stride % size != 0) {
+    throw ConfigError(fmt::format(
+        "subgroups of {} members {} apart do not fit groups of {} ranks (stride x size must divide the group size)",
+        size, stride, group_size_));
+  }
+  // Cut the varying dims so that group ranks stride and stride * size fall between dims,
+  // then keep varying only the dims between the two cuts.
+  std::vector<Dim> dims = dims_;
+  auto cut = [&dims](int boundary) {
+    int below = 1;  // group ranks spanned by the varying dims faster than *dim
+    for (auto dim = dims.end(); dim != dims.begin() && below < boundary;) {
+      --dim;
+      if (!dim->varying) continue;
+      if (below * dim->size > boundary) {
+        const int inner = boundary / below;
+        if (boundary % below != 0 || dim->size % inner != 0) {
+          throw ConfigError(
+              fmt::format("group rank {} is not a boundary of this layout's grid: its groups step through {} members "
+                          "{} ranks apart every {} group ranks",
+                          boundary, dim->size, dim->stride, below));
+        }
+        const Dim outer{dim->size / inner, dim->stride * inner, true};
+        *dim = {inner, dim->stride, true};
+        dims.insert(dim, outer);
+        return;
+      }
+      below *= dim->size;
+    }
+  };
+  if (size > 1) {  // subgroups of one rank are single ranks whatever the cut
+    cut(stride);
+    cut(stride * size);
+  }
+  int below = 1;
+  for (auto dim = dims.rbegin(); dim != dims.rend(); ++dim) {
+    if (!dim->varying) continue;
+    dim->varying = below >= stride && below < stride * size;
+    below *= dim->size;
+  }
+  return GroupLayout(std::move(dims), world_size_, size);
+}
+
+GroupLayout GroupLayout::complement() const {
+  if (!positions_.empty()) {
+    throw ConfigError("the complement of a layout that leaves ranks out (kept positions) is not defined");
+  }
+  std::vector<Dim> dims = dims_;
+  for (Dim& dim : dims) dim.varying = !dim.varying;
+  return GroupLayout(std::move(dims), world_size_, group_count_);
+}
+
 }  // namespace pcx

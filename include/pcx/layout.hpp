@@ -145,6 +145,25 @@ class GroupLayout {
   /// Every group, in colour order. Costs O(world size).
   [[nodiscard]] std::vector<std::vector<int>> groups() const;
 
+  /// The groups within these groups whose members differ only in one digit of their
+  /// group rank r, namely (r / @p stride) % @p size: with stride 1, blocks of @p size
+  /// consecutive members; with stride S and size group_size() / S, the members at one
+  /// position of every block of S. Megatron's distributed-optimizer instances and
+  /// hierarchical context parallel groups are such subgroups. Like every layout, the
+  /// result is numbered by the row-major index of what stays fixed.
+  /// @throws ConfigError if @p stride or @p size is below 1, @p stride × @p size does not
+  ///         divide group_size(), the layout leaves ranks out (RankGrid::along_positions()),
+  ///         or the subgroups are not regular on its grid: a boundary of them falls inside
+  ///         a run of members that the grid does not cut there (only with an order string
+  ///         that separates the axes of the group).
+  [[nodiscard]] GroupLayout subgroups(int stride, int size) const;
+
+  /// The groups of the ranks that hold one group rank in these groups: member i of every
+  /// group (Megatron's model parallel groups are this of its data-context groups, and
+  /// its distributed-optimizer instances this of its inter-instance groups).
+  /// @throws ConfigError if the layout leaves ranks out (RankGrid::along_positions()).
+  [[nodiscard]] GroupLayout complement() const;
+
   /// Same world and the same groups, in the same colour and member order, whatever
   /// grids the two layouts were cut from.
   friend bool operator==(const GroupLayout&, const GroupLayout&) = default;

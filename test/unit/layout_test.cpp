@@ -4,6 +4,7 @@
 #include "pcx/layout.hpp"
 
 #include <algorithm>
+#include <array>
 #include <boost/test/unit_test.hpp>
 #include <climits>
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "golden.hpp"
@@ -582,3 +584,145 @@ BOOST_AUTO_TEST_CASE(random_grids_and_axis_subsets_match_a_direct_reference) {
   }
   BOOST_TEST(layouts == 3 * kGrids);
 }
+
+// ---------------------------------------------------------------------------------------------
+// subgroups(): against list slicing of the groups, as Megatron cuts its rank lists.
+
+namespace {
+
+// The members of each group that differ only in digit (r / stride) % size of their index
+// r, taken from the group lists themselves.
+Groups sliced(const Groups& groups, int stride, int size) {
+  Groups result;
+  for (const std::vector<int>& group : groups) {
+    for (int r = 0; std::cmp_less(r, group.size()); ++r) {
+      if (r / stride % size != 0) continue;
+      std::vector<int> members;
+      for (int j = 0; j < size; ++j) members.push_back(group[idx(r + j * stride)]);
+      result.push_back(members);
+    }
+  }
+  std::ranges::sort(result);
+  return result;
+}
+
+// Whether every group is the first shifted by one offset, as every layout of a grid is.
+bool translates(const Groups& groups) {
+  return std::ranges::all_of(groups, [&](const std::vector<int>& group) {
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      if (group[i] - group[0] != groups[0][i] - groups[0][0]) return false;
+    }
+    return true;
+  });
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(subgroups)
+
+BOOST_AUTO_TEST_CASE(blocks_and_strides_of_data_context_groups) {
+  // tp 2, cp 2, dp 4 (Megatron's order tp-cp-dp): the data-context groups are
+  // {0,2,4,...,14} and {1,3,...,15}.
+  const RankGrid grid = RankGrid::from_order("tp-cp-dp", std::vector<Axis>{{"tp", 2}, {"cp", 2}, {"dp", 4}});
+  const GroupLayout dpcp = grid.along_names("dp-cp");
+  BOOST_TEST(show(dpcp.subgroups(1, 4).groups()) == "[[0, 2, 4, 6], [1, 3, 5, 7], [8, 10, 12, 14], [9, 11, 13, 15]]");
+  BOOST_TEST(show(dpcp.subgroups(4, 2).groups()) ==
+             "[[0, 8], [1, 9], [2, 10], [3, 11], [4, 12], [5, 13], [6, 14], [7, 15]]");
+  // Cutting at the whole group or at single members changes nothing / gives single ranks.
+  BOOST_TEST((dpcp.subgroups(1, 8) == dpcp));
+  BOOST_TEST((dpcp.subgroups(1, 1) == grid.along({})));
+  // Levels of a context parallel group of 8 cut as 2 x 4.
+  const GroupLayout cp = RankGrid({{"cp", 8}}).along({"cp"});
+  BOOST_TEST(show(cp.subgroups(1, 2).groups()) == "[[0, 1], [2, 3], [4, 5], [6, 7]]");
+  BOOST_TEST(show(cp.subgroups(2, 4).groups()) == "[[0, 2, 4, 6], [1, 3, 5, 7]]");
+}
+
+BOOST_AUTO_TEST_CASE(the_complement_holds_one_group_rank_of_every_group) {
+  // Megatron's tp-pp groups are the i-th member of every dp-cp group
+  // (test_rank_generator_for_tp_dp_pp); pp 2, dp 2, cp 1, tp 2 on 8 ranks.
+  const RankGrid grid =
+      RankGrid::from_order("tp-cp-dp-pp", std::vector<Axis>{{"tp", 2}, {"cp", 1}, {"dp", 2}, {"pp", 2}});
+  BOOST_TEST((grid.along_names("dp-cp").complement() == grid.along_names("tp-pp")));
+  BOOST_TEST(show(grid.along_names("dp").complement().groups()) == "[[0, 1, 4, 5], [2, 3, 6, 7]]");
+  BOOST_TEST((grid.along_names("tp").complement().complement() == grid.along_names("tp")));
+  const std::array<int, 1> first{0};
+  BOOST_CHECK_EXCEPTION(grid.along_positions("pp", first).complement(), ConfigError,
+                        message_names({"leaves ranks out"}));
+}
+
+BOOST_AUTO_TEST_CASE(bad_cuts_are_rejected_naming_the_values) {
+  const GroupLayout dp = RankGrid({{"dp", 6}, {"tp", 2}}).along({"dp"});
+  BOOST_CHECK_EXCEPTION(dp.subgroups(1, 4), ConfigError,
+                        message_names({"subgroups of 4 members 1 apart", "groups of 6 ranks"}));
+  BOOST_CHECK_EXCEPTION(dp.subgroups(0, 2), ConfigError, message_names({"members 0 apart"}));
+  BOOST_CHECK_EXCEPTION(dp.subgroups(4, 1), ConfigError, message_names({"1 members 4 apart"}));
+  const std::array<int, 2> ends{0, 5};
+  BOOST_CHECK_EXCEPTION(RankGrid({{"dp", 6}}).along_positions("dp", ends).subgroups(1, 2), ConfigError,
+                        message_names({"leaves ranks out"}));
+  // Group members 0,1,2 then 6,7,8 (axes a of 2 and c of 3 vary, b between them does not):
+  // a block of 2 members is not a product of the grid's axes.
+  const GroupLayout split = RankGrid({{"a", 2}, {"b", 2}, {"c", 3}}).along({"a", "c"});
+  BOOST_CHECK_EXCEPTION(split.subgroups(1, 2), ConfigError, message_names({"group rank 2", "3 members 1 ranks apart"}));
+}
+
+BOOST_AUTO_TEST_CASE(random_layouts_and_cuts_match_list_slicing) {
+  constexpr std::uint32_t kSeed = 20261207;
+  std::mt19937 rng(kSeed);
+  int cut = 0;
+  int refused = 0;
+  for (int g = 0; g < 2000; ++g) {
+    std::vector<Axis> axes;
+    std::vector<std::string_view> names;
+    const int axis_count = 1 + static_cast<int>(rng() % 4);
+    for (int i = 0; i < axis_count; ++i) axes.push_back({fmt::format("axis{}", i), 1 + static_cast<int>(rng() % 6)});
+    for (const Axis& axis : axes) {
+      if ((rng() & 1U) != 0) names.push_back(axis.name);
+    }
+    const RankGrid grid(axes);
+    const GroupLayout layout = grid.along(std::span<const std::string_view>(names));
+    const int n = layout.group_size();
+    std::vector<int> divisors;
+    for (int d = 1; d <= n; ++d) {
+      if (n % d == 0) divisors.push_back(d);
+    }
+    const int stride = divisors[rng() % divisors.size()];
+    std::vector<int> sizes;
+    for (int d = 1; d <= n / stride; ++d) {
+      if (n / stride % d == 0) sizes.push_back(d);
+    }
+    const int size = sizes[rng() % sizes.size()];
+    const Groups expected = sliced(layout.groups(), stride, size);
+    const std::string what =
+        fmt::format("grid {} along {{{}}}: subgroups({}, {})", g, fmt::join(names, ","), stride, size);
+    try {
+      const GroupLayout sub = layout.subgroups(stride, size);
+      Groups got = sub.groups();
+      std::ranges::sort(got);
+      BOOST_TEST_REQUIRE(got == expected, what << ": " << show(got) << ", expected " << show(expected));
+      BOOST_TEST_REQUIRE(sub.group_size() == size, what);
+      for (int r = 0; r < grid.world_size(); ++r) {
+        BOOST_TEST_REQUIRE(sub.group_of(r)[idx(sub.group_rank(r))] == r, what << " rank " << r);
+      }
+      // Its complement: the ranks at one index of every subgroup, gathered by hand.
+      Groups positions(idx(size));
+      for (const std::vector<int>& group : got) {
+        for (int i = 0; i < size; ++i) positions[idx(i)].push_back(group[idx(i)]);
+      }
+      for (std::vector<int>& ranks : positions) std::ranges::sort(ranks);
+      std::ranges::sort(positions);
+      Groups complement = sub.complement().groups();
+      std::ranges::sort(complement);
+      BOOST_TEST_REQUIRE(complement == positions, what << ": complement " << show(complement));
+      ++cut;
+    } catch (const ConfigError&) {
+      // Refused only where no layout of a grid could hold them.
+      BOOST_TEST_REQUIRE(!translates(expected), what << " refused, though its groups are regular");
+      ++refused;
+    }
+  }
+  BOOST_TEST_MESSAGE("seed " << kSeed << ": " << cut << " cut, " << refused << " refused");
+  BOOST_TEST(cut > 1500);
+  BOOST_TEST(refused > 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
