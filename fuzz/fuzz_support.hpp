@@ -212,14 +212,27 @@ struct ReferenceGrid {
     return std::ranges::all_of(
         sizes, [&](const auto& axis) { return axis.second == 1 || std::ranges::find(axes, axis.first) != axes.end(); });
   }
-  /// Ranks between consecutive pipeline stages: the product of the axes ordered before pp.
-  [[nodiscard]] long long stage_stride(const std::vector<std::string>& axes) const {
+  /// Ranks between consecutive positions on @p name: the product of the axes ordered before it.
+  [[nodiscard]] long long stride(const std::vector<std::string>& axes, const std::string& name) const {
     long long stride = 1;
     for (const std::string& axis : axes) {
-      if (axis == "pp") break;
+      if (axis == name) break;
       stride *= sizes.at(axis);
     }
     return stride;
+  }
+  /// Whether blocks of @p block consecutive members of the groups that vary @p a and @p b
+  /// (their list in Megatron's order) are translates of one another, as a grid's groups are:
+  /// always when the two axes are neighbours in rank, else only where a block holds whole
+  /// rows of the faster axis or divides one.
+  [[nodiscard]] bool regular_blocks(const std::vector<std::string>& axes, const std::string& a, const std::string& b,
+                                    long long block) const {
+    const bool a_first = stride(axes, a) < stride(axes, b);
+    const std::string& fast = a_first ? a : b;
+    const std::string& slow = a_first ? b : a;
+    const long long fast_size = sizes.at(fast);
+    if (fast_size == 1 || sizes.at(slow) == 1 || stride(axes, slow) == stride(axes, fast) * fast_size) return true;
+    return block % fast_size == 0 || fast_size % block == 0;
   }
 };
 
@@ -227,7 +240,7 @@ struct ReferenceGrid {
 /// parallel, expert tensor parallel, order strings), computed independently of pcx::validate.
 inline bool reference_valid(const pcx::ParallelConfig& c) {
   if (c.world_size < 1 || c.tensor_parallel_size < 1 || c.pipeline_parallel_size < 1) return false;
-  if (c.context_parallel_size < 1) return false;
+  if (c.context_parallel_size < 1 || c.distributed_optimizer_instances < 1) return false;
   if (c.expert_tensor_parallel_size && *c.expert_tensor_parallel_size < 1) return false;
   const long long world = c.world_size;
   const long long tensor = std::min<long long>(c.tensor_parallel_size, world);
@@ -250,7 +263,15 @@ inline bool reference_valid(const pcx::ParallelConfig& c) {
     const ReferenceGrid expert{{{"tp", expert_tensor}, {"cp", 1}, {"ep", ep}, {"dp", expert_data}, {"pp", pp}}};
     if (!expert.ordered_by(axes)) return false;
     if (!order.ends_with("pp") && pp > 1 && expert_data != data) return false;
-    if (pp > 1 && dense.stage_stride(axes) != expert.stage_stride(axes)) return false;
+    if (pp > 1 && dense.stride(axes, "pp") != expert.stride(axes, "pp")) return false;
+    if (expert_data % c.distributed_optimizer_instances != 0) return false;
+  }
+  // Megatron's instance rules, and the regularity a grid needs (GroupLayout::subgroups).
+  const long long instances = c.distributed_optimizer_instances;
+  if (instances > 1) {
+    const long long data_context = data * c.context_parallel_size;
+    if (data_context % instances != 0) return false;
+    if (!dense.regular_blocks(axes, "cp", "dp", data_context / instances)) return false;
   }
   if (c.zero_hpz_size) {
     if (*c.zero_hpz_size < 1) return false;
@@ -308,14 +329,16 @@ inline void check_megatron_kinds(const pcx::Topology& topology, const pcx::Paral
   const int tensor = std::min(config.tensor_parallel_size, world);
   const auto reference = pcx::test::MegatronReference::of(
       world, tensor, config.context_parallel_size, config.pipeline_parallel_size,
-      config.expert_tensor_parallel_size.value_or(tensor), config.expert_parallel_sizes, reference_order(config));
+      config.expert_tensor_parallel_size.value_or(tensor), config.expert_parallel_sizes, reference_order(config),
+      config.distributed_optimizer_instances);
   for (const pcx::GroupView& view : topology.all_views()) {
     const GroupKind kind = view.id.kind;
     if (kind == GroupKind::world || kind == GroupKind::zero_param_intra || kind == GroupKind::all_to_all_local ||
         kind == GroupKind::all_to_all_global) {
       continue;
     }
-    const pcx::test::Groups expected = reference.groups(view.id);
+    pcx::test::Groups expected = reference.groups(view.id);
+    if (pcx::test::MegatronReference::is_instance_kind(kind)) std::ranges::sort(expected);
     PCX_FUZZ_CHECK(view.layout.groups() == expected);
     std::vector<int> colour(static_cast<std::size_t>(world), pcx::GroupLayout::kNoGroup);
     std::vector<int> index(static_cast<std::size_t>(world), pcx::GroupLayout::kNoGroup);

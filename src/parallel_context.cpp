@@ -108,6 +108,7 @@ std::vector<AgreedValue> fingerprint(const ParallelConfig& c, const ContextOptio
       {"expert tensor parallel size (0: the tensor parallel size)", c.expert_tensor_parallel_size.value_or(0)},
       {"order strings", digest_of(order_of(c)), /*digest=*/true},
       {"ZeRO hpZ partition size (0 none)", c.zero_hpz_size.value_or(0)},
+      {"distributed optimizer instances", c.distributed_optimizer_instances},
       {"ranks per node (0 none, -1 detected)",
        c.ranks_per_node == kDetectRanksPerNode ? -1 : c.ranks_per_node.value_or(0)},
       {"communicator settings and dedicated kinds (ContextOptions)", sharing_digest(options), /*digest=*/true},

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <stdexcept>
 
 #include "pcx/error.hpp"
 
@@ -35,6 +36,27 @@ constexpr std::array<GridKind, 14> kGridKinds{{
 }};
 constexpr std::size_t kContextKinds = 5;
 
+// Megatron's distributed-optimizer kinds cut each data-context group (dense) or expert
+// data group (expert) into N instances of P consecutive members.
+enum class Cut {
+  within_instance,   // the P members of one instance
+  across_instances,  // one member of every instance
+  whole_instance,    // every rank whose member lies in one instance
+};
+struct InstanceKind {
+  GroupKind kind;
+  Grid grid;
+  std::string_view cut_of;  // the groups cut, as get_ranks names them
+  Cut cut;
+};
+constexpr std::array<InstanceKind, 5> kInstanceKinds{{
+    {GroupKind::intra_partial_data_context_parallel, Grid::dense, "dp-cp", Cut::within_instance},
+    {GroupKind::inter_distributed_optimizer_instance, Grid::dense, "dp-cp", Cut::across_instances},
+    {GroupKind::intra_distributed_optimizer_instance, Grid::dense, "dp-cp", Cut::whole_instance},
+    {GroupKind::intra_partial_expert_data_parallel, Grid::expert, "dp", Cut::within_instance},
+    {GroupKind::inter_partial_expert_data_parallel, Grid::expert, "dp", Cut::across_instances},
+}};
+
 std::string_view kind_name(GroupKind kind) noexcept {
   switch (kind) {
     case GroupKind::world: return "world";
@@ -59,13 +81,18 @@ std::string_view kind_name(GroupKind kind) noexcept {
     case GroupKind::expert_tensor_parallel: return "expert_tensor_parallel";
     case GroupKind::tensor_expert_parallel: return "tensor_expert_parallel";
     case GroupKind::tensor_expert_pipeline_parallel: return "tensor_expert_pipeline_parallel";
+    case GroupKind::intra_partial_data_context_parallel: return "intra_partial_data_context_parallel";
+    case GroupKind::inter_distributed_optimizer_instance: return "inter_distributed_optimizer_instance";
+    case GroupKind::intra_distributed_optimizer_instance: return "intra_distributed_optimizer_instance";
+    case GroupKind::intra_partial_expert_data_parallel: return "intra_partial_expert_data_parallel";
+    case GroupKind::inter_partial_expert_data_parallel: return "inter_partial_expert_data_parallel";
   }
   return "unknown";
 }
 
 bool on_expert_grid(GroupKind kind) noexcept {
-  return std::ranges::any_of(kGridKinds,
-                             [kind](const GridKind& k) { return k.kind == kind && k.grid == Grid::expert; });
+  const auto expert = [kind](const auto& k) { return k.kind == kind && k.grid == Grid::expert; };
+  return std::ranges::any_of(kGridKinds, expert) || std::ranges::any_of(kInstanceKinds, expert);
 }
 
 int clamped_tensor(const ParallelConfig& c) { return std::min(c.tensor_parallel_size, c.world_size); }
@@ -157,6 +184,55 @@ void validate_expert_grids(const ParallelConfig& c, const RankGrid& dense) {
   }
 }
 
+// The groups of one distributed-optimizer kind on @p grid (the dense grid or the expert
+// grid of @p ep), whose divisibility validate() has checked.
+GroupLayout instance_layout(const ParallelConfig& c, const InstanceKind& k, const RankGrid& grid, int ep) {
+  const GroupLayout cut = grid.along_names(k.cut_of);
+  const int instances = c.distributed_optimizer_instances;
+  const int per_instance = cut.group_size() / instances;
+  try {
+    switch (k.cut) {
+      case Cut::within_instance: return cut.subgroups(1, per_instance);
+      case Cut::across_instances: return cut.subgroups(per_instance, instances);
+      case Cut::whole_instance: return cut.subgroups(per_instance, instances).complement();
+    }
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("{} groups of {} distributed optimizer instances under order '{}': {}",
+                                  GroupId{k.kind, ep}.name(), instances, order_of(c), e.what()));
+  }
+  throw std::logic_error("unknown instance cut");
+}
+
+// Megatron's two divisibility rules for N instances, and the instances' regularity.
+void validate_instances(const ParallelConfig& c, const RankGrid& dense) {
+  const int instances = c.distributed_optimizer_instances;
+  require_positive(instances, "distributed optimizer instances");
+  if (instances == 1) return;
+  const int data_context = c.world_size / clamped_tensor(c) / c.pipeline_parallel_size;
+  if (data_context % instances != 0) {
+    throw ConfigError(fmt::format(
+        "data parallel size {} x context parallel size {} = {} is not divisible by {} distributed optimizer instances",
+        data_context / c.context_parallel_size, c.context_parallel_size, data_context, instances));
+  }
+  const int expert_tensor = c.expert_tensor_parallel_size.value_or(clamped_tensor(c));
+  for (const int ep : c.expert_parallel_sizes) {
+    const int expert_data = c.world_size / expert_tensor / ep / c.pipeline_parallel_size;
+    if (expert_data % instances != 0) {
+      throw ConfigError(fmt::format(
+          "expert data parallel size {} (expert parallel size {}) is not divisible by {} distributed optimizer "
+          "instances",
+          expert_data, ep, instances));
+    }
+  }
+  for (const InstanceKind& k : kInstanceKinds) {
+    if (k.grid == Grid::dense) {
+      (void)instance_layout(c, k, dense, 0);
+      continue;
+    }
+    for (const int ep : c.expert_parallel_sizes) (void)instance_layout(c, k, expert_grid_of(c, ep), ep);
+  }
+}
+
 RankGrid validated_dense_grid(const ParallelConfig& c) {
   validate(c);
   return dense_grid_of(c);
@@ -213,7 +289,9 @@ void validate(const ParallelConfig& c) {
         "size {}",
         c.world_size, tensor, c.context_parallel_size, c.pipeline_parallel_size));
   }
-  validate_expert_grids(c, dense_grid_of(c));
+  const RankGrid dense = dense_grid_of(c);
+  validate_expert_grids(c, dense);
+  validate_instances(c, dense);
   if (c.zero_hpz_size) {
     require_positive(*c.zero_hpz_size, "ZeRO hpZ partition size");
     const int hpz = std::min(*c.zero_hpz_size, c.world_size);
@@ -257,27 +335,27 @@ Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(v
   auto add = [this](GroupKind kind, const GroupLayout& layout, int ep = 0) {
     views_.push_back({GroupId{kind, ep}, layout});
   };
-  // The dense kinds of a table in its order; or, per expert parallel size, its expert kinds.
-  auto add_grid_kinds = [&](std::span<const GridKind> kinds, Grid grid) {
-    if (grid == Grid::dense) {
-      for (const GridKind& k : kinds) {
-        if (k.grid == Grid::dense) add(k.kind, dense_.along_names(k.varying));
+  // The kinds of a table on one grid in table order: on the dense grid, or per expert
+  // parallel size on its expert grid.
+  auto add_kinds = [&](const auto& kinds, Grid grid, auto layout_of) {
+    const auto add_on = [&](const RankGrid& on, int ep) {
+      for (const auto& k : kinds) {
+        if (k.grid == grid) add(k.kind, layout_of(k, on, ep), ep);
       }
-      return;
-    }
-    for (std::size_t i = 0; i < expert_grids_.size(); ++i) {
-      for (const GridKind& k : kinds) {
-        if (k.grid == Grid::expert)
-          add(k.kind, expert_grids_[i].along_names(k.varying), config_.expert_parallel_sizes[i]);
-      }
-    }
+    };
+    if (grid == Grid::dense) return add_on(dense_, 0);
+    for (std::size_t i = 0; i < expert_grids_.size(); ++i) add_on(expert_grids_[i], config_.expert_parallel_sizes[i]);
+  };
+  const auto along = [](const GridKind& k, const RankGrid& on, int) { return on.along_names(k.varying); };
+  const auto cut = [this](const InstanceKind& k, const RankGrid& on, int ep) {
+    return instance_layout(config_, k, on, ep);
   };
   const auto context_kinds = std::span<const GridKind>(kGridKinds).first(kContextKinds);
   const auto megatron_kinds = std::span<const GridKind>(kGridKinds).subspan(kContextKinds);
 
   add(GroupKind::world, RankGrid({{"rank", world}}).along({"rank"}));
-  add_grid_kinds(context_kinds, Grid::dense);
-  add_grid_kinds(context_kinds, Grid::expert);
+  add_kinds(context_kinds, Grid::dense, along);
+  add_kinds(context_kinds, Grid::expert, along);
   if (config_.zero_hpz_size) {
     hpz_ = std::min(*config_.zero_hpz_size, world);
     if (*hpz_ != *config_.zero_hpz_size) {
@@ -295,13 +373,17 @@ Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(v
   }
   context_view_count_ = views_.size();
 
-  add_grid_kinds(megatron_kinds, Grid::dense);
+  add_kinds(megatron_kinds, Grid::dense, along);
   // Megatron's default embedding ranks: the first and last stage of each pipeline group.
   const std::array<int, 2> ends{0, config_.pipeline_parallel_size - 1};
   const std::size_t end_count = ends[1] == 0 ? 1 : 2;
   add(GroupKind::embedding, dense_.along_positions("pp", std::span(ends).first(end_count)));
   add(GroupKind::position_embedding, dense_.along_positions("pp", std::span(ends).first(1)));
-  add_grid_kinds(megatron_kinds, Grid::expert);
+  add_kinds(megatron_kinds, Grid::expert, along);
+  if (config_.distributed_optimizer_instances > 1) {
+    add_kinds(kInstanceKinds, Grid::dense, cut);
+    add_kinds(kInstanceKinds, Grid::expert, cut);
+  }
 }
 
 int Topology::data_parallel_size() const noexcept {

@@ -62,6 +62,10 @@ struct ParallelConfig {
   /// all-to-all groups. kDetectRanksPerNode: a ParallelContext takes it from the nodes its
   /// world communicator sees (Communicator::nodes()); a Topology on its own refuses it.
   std::optional<int> ranks_per_node;
+  /// Megatron's `num_distributed_optimizer_instances` (N): above 1, each data-context
+  /// group is cut into N instances of consecutive members, and each expert data group
+  /// likewise, which adds the distributed-optimizer kinds (see Topology::megatron_views()).
+  int distributed_optimizer_instances = 1;
 
   /// Field-wise equality.
   friend bool operator==(const ParallelConfig&, const ParallelConfig&) = default;
@@ -77,8 +81,10 @@ inline constexpr int kDetectRanksPerNode = 0;
 ///         string or one that leaves out an axis larger than 1, pipeline groups that differ
 ///         between the dense and an expert grid, an expert data parallel size other than
 ///         the data parallel size when the order does not end in pp and pp > 1, a world not
-///         divisible by the hpZ size or (for several nodes) by the ranks per node, or an
-///         overflow.
+///         divisible by the hpZ size or (for several nodes) by the ranks per node, a data
+///         parallel × context parallel size or an expert data parallel size not divisible by
+///         the distributed optimizer instances, instances that the order string leaves
+///         irregular (see GroupLayout::subgroups()), or an overflow.
 void validate(const ParallelConfig& config);
 
 /// The order string that lays out @p config: its `order`, else the one its
@@ -111,6 +117,21 @@ enum class GroupKind {
   expert_tensor_parallel,           ///< Tensor parallel groups of the expert grid ("tp" there).
   tensor_expert_parallel,           ///< Expert tensor and expert parallel together ("tp-ep").
   tensor_expert_pipeline_parallel,  ///< Expert tensor, expert and pipeline together ("tp-ep-pp").
+  /// One distributed-optimizer instance's share of a data-context group: its members
+  /// i·P to (i+1)·P − 1, with P = dp × cp / N (Megatron's intra-partial data parallel
+  /// group with context parallel).
+  intra_partial_data_context_parallel,
+  /// One member of every instance of a data-context group: members j, j + P, j + 2P, ...
+  /// (Megatron's inter distributed-optimizer instance group).
+  inter_distributed_optimizer_instance,
+  /// Every rank of one instance, W / N ranks: the ranks whose data-context group rank
+  /// lies in [i·P, (i+1)·P) (Megatron's intra distributed-optimizer instance group).
+  intra_distributed_optimizer_instance,
+  /// An expert data group's members i·Pe to (i+1)·Pe − 1, with Pe = edp / N (expert grid).
+  intra_partial_expert_data_parallel,
+  /// An expert data group's members j, j + Pe, j + 2Pe, ... (expert grid; Megatron's
+  /// inter-partial expert data parallel group).
+  inter_partial_expert_data_parallel,
 };
 
 /// The two grids of Megatron's layout.
@@ -130,9 +151,9 @@ struct GridKind {
 /// Topology::views()), then Megatron's others (as in Topology::megatron_views()).
 [[nodiscard]] std::span<const GridKind> grid_kinds() noexcept;
 
-/// Whether @p kind is one of Megatron's dense kinds, which an MPU owns: a view of the
-/// dense grid (tensor, context, pipeline, data parallel and their combinations) or an
-/// embedding kind.
+/// Whether @p kind is one of Megatron's dense kinds, which an MPU owns: a grid kind of
+/// the dense grid (tensor, context, pipeline, data parallel and their combinations) or an
+/// embedding kind. The distributed-optimizer kinds are not: a context builds them.
 [[nodiscard]] bool is_dense_kind(GroupKind kind) noexcept;
 
 /// Where one rank sits on the expert grid of one expert parallel size.
@@ -221,7 +242,10 @@ class Topology {
   /// Megatron's other kinds, in a fixed order: context, data-context, tensor-context,
   /// tensor-data, tensor-data-context and model parallel, embedding, position
   /// embedding, then per expert parallel size expert tensor, tensor-expert and
-  /// tensor-expert-pipeline parallel. In the embedding kinds some ranks are in no group.
+  /// tensor-expert-pipeline parallel; then, with more than one distributed optimizer
+  /// instance, intra-partial data-context, inter and intra distributed-optimizer
+  /// instance, and per expert parallel size intra- and inter-partial expert data parallel.
+  /// In the embedding kinds some ranks are in no group.
   [[nodiscard]] std::span<const GroupView> megatron_views() const noexcept {
     return std::span<const GroupView>(views_).subspan(context_view_count_);
   }

@@ -62,7 +62,7 @@ inline bool context_works(const pcx::ParallelContext& context) {
   const auto megatron = pcx::test::MegatronReference::of(
       topology.world_size(), topology.tensor_parallel_size(), topology.context_parallel_size(),
       topology.pipeline_parallel_size(), topology.expert_tensor_parallel_size(), config.expert_parallel_sizes,
-      std::string(topology.order()));
+      std::string(topology.order()), config.distributed_optimizer_instances);
   bool ok = true;
   for (pcx::GroupId id : context.group_ids()) {
     const pcx::ProcessGroup& group = context.group(id);
@@ -77,7 +77,8 @@ inline bool context_works(const pcx::ParallelContext& context) {
     // of its grids (world, hpZ and the node kinds are not on them).
     const bool on_grid = id.kind != pcx::GroupKind::world && id.kind != pcx::GroupKind::zero_param_intra &&
                          id.kind != pcx::GroupKind::all_to_all_local && id.kind != pcx::GroupKind::all_to_all_global;
-    const bool spec_formula = !pcx::is_dense_kind(id.kind) || id.kind == pcx::GroupKind::tensor_parallel ||
+    const bool spec_formula = (!pcx::is_dense_kind(id.kind) && !pcx::test::MegatronReference::is_instance_kind(id.kind)) ||
+                              id.kind == pcx::GroupKind::tensor_parallel ||
                               id.kind == pcx::GroupKind::pipeline_parallel || id.kind == pcx::GroupKind::data_parallel;
     const bool seed_layout = topology.context_parallel_size() == 1 && !config.order &&
                              topology.expert_tensor_parallel_size() == topology.tensor_parallel_size();

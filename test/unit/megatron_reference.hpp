@@ -98,20 +98,49 @@ class MegatronGenerator {
   std::vector<int> sizes_;
 };
 
+/// create_hierarchical_groups(ranks, sizes) at one level, as Megatron's einops pattern
+/// "(l s u) -> (l u) s" writes it: u = Π sizes[:level], s = sizes[level], l the rest;
+/// ranks[l·s·u + j·u + i] is member j of group (l, i), groups in row-major (l, i) order.
+inline Groups hierarchical_level(const std::vector<int>& ranks, const std::vector<int>& sizes, std::size_t level) {
+  int u = 1;
+  for (std::size_t k = 0; k < level; ++k) u *= sizes[k];
+  const int s = sizes[level];
+  const int l = static_cast<int>(ranks.size()) / (u * s);
+  Groups out;
+  for (int a = 0; a < l; ++a) {
+    for (int i = 0; i < u; ++i) {
+      std::vector<int> group;
+      for (int j = 0; j < s; ++j) group.push_back(ranks[static_cast<std::size_t>(a * s * u + j * u + i)]);
+      out.push_back(group);
+    }
+  }
+  return out;
+}
+
 /// The generators initialize_model_parallel builds for a configuration, with its two
 /// rules between them, and every kind of pcx's table as Megatron names it.
 struct MegatronReference {
-  int world, tp, cp, pp, dp, etp;
+  int world, tp, cp, pp, dp, etp, instances;
   std::string order;
   MegatronGenerator dense;
   std::vector<std::pair<int, MegatronGenerator>> experts;  // expert parallel size, its generator
 
-  /// Throws std::runtime_error where Megatron would refuse the configuration.
+  /// Throws std::runtime_error where Megatron would refuse the configuration. Megatron
+  /// has one expert parallel size per run; each of @p eps is checked as its own run.
   static MegatronReference of(int world, int tp, int cp, int pp, int etp, const std::vector<int>& eps,
-                              const std::string& order) {
+                              const std::string& order, int instances = 1) {
     const int dp = world / (tp * cp * pp);
-    MegatronReference ref{world, tp, cp, pp, dp, etp, order,
-                          MegatronGenerator({{"tp", tp}, {"ep", 1}, {"dp", dp}, {"pp", pp}, {"cp", cp}}, order), {}};
+    MegatronReference ref{world,
+                          tp,
+                          cp,
+                          pp,
+                          dp,
+                          etp,
+                          instances,
+                          order,
+                          MegatronGenerator({{"tp", tp}, {"ep", 1}, {"dp", dp}, {"pp", pp}, {"cp", cp}}, order),
+                          {}};
+    if (dp * cp % instances != 0) throw std::runtime_error("dp x cp not divisible by the instances");
     for (const int ep : eps) {
       const int edp = world / (etp * ep * pp);
       ref.experts.emplace_back(
@@ -121,6 +150,7 @@ struct MegatronReference {
       if (ref.dense.get_ranks("pp") != ref.experts.back().second.get_ranks("pp")) {
         throw std::runtime_error("pipeline groups differ");
       }
+      if (edp % instances != 0) throw std::runtime_error("edp not divisible by the instances");
     }
     return ref;
   }
@@ -170,6 +200,35 @@ struct MegatronReference {
       case GroupKind::expert_tensor_parallel: return expert(id.expert_parallel_size).get_ranks("tp");
       case GroupKind::tensor_expert_parallel: return expert(id.expert_parallel_size).get_ranks("tp-ep");
       case GroupKind::tensor_expert_pipeline_parallel: return expert(id.expert_parallel_size).get_ranks("tp-ep-pp");
+      case GroupKind::intra_partial_data_context_parallel: {
+        // ranks_with_cp[i·P:(i+1)·P] for every dp-cp group.
+        Groups out;
+        for (const std::vector<int>& ranks : dense.get_ranks("dp-cp")) {
+          const auto per = static_cast<std::ptrdiff_t>(ranks.size()) / instances;
+          for (int i = 0; i < instances; ++i) out.emplace_back(ranks.begin() + i * per, ranks.begin() + (i + 1) * per);
+        }
+        return out;
+      }
+      case GroupKind::intra_partial_expert_data_parallel:
+        return instance_levels(expert(id.expert_parallel_size), 0);
+      case GroupKind::inter_partial_expert_data_parallel:
+        return instance_levels(expert(id.expert_parallel_size), 1);
+      // core_v0.12.0's inter-partial data parallel group with cp: ranks_with_cp[i::P].
+      case GroupKind::inter_distributed_optimizer_instance: {
+        Groups out;
+        for (const std::vector<int>& ranks : dense.get_ranks("dp-cp")) {
+          const std::size_t per = ranks.size() / static_cast<std::size_t>(instances);
+          for (std::size_t i = 0; i < per; ++i) {
+            std::vector<int> group;
+            for (std::size_t k = i; k < ranks.size(); k += per) group.push_back(ranks[k]);
+            out.push_back(group);
+          }
+        }
+        return out;
+      }
+      // The main branch's algorithm on the dense grid: P consecutive tp-pp groups.
+      case GroupKind::intra_distributed_optimizer_instance:
+        return concatenated(dense.get_ranks("tp-pp"), dp * cp / instances);
       case GroupKind::world:
       case GroupKind::zero_param_intra:
       case GroupKind::all_to_all_local:
@@ -178,6 +237,53 @@ struct MegatronReference {
       case GroupKind::sequence_data_parallel: break;
     }
     throw std::logic_error("not a Megatron kind: " + id.name());
+  }
+
+  /// The main branch's one inter-instance group, which attention shares with the experts
+  /// (get_inter_distributed_optimizer_instance_group): from the expert grid of @p ep.
+  Groups shared_inter_instance(int ep) const { return instance_levels(expert(ep), 1); }
+
+  /// The main branch's intra-instance group: edp / N consecutive tp-ep-pp groups of the
+  /// expert grid of @p ep, concatenated.
+  Groups shared_intra_instance(int ep) const {
+    const MegatronGenerator& grid = expert(ep);
+    return concatenated(grid.get_ranks("tp-ep-pp"), static_cast<int>(grid.get_ranks("dp").front().size()) / instances);
+  }
+
+  /// Whether @p kind is a distributed-optimizer kind. Megatron creates their groups per data
+  /// group, not in pcx's colour order, so only the groups as a set compare.
+  static bool is_instance_kind(GroupKind kind) {
+    return kind == GroupKind::intra_partial_data_context_parallel ||
+           kind == GroupKind::inter_distributed_optimizer_instance ||
+           kind == GroupKind::intra_distributed_optimizer_instance ||
+           kind == GroupKind::intra_partial_expert_data_parallel || kind == GroupKind::inter_partial_expert_data_parallel;
+  }
+
+ private:
+  // Every @p count consecutive groups as one; new_group sorts its ranks.
+  static Groups concatenated(const Groups& groups, int count) {
+    Groups out;
+    std::vector<int> members;
+    int seen = 0;
+    for (const std::vector<int>& ranks : groups) {
+      members.insert(members.end(), ranks.begin(), ranks.end());
+      if (++seen % count == 0) {
+        std::sort(members.begin(), members.end());
+        out.push_back(members);
+        members.clear();
+      }
+    }
+    return out;
+  }
+
+  // create_hierarchical_groups(ranks, [edp / N, N]) of every expert data group, at @p level.
+  Groups instance_levels(const MegatronGenerator& grid, std::size_t level) const {
+    Groups out;
+    for (const std::vector<int>& ranks : grid.get_ranks("dp")) {
+      const int per = static_cast<int>(ranks.size()) / instances;
+      for (std::vector<int>& group : hierarchical_level(ranks, {per, instances}, level)) out.push_back(group);
+    }
+    return out;
   }
 };
 

@@ -37,6 +37,7 @@ struct Sizes {
   std::vector<int> eps = {};
   std::optional<int> etp = std::nullopt;
   std::optional<std::string> order = std::nullopt;
+  int instances = 1;
 };
 
 ParallelConfig config(const Sizes& s) {
@@ -48,6 +49,7 @@ ParallelConfig config(const Sizes& s) {
   c.expert_parallel_sizes = s.eps;
   c.expert_tensor_parallel_size = s.etp;
   c.order = s.order;
+  c.distributed_optimizer_instances = s.instances;
   return c;
 }
 
@@ -289,6 +291,42 @@ BOOST_AUTO_TEST_CASE(an_order_not_ending_in_pp_needs_equal_data_sizes_when_pp_is
   BOOST_CHECK_NO_THROW(Topology(config({8, 1, 1, 1, {2}, std::nullopt, "tp-cp-ep-pp-dp"})));
 }
 
+BOOST_AUTO_TEST_CASE(instances_that_do_not_divide_are_rejected_as_megatron_rejects_them) {
+  // dp 3 x cp 2 = 6 ranks per data-context group: 4 instances do not divide them.
+  check_rejected(config({12, 2, 1, 2, {}, std::nullopt, std::nullopt, 4}), {"distributed optimizer instances"},
+                 {3, 2, 6, 4});
+  // dp 4 in 2 instances, but with ep 4 the expert data parallel size is 1.
+  check_rejected(config({4, 1, 1, 1, {4}, std::nullopt, std::nullopt, 2}), {"expert data parallel size"}, {1, 4, 2});
+  check_rejected(config({4, 1, 1, 1, {}, std::nullopt, std::nullopt, 0}), {"distributed optimizer instances"}, {0});
+  check_rejected(config({4, 1, 1, 1, {}, std::nullopt, std::nullopt, -3}), {"distributed optimizer instances"}, {-3});
+}
+
+BOOST_AUTO_TEST_CASE(instances_that_no_grid_holds_are_rejected_naming_the_kind) {
+  // cp 2 and dp 3 apart in rank (pp between them): instances of 3 = 6 / 2 cut a cp row,
+  // so they are not translates of one another. Megatron builds them; a grid cannot.
+  const ParallelConfig c = config({12, 1, 2, 2, {}, std::nullopt, "tp-cp-pp-dp", 2});
+  check_rejected(c, {"intra_partial_data_context_parallel", "'tp-cp-pp-dp'", "instances"}, {2});
+  // With dp and cp neighbours the same sizes are regular.
+  BOOST_CHECK_NO_THROW(Topology(config({12, 1, 2, 2, {}, std::nullopt, "tp-cp-dp-pp", 2})));
+}
+
+BOOST_AUTO_TEST_CASE(one_instance_adds_no_kind) {
+  const Topology one(config({8, 1, 1, 1, {2}, std::nullopt, std::nullopt, 1}));
+  const Topology two(config({8, 1, 1, 1, {2}, std::nullopt, std::nullopt, 2}));
+  BOOST_TEST(two.megatron_views().size() == one.megatron_views().size() + 5);
+  BOOST_CHECK_THROW((void)one.layout({GroupKind::inter_distributed_optimizer_instance}), pcx::GroupNotFound);
+  // dp 8 in 2 instances of 4: Megatron's own example layout.
+  BOOST_TEST(show(groups_of(two, GroupKind::intra_partial_data_context_parallel)) == "[[0, 1, 2, 3], [4, 5, 6, 7]]");
+  BOOST_TEST(show(groups_of(two, GroupKind::inter_distributed_optimizer_instance)) ==
+             "[[0, 4], [1, 5], [2, 6], [3, 7]]");
+  BOOST_TEST(show(groups_of(two, GroupKind::intra_distributed_optimizer_instance)) == "[[0, 1, 2, 3], [4, 5, 6, 7]]");
+  // Expert-first, ep 2: expert data groups [0,2,4,6] and [1,3,5,7], each in two halves.
+  BOOST_TEST(show(groups_of(two, GroupKind::intra_partial_expert_data_parallel, 2)) ==
+             "[[0, 2], [1, 3], [4, 6], [5, 7]]");
+  BOOST_TEST(show(groups_of(two, GroupKind::inter_partial_expert_data_parallel, 2)) ==
+             "[[0, 4], [1, 5], [2, 6], [3, 7]]");
+}
+
 BOOST_AUTO_TEST_CASE(pipeline_groups_that_differ_between_the_grids_are_rejected) {
   // Dense: tp 2 before pp, stages 2 apart; expert: etp 1 before pp, stages 1 apart.
   check_rejected(config({8, 2, 2, 1, {2}, 1, "tp-pp-ep-dp"}), {"pipeline groups", "'tp-pp-ep-dp'"}, {2, 1});
@@ -301,13 +339,26 @@ BOOST_AUTO_TEST_SUITE_END()
 // ---------------------------------------------------------------------------
 BOOST_AUTO_TEST_SUITE(random_configurations)
 
+// Whether every group is the first shifted by one distance: the only groups a layout of
+// a grid can hold.
+bool translates(Groups groups) {
+  for (std::vector<int>& g : groups) std::ranges::sort(g);
+  return std::ranges::all_of(groups, [&](const std::vector<int>& g) {
+    if (g.size() != groups.front().size()) return false;
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      if (g[i] - g[0] != groups.front()[i] - groups.front()[0]) return false;
+    }
+    return true;
+  });
+}
+
 BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
   const unsigned seed = 20250611;
   BOOST_TEST_MESSAGE("random seed " << seed);
   std::mt19937 random(seed);
   auto pick = [&random](int low, int high) { return std::uniform_int_distribution<int>(low, high)(random); };
-  int accepted = 0, refused = 0;
-  for (int round = 0; round < 400; ++round) {
+  int accepted = 0, refused = 0, irregular = 0, with_instances = 0;
+  for (int round = 0; round < 600; ++round) {
     const int tp = pick(1, 4), cp = pick(1, 3), pp = pick(1, 4), dp = pick(1, 6);
     const int world = tp * cp * pp * dp;
     const int etp = pick(0, 1) == 0 ? tp : std::vector<int>{1, 2, 4}[static_cast<std::size_t>(pick(0, 2))];
@@ -320,13 +371,14 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
     std::shuffle(tokens.begin(), tokens.end(), random);
     std::erase_if(tokens, [&](const std::string&) { return tokens.size() > 1 && pick(0, 9) == 0; });
     const std::string order = fmt::format("{}", fmt::join(tokens, "-"));
-    const ParallelConfig c = config({world, tp, pp, cp, eps, etp, order});
-    const std::string what = fmt::format("round {}: W {} tp {} cp {} pp {} etp {} eps [{}] order {}", round, world, tp,
-                                         cp, pp, etp, fmt::join(eps, ","), order);
+    const int instances = pick(0, 1) == 0 ? 1 : pick(2, 4);
+    const ParallelConfig c = config({world, tp, pp, cp, eps, etp, order, instances});
+    const std::string what = fmt::format("round {}: W {} tp {} cp {} pp {} etp {} eps [{}] order {} instances {}",
+                                         round, world, tp, cp, pp, etp, fmt::join(eps, ","), order, instances);
 
     std::optional<MegatronReference> reference;
     try {
-      reference.emplace(MegatronReference::of(world, tp, cp, pp, etp, eps, order));
+      reference.emplace(MegatronReference::of(world, tp, cp, pp, etp, eps, order, instances));
     } catch (const std::runtime_error&) {
     }
     if (!reference) {
@@ -334,11 +386,29 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
       BOOST_CHECK_THROW(Topology{c}, ConfigError);
       continue;
     }
+    std::optional<Topology> built;
+    try {
+      built.emplace(c);
+    } catch (const ConfigError& e) {
+      // pcx refuses only instances that are not translates of one another, which no grid holds.
+      bool regular = true;
+      for (const GroupKind kind : {GroupKind::intra_partial_data_context_parallel,
+                                   GroupKind::inter_distributed_optimizer_instance,
+                                   GroupKind::intra_distributed_optimizer_instance}) {
+        regular = regular && translates(reference->groups({kind}));
+      }
+      BOOST_TEST(!regular, what << ": refused although Megatron's instances are regular: " << e.what());
+      ++irregular;
+      continue;
+    }
     ++accepted;
-    const Topology topology(c);
+    with_instances += instances > 1 ? 1 : 0;
+    const Topology& topology = *built;
     for (const pcx::GroupView& view : topology.all_views()) {
       if (view.id.kind == GroupKind::world) continue;  // the configuration has no hpZ and no nodes
-      const Groups expected = reference->groups(view.id);
+      Groups expected = reference->groups(view.id);
+      // Groups in Megatron's creation order where it is pcx's colour order, else sorted.
+      if (MegatronReference::is_instance_kind(view.id.kind)) std::ranges::sort(expected);
       BOOST_TEST(show(view.layout.groups()) == show(expected), what << " " << view.id.name());
       for (int r = 0; r < world; ++r) {
         int colour = GroupLayout::kNoGroup, index = GroupLayout::kNoGroup;
@@ -376,9 +446,53 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
       }
     }
   }
-  BOOST_TEST_MESSAGE(accepted << " accepted, " << refused << " refused");
-  BOOST_TEST(accepted > 100);
+  BOOST_TEST_MESSAGE(accepted << " accepted (" << with_instances << " with instances), " << refused
+                              << " refused by both, " << irregular << " irregular instances refused by pcx");
+  BOOST_TEST(accepted > 150);
+  BOOST_TEST(with_instances > 40);
   BOOST_TEST(refused > 20);
+}
+
+// Megatron's main branch (d98e8a64ddf3) builds one inter-instance and one intra-instance
+// group for attention and experts alike, from its expert grid. Under the default order with
+// the expert tensor size the tensor size they are pcx's dense groups; under data-first
+// with more than one expert they pair members of one dense instance, so pcx keeps the
+// dense ones (core_v0.12.0's) and gives the expert ones as inter_partial_expert_data_parallel.
+BOOST_AUTO_TEST_CASE(the_main_branchs_shared_instance_groups_are_the_dense_ones_under_the_default_order) {
+  int same = 0, different = 0;
+  for (const std::string_view order : {pcx::kExpertFirstOrder, pcx::kDataFirstOrder}) {
+    for (int tp = 1; tp <= 2; ++tp) {
+      for (int cp = 1; cp <= 2; ++cp) {
+        for (int pp = 1; pp <= 2; ++pp) {
+          for (int dp = 1; dp <= 8; ++dp) {
+            const int world = tp * cp * pp * dp;
+            for (int ep = 1; ep <= dp * cp; ++ep) {
+              for (int n = 2; n <= dp * cp / ep; ++n) {
+                if (dp * cp % ep != 0 || dp * cp / ep % n != 0) continue;
+                const auto reference = MegatronReference::of(world, tp, cp, pp, tp, {ep}, std::string(order), n);
+                const Topology topology(config({world, tp, pp, cp, {ep}, std::nullopt, std::string(order), n}));
+                Groups inter = reference.shared_inter_instance(ep);
+                std::ranges::sort(inter);
+                Groups intra = reference.shared_intra_instance(ep);
+                std::ranges::sort(intra);
+                const bool equal = inter == groups_of(topology, GroupKind::inter_distributed_optimizer_instance) &&
+                                   intra == groups_of(topology, GroupKind::intra_distributed_optimizer_instance);
+                const std::string what = fmt::format("{} W {} tp {} cp {} pp {} ep {} N {}", order, world, tp, cp, pp, ep, n);
+                if (order == pcx::kExpertFirstOrder || ep == 1) BOOST_TEST(equal, what);
+                // The expert kind is the shared group itself.
+                BOOST_TEST(show(inter) == show(groups_of(topology, GroupKind::inter_partial_expert_data_parallel, ep)),
+                           what);
+                (equal ? same : different) += 1;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE(same << " layouts share the dense instance groups, " << different << " do not");
+  BOOST_TEST(same > 100);
+  BOOST_TEST(different > 10);
 }
 
 BOOST_AUTO_TEST_CASE(context_one_and_expert_tensor_equal_to_tensor_leave_every_seed_kind_as_the_spec_says) {

@@ -111,7 +111,12 @@ struct Reference {
       case GroupKind::model_parallel:
       case GroupKind::embedding:
       case GroupKind::position_embedding:
-        throw std::logic_error("the SPEC has no formula for Megatron's dense kinds: see megatron_reference.hpp");
+      case GroupKind::intra_partial_data_context_parallel:
+      case GroupKind::inter_distributed_optimizer_instance:
+      case GroupKind::intra_distributed_optimizer_instance:
+      case GroupKind::intra_partial_expert_data_parallel:
+      case GroupKind::inter_partial_expert_data_parallel:
+        throw std::logic_error("the SPEC has no formula for Megatron's kinds: see megatron_reference.hpp");
     }
     return g;
   }
