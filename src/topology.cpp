@@ -197,8 +197,11 @@ GroupLayout instance_layout(const ParallelConfig& c, const InstanceKind& k, cons
       case Cut::whole_instance: return cut.subgroups(per_instance, instances).complement();
     }
   } catch (const ConfigError& e) {
-    throw ConfigError(fmt::format("{} groups of {} distributed optimizer instances under order '{}': {}",
-                                  GroupId{k.kind, ep}.name(), instances, order_of(c), e.what()));
+    throw ConfigError(fmt::format(
+        "{} groups of {} distributed optimizer instances under order '{}': instances of {} members of the {} "
+        "groups are not translates of one another, which no rank grid holds ({}); an order with the {} axes "
+        "next to each other has regular instances",
+        GroupId{k.kind, ep}.name(), instances, order_of(c), per_instance, k.cut_of, e.what(), k.cut_of));
   }
   throw std::logic_error("unknown instance cut");
 }

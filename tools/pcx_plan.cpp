@@ -176,8 +176,8 @@ void print_json(Output& out, const pcx::Topology& topology, std::span<const pcx:
   out.put("}}\n");
 }
 
-// "world 16 = pipeline 2 x data 4 x tensor 2", with the context size, the order and the
-// expert tensor size where they are not the defaults.
+// "world 16 = pipeline 2 x data 4 x tensor 2", with the context size, the order, the
+// expert tensor size and the distributed optimizer instances where they are not the defaults.
 std::string world_line(const pcx::Topology& topology) {
   const pcx::ParallelConfig& config = topology.config();
   std::string line = fmt::format("world {} = pipeline {} x data {}", topology.world_size(),
@@ -191,6 +191,9 @@ std::string world_line(const pcx::Topology& topology) {
     if (topology.expert_tensor_parallel_size() != topology.tensor_parallel_size()) {
       line += fmt::format(", expert tensor {}", topology.expert_tensor_parallel_size());
     }
+  }
+  if (config.distributed_optimizer_instances > 1) {
+    line += fmt::format(", {} distributed optimizer instances", config.distributed_optimizer_instances);
   }
   return line;
 }

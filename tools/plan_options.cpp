@@ -13,7 +13,7 @@ namespace pcx::cli {
 namespace {
 
 struct RawOptions {
-  std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, rank, format, colour_by;
+  std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, instances, rank, format, colour_by;
   bool megatron = false;
   bool check = false;
 };
@@ -33,6 +33,10 @@ void describe(CLI::App& app, RawOptions& raw, bool world_required) {
   app.add_option("--zero-hpz", raw.hpz, "ZeRO hpZ partition size")->type_name("Z");
   app.add_option("--ranks-per-node", raw.per_node,
                  "ranks per node, for the all-to-all groups and --check; 'auto': as the MPI job's nodes (print_groups)")
+      ->type_name("N");
+  app.add_option("--distributed-optimizer-instances", raw.instances,
+                 "Megatron's distributed optimizer instances N (default 1): above 1, the data-context and expert data "
+                 "groups are cut into N instances (--megatron lists the kinds)")
       ->type_name("N");
   app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
   app.add_flag("--megatron", raw.megatron,
@@ -112,6 +116,10 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   if (app.count("--zero-hpz") > 0) config.zero_hpz_size = parse_int("--zero-hpz", raw.hpz);
   if (app.count("--ranks-per-node") > 0) {
     config.ranks_per_node = raw.per_node == "auto" ? kDetectRanksPerNode : parse_int("--ranks-per-node", raw.per_node);
+  }
+  if (app.count("--distributed-optimizer-instances") > 0) {
+    config.distributed_optimizer_instances =
+        parse_int("--distributed-optimizer-instances", raw.instances);
   }
   if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
   options.megatron = raw.megatron;

@@ -138,6 +138,7 @@ std::vector<pcx::AgreedValue> agreed_values(const pcx::cli::PlanOptions& options
           {"--zero-hpz (0: not given)", config.zero_hpz_size.value_or(0)},
           {"--ranks-per-node (0: not given, -1: auto)",
            config.ranks_per_node == pcx::kDetectRanksPerNode ? -1 : config.ranks_per_node.value_or(0)},
+          {"--distributed-optimizer-instances", config.distributed_optimizer_instances},
           {"--megatron (0: not given)", options.megatron ? 1 : 0}};
 }
 

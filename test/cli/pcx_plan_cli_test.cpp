@@ -1029,6 +1029,35 @@ BOOST_AUTO_TEST_CASE(megatrons_rules_are_usage_errors_naming_the_values) {
   check_usage_error({"--world", "8", "--cp"}, {"--cp"});
 }
 
+BOOST_AUTO_TEST_CASE(instances_worked_out_by_hand) {
+  // As above, in 2 distributed optimizer instances: rank 13 is member 2 of its data-context
+  // group [9, 11, 13, 15] and of its expert data group (the same ranks), so it is in the
+  // second instance (P = Pe = 2), and across instances it pairs with member 0.
+  const Outcome o = run_ok(with(kMegatronArgs, {"--distributed-optimizer-instances", "2", "--format", "json", "--rank",
+                                                "13"}));
+  const Json j = parse_json(o);
+  const std::map<std::string, std::vector<int>> expected{
+      {"intra_partial_data_context_parallel", {13, 15}},
+      {"inter_distributed_optimizer_instance", {9, 13}},
+      {"intra_distributed_optimizer_instance", {4, 5, 6, 7, 12, 13, 14, 15}},
+      {"intra_partial_expert_data_parallel/2", {13, 15}},
+      {"inter_partial_expert_data_parallel/2", {9, 13}},
+  };
+  for (const auto& [kind, members] : expected) {
+    BOOST_TEST_REQUIRE(j["groups"].contains(kind), kind);
+    BOOST_TEST(j["groups"][kind].get<std::vector<int>>() == members, boost::test_tools::per_element());
+  }
+  const Outcome header = run_ok(with(kMegatronArgs, {"--distributed-optimizer-instances", "2"}));
+  BOOST_TEST(header.out.starts_with("world 16 = pipeline 2 x data 2 x context 2 x tensor 2, order tp-cp-ep-dp-pp, "
+                                    "experts 2, expert tensor 1, 2 distributed optimizer instances\n"),
+             header.out.substr(0, 160));
+  check_usage_error({"--world", "16", "--tp", "2", "--cp", "2", "--distributed-optimizer-instances", "3"},
+                    {"distributed optimizer instances", "3", "4"});
+  check_usage_error({"--world", "8", "--distributed-optimizer-instances", "0"}, {"distributed optimizer instances 0"});
+  check_usage_error({"--world", "8", "--distributed-optimizer-instances", "two"},
+                    {"--distributed-optimizer-instances", "'two'"});
+}
+
 BOOST_AUTO_TEST_CASE(the_named_orders_are_the_two_order_strings) {
   for (const auto& [name, order] : {std::pair{"expert-first", "tp-cp-ep-dp-pp"}, std::pair{"data-first", "tp-cp-dp-ep-pp"}}) {
     const Outcome named = run_ok({"--world", "16", "--tp", "2", "--ep", "4", "--expert-order", name, "--format", "json"});
