@@ -121,6 +121,55 @@ BOOST_AUTO_TEST_CASE(context_parallel_and_expert_tensor_layouts_communicate_as_m
   BOOST_TEST(everyone(ok));
 }
 
+BOOST_AUTO_TEST_CASE(distributed_optimizer_instances_communicate_as_megatron_lays_them_out) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  int configurations = 0;
+  bool ok = true;
+  for (const int tp : {1, 2}) {
+    for (const int cp : {1, 2}) {
+      for (const int pp : {1, 2}) {
+        for (const int instances : {2, 4}) {
+          for (const std::string order : {"tp-cp-ep-dp-pp", "tp-cp-dp-ep-pp", "tp-dp-pp-cp-ep"}) {
+            pcx::ParallelConfig config = world_config({});
+            config.world_size = n;
+            config.tensor_parallel_size = tp;
+            config.context_parallel_size = cp;
+            config.pipeline_parallel_size = pp;
+            config.order = order;
+            config.distributed_optimizer_instances = instances;
+            for (int ep = 1; ep <= n; ++ep) {
+              if (n % (tp * pp * ep * instances) == 0) config.expert_parallel_sizes.push_back(ep);
+            }
+            try {
+              pcx::validate(config);
+            } catch (const pcx::ConfigError&) {
+              continue;
+            }
+            const auto mpu = std::make_shared<const pcx::GridMpu>(world, config);
+            const ParallelContext context(world, config, mpu);
+            ok = context_works(context) && ok;
+            // An instance kind with the groups of another kind, an MPU's included, holds its
+            // communicator.
+            for (const pcx::GroupView& view : context.topology().megatron_views()) {
+              if (pcx::is_dense_kind(view.id.kind)) continue;
+              for (const pcx::GroupView& other : context.topology().all_views()) {
+                if (other.layout == view.layout) {
+                  ok = &context.group(view.id).communicator() == &context.group(other.id).communicator() && ok;
+                }
+              }
+            }
+            ++configurations;
+          }
+        }
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE(configurations << " configurations on " << n << " ranks");
+  if (n == 8) BOOST_TEST(configurations >= 20);
+  BOOST_TEST(everyone(ok));
+}
+
 // Creation over the members and splits of the whole world give the same groups, the
 // embedding kinds' ranks in no group included (middle pipeline stages take no part).
 BOOST_AUTO_TEST_CASE(groups_created_over_their_members_or_split_are_the_same) {
@@ -223,6 +272,11 @@ BOOST_AUTO_TEST_CASE(ranks_that_disagree_all_throw_the_same_mismatch,
       world_config({1}, odd_one ? pcx::ExpertOrder::data_first : pcx::ExpertOrder::expert_first),
       world_config({1}, {}, odd_one ? 1 : n),
       world_config({1}, {}, {}, odd_one ? std::optional<int>{} : std::optional<int>{n}),
+      [&] {
+        ParallelConfig instances = world_config({1});
+        instances.distributed_optimizer_instances = odd_one ? 1 : 2;
+        return instances;
+      }(),
   };
   for (const ParallelConfig& config : disagreements) {
     const std::string message = expect_everywhere<pcx::ConfigMismatch>([&] { ParallelContext(world, config); });
