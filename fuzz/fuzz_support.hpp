@@ -338,7 +338,7 @@ inline void check_megatron_kinds(const pcx::Topology& topology, const pcx::Paral
       continue;
     }
     pcx::test::Groups expected = reference.groups(view.id);
-    if (pcx::test::MegatronReference::is_instance_kind(kind)) std::ranges::sort(expected);
+    if (pcx::test::MegatronReference::is_cut_kind(kind)) std::ranges::sort(expected);
     PCX_FUZZ_CHECK(view.layout.groups() == expected);
     std::vector<int> colour(static_cast<std::size_t>(world), pcx::GroupLayout::kNoGroup);
     std::vector<int> index(static_cast<std::size_t>(world), pcx::GroupLayout::kNoGroup);

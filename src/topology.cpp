@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <stdexcept>
 
 #include "pcx/error.hpp"
@@ -86,6 +87,8 @@ std::string_view kind_name(GroupKind kind) noexcept {
     case GroupKind::intra_distributed_optimizer_instance: return "intra_distributed_optimizer_instance";
     case GroupKind::intra_partial_expert_data_parallel: return "intra_partial_expert_data_parallel";
     case GroupKind::inter_partial_expert_data_parallel: return "inter_partial_expert_data_parallel";
+    case GroupKind::hybrid_data_context_parallel: return "hybrid_data_context_parallel";
+    case GroupKind::hierarchical_context_parallel: return "hierarchical_context_parallel";
   }
   return "unknown";
 }
@@ -236,6 +239,84 @@ void validate_instances(const ParallelConfig& c, const RankGrid& dense) {
   }
 }
 
+// The sizes of Megatron's hybrid groups for data-context groups of @p members ranks:
+// 2^k for 2 <= 2^k < 2^floor(log2(members)).
+std::vector<int> hybrid_sizes(int members) {
+  int largest = 1;
+  while (largest <= members / 2) largest *= 2;
+  std::vector<int> sizes;
+  for (int size = 2; size < largest; size *= 2) sizes.push_back(size);
+  return sizes;
+}
+
+// Megatron's kinds of one size or level each, the hybrid data-context groups and the
+// hierarchical context parallel levels, from rules validate_series() has checked.
+std::vector<GroupView> series_views(const ParallelConfig& c, const RankGrid& dense) {
+  std::vector<GroupView> views;
+  const GroupLayout data_context = dense.along_names("dp-cp");
+  if (c.hybrid_context_parallel) {
+    for (const int size : hybrid_sizes(data_context.group_size())) {
+      const GroupId id{GroupKind::hybrid_data_context_parallel, 0, size};
+      try {
+        views.push_back({id, data_context.subgroups(1, size)});
+      } catch (const ConfigError& e) {
+        throw ConfigError(fmt::format(
+            "{} under order '{}': runs of {} members of the dp-cp groups are not translates of one another, which "
+            "no rank grid holds ({}); an order with the dp and cp axes next to each other has regular groups",
+            id.name(), order_of(c), size, e.what()));
+      }
+    }
+  }
+  const GroupLayout context = dense.along_names("cp");
+  int below = 1;  // the product of the sizes of the levels below
+  for (std::size_t level = 0; level < c.hierarchical_context_parallel_sizes.size(); ++level) {
+    const int size = c.hierarchical_context_parallel_sizes[level];
+    views.push_back({GroupId{GroupKind::hierarchical_context_parallel, 0, 0, static_cast<int>(level)},
+                     context.subgroups(below, size)});
+    below *= size;
+  }
+  return views;
+}
+
+// Megatron's rules for the hybrid and hierarchical groups, and pcx's for the hybrid sizes.
+void validate_series(const ParallelConfig& c, const RankGrid& dense) {
+  constexpr long long kAboveInt = static_cast<long long>(INT_MAX) + 1;
+  const int cp = c.context_parallel_size;
+  const auto& levels = c.hierarchical_context_parallel_sizes;
+  if (!levels.empty()) {
+    long long product = 1;
+    for (const int size : levels) {
+      require_positive(size, "hierarchical context parallel size");
+      // Saturated above INT_MAX, so that no list of sizes overflows.
+      product = std::min(product * size, kAboveInt);
+    }
+    if (product != cp) {
+      throw ConfigError(fmt::format(
+          "hierarchical context parallel sizes [{}] multiply to {}, not the context parallel size {}",
+          fmt::join(levels, ","), product == kAboveInt ? fmt::format("more than {}", INT_MAX) : fmt::format("{}", product),
+          cp));
+    }
+  }
+  if (c.hybrid_context_parallel) {
+    const int members = c.world_size / clamped_tensor(c) / c.pipeline_parallel_size;
+    const int dp = members / cp;
+    if (members % 2 != 0) {
+      throw ConfigError(fmt::format(
+          "hybrid context parallel needs an even data parallel x context parallel size, not {} (dp {} x cp {})",
+          members, dp, cp));
+    }
+    for (const int size : hybrid_sizes(members)) {
+      if (members % size != 0) {
+        throw ConfigError(fmt::format(
+            "hybrid context parallel group size {} does not divide the {} ranks of a data-context group (dp {} x cp "
+            "{}); Megatron would build a group of {} under that size",
+            size, members, dp, cp, members % size));
+      }
+    }
+  }
+  (void)series_views(c, dense);
+}
+
 RankGrid validated_dense_grid(const ParallelConfig& c) {
   validate(c);
   return dense_grid_of(c);
@@ -295,6 +376,7 @@ void validate(const ParallelConfig& c) {
   const RankGrid dense = dense_grid_of(c);
   validate_expert_grids(c, dense);
   validate_instances(c, dense);
+  validate_series(c, dense);
   if (c.zero_hpz_size) {
     require_positive(*c.zero_hpz_size, "ZeRO hpZ partition size");
     const int hpz = std::min(*c.zero_hpz_size, c.world_size);
@@ -322,6 +404,8 @@ void validate(const ParallelConfig& c) {
 std::string GroupId::name() const {
   const std::string_view base = kind_name(kind);
   if (on_expert_grid(kind)) return fmt::format("{}/{}", base, expert_parallel_size);
+  if (kind == GroupKind::hybrid_data_context_parallel) return fmt::format("{}/{}", base, group_size);
+  if (kind == GroupKind::hierarchical_context_parallel) return fmt::format("{}/L{}", base, level);
   return std::string(base);
 }
 
@@ -387,6 +471,7 @@ Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(v
     add_kinds(kInstanceKinds, Grid::dense, cut);
     add_kinds(kInstanceKinds, Grid::expert, cut);
   }
+  for (GroupView& view : series_views(config_, dense_)) views_.push_back(std::move(view));
 }
 
 int Topology::data_parallel_size() const noexcept {

@@ -177,7 +177,7 @@ void print_json(Output& out, const pcx::Topology& topology, std::span<const pcx:
 }
 
 // "world 16 = pipeline 2 x data 4 x tensor 2", with the context size, the order, the
-// expert tensor size and the distributed optimizer instances where they are not the defaults.
+// expert tensor size and Megatron's optional groups where they are not the defaults.
 std::string world_line(const pcx::Topology& topology) {
   const pcx::ParallelConfig& config = topology.config();
   std::string line = fmt::format("world {} = pipeline {} x data {}", topology.world_size(),
@@ -194,6 +194,10 @@ std::string world_line(const pcx::Topology& topology) {
   }
   if (config.distributed_optimizer_instances > 1) {
     line += fmt::format(", {} distributed optimizer instances", config.distributed_optimizer_instances);
+  }
+  if (config.hybrid_context_parallel) line += ", hybrid context parallel";
+  if (!config.hierarchical_context_parallel_sizes.empty()) {
+    line += fmt::format(", hierarchical context parallel {}", fmt::join(config.hierarchical_context_parallel_sizes, "x"));
   }
   return line;
 }

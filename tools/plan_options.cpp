@@ -13,8 +13,10 @@ namespace pcx::cli {
 namespace {
 
 struct RawOptions {
-  std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, instances, rank, format, colour_by;
+  std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, instances, levels, rank, format,
+      colour_by;
   bool megatron = false;
+  bool hybrid = false;
   bool check = false;
 };
 
@@ -38,6 +40,12 @@ void describe(CLI::App& app, RawOptions& raw, bool world_required) {
                  "Megatron's distributed optimizer instances N (default 1): above 1, the data-context and expert data "
                  "groups are cut into N instances (--megatron lists the kinds)")
       ->type_name("N");
+  app.add_flag("--hybrid-context-parallel", raw.hybrid,
+               "Megatron's hybrid data x context parallel groups, one kind per power-of-two size (--megatron lists "
+               "them)");
+  app.add_option("--hierarchical-context-parallel-sizes", raw.levels,
+                 "Megatron's hierarchical context parallel sizes, comma separated, whose product is --cp")
+      ->type_name("S[,S...]");
   app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
   app.add_flag("--megatron", raw.megatron,
                "also list Megatron's other kinds (context, model, embedding, expert tensor, ...) and, with --rank, "
@@ -64,6 +72,17 @@ int parse_int(std::string_view flag, std::string_view text) {
     throw ConfigError(fmt::format("{}: '{}' is not a whole number", flag, text));
   }
   return value;
+}
+
+// "2,4,8" as numbers, each named by @p flag in an error.
+std::vector<int> parse_list(std::string_view flag, std::string_view text) {
+  std::vector<int> values;
+  for (std::size_t begin = 0; begin <= text.size();) {
+    const std::size_t end = std::min(text.find(',', begin), text.size());
+    values.push_back(parse_int(flag, text.substr(begin, end - begin)));
+    begin = end + 1;
+  }
+  return values;
 }
 
 }  // namespace
@@ -101,13 +120,7 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   if (app.count("--pp") > 0) config.pipeline_parallel_size = parse_int("--pp", raw.pp);
   if (app.count("--cp") > 0) config.context_parallel_size = parse_int("--cp", raw.cp);
   if (app.count("--etp") > 0) config.expert_tensor_parallel_size = parse_int("--etp", raw.etp);
-  if (app.count("--ep") > 0) {
-    for (std::size_t begin = 0; begin <= raw.ep.size();) {
-      const std::size_t end = std::min(raw.ep.find(',', begin), raw.ep.size());
-      config.expert_parallel_sizes.push_back(parse_int("--ep", std::string_view(raw.ep).substr(begin, end - begin)));
-      begin = end + 1;
-    }
-  }
+  if (app.count("--ep") > 0) config.expert_parallel_sizes = parse_list("--ep", raw.ep);
   if (app.count("--expert-order") > 0 && app.count("--order") > 0) {
     throw ConfigError("--expert-order and --order both set the order; give one of them");
   }
@@ -120,6 +133,10 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   if (app.count("--distributed-optimizer-instances") > 0) {
     config.distributed_optimizer_instances =
         parse_int("--distributed-optimizer-instances", raw.instances);
+  }
+  config.hybrid_context_parallel = raw.hybrid;
+  if (app.count("--hierarchical-context-parallel-sizes") > 0) {
+    config.hierarchical_context_parallel_sizes = parse_list("--hierarchical-context-parallel-sizes", raw.levels);
   }
   if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
   options.megatron = raw.megatron;

@@ -66,6 +66,14 @@ struct ParallelConfig {
   /// group is cut into N instances of consecutive members, and each expert data group
   /// likewise, which adds the distributed-optimizer kinds (see Topology::megatron_views()).
   int distributed_optimizer_instances = 1;
+  /// Megatron's `hybrid_context_parallel`: groups of every power of two 2^k with
+  /// 2 ≤ 2^k < 2^⌊log2(dp × cp)⌋, each a run of consecutive members of a data-context group,
+  /// for dynamic context parallelism (GroupKind::hybrid_data_context_parallel).
+  bool hybrid_context_parallel = false;
+  /// Megatron's `hierarchical_context_parallel_sizes`: empty for none, else sizes whose
+  /// product is the context parallel size, one level of groups each
+  /// (GroupKind::hierarchical_context_parallel).
+  std::vector<int> hierarchical_context_parallel_sizes;
 
   /// Field-wise equality.
   friend bool operator==(const ParallelConfig&, const ParallelConfig&) = default;
@@ -84,7 +92,10 @@ inline constexpr int kDetectRanksPerNode = 0;
 ///         divisible by the hpZ size or (for several nodes) by the ranks per node, a data
 ///         parallel × context parallel size or an expert data parallel size not divisible by
 ///         the distributed optimizer instances, instances that the order string leaves
-///         irregular (see GroupLayout::subgroups()), or an overflow.
+///         irregular (see GroupLayout::subgroups()), hybrid context parallel groups of a
+///         data-context group of odd size or that a power of two does not divide, hierarchical
+///         context parallel sizes below 1 or whose product is not the context parallel size,
+///         or an overflow.
 void validate(const ParallelConfig& config);
 
 /// The order string that lays out @p config: its `order`, else the one its
@@ -132,6 +143,14 @@ enum class GroupKind {
   /// An expert data group's members j, j + Pe, j + 2Pe, ... (expert grid; Megatron's
   /// inter-partial expert data parallel group).
   inter_partial_expert_data_parallel,
+  /// Runs of GroupId::group_size consecutive members of a data-context group (Megatron's
+  /// hybrid data × context parallel group of that size).
+  hybrid_data_context_parallel,
+  /// Level GroupId::level of the context parallel groups cut by
+  /// ParallelConfig::hierarchical_context_parallel_sizes: with sizes s0, s1, ..., the
+  /// members of a context parallel group that differ only in digit ℓ of their index in
+  /// the mixed radix (s0 fastest), s_ℓ of them (Megatron's create_hierarchical_groups).
+  hierarchical_context_parallel,
 };
 
 /// The two grids of Megatron's layout.
@@ -186,11 +205,14 @@ struct RankCoordinates {
 struct GroupId {
   GroupKind kind = GroupKind::world;  ///< The kind.
   int expert_parallel_size = 0;       ///< Set for the kinds of the expert grid only.
+  int group_size = 0;                 ///< Set for hybrid_data_context_parallel only.
+  int level = 0;                      ///< For hierarchical_context_parallel only: its level, from 0.
 
-  /// "tensor_parallel", "expert_parallel/4", ... (the names pcx-plan prints).
+  /// "tensor_parallel", "expert_parallel/4", "hybrid_data_context_parallel/4",
+  /// "hierarchical_context_parallel/L0", ... (the names pcx-plan prints).
   [[nodiscard]] std::string name() const;
 
-  /// Same kind and expert parallel size.
+  /// Same kind, expert parallel size, group size and level.
   friend bool operator==(const GroupId&, const GroupId&) = default;
 };
 
@@ -244,8 +266,9 @@ class Topology {
   /// embedding, then per expert parallel size expert tensor, tensor-expert and
   /// tensor-expert-pipeline parallel; then, with more than one distributed optimizer
   /// instance, intra-partial data-context, inter and intra distributed-optimizer
-  /// instance, and per expert parallel size intra- and inter-partial expert data parallel.
-  /// In the embedding kinds some ranks are in no group.
+  /// instance, and per expert parallel size intra- and inter-partial expert data parallel;
+  /// then the hybrid data-context groups by ascending size, and the hierarchical context
+  /// parallel levels from 0. In the embedding kinds some ranks are in no group.
   [[nodiscard]] std::span<const GroupView> megatron_views() const noexcept {
     return std::span<const GroupView>(views_).subspan(context_view_count_);
   }

@@ -139,6 +139,9 @@ std::vector<pcx::AgreedValue> agreed_values(const pcx::cli::PlanOptions& options
           {"--ranks-per-node (0: not given, -1: auto)",
            config.ranks_per_node == pcx::kDetectRanksPerNode ? -1 : config.ranks_per_node.value_or(0)},
           {"--distributed-optimizer-instances", config.distributed_optimizer_instances},
+          {"--hybrid-context-parallel (0: not given)", config.hybrid_context_parallel ? 1 : 0},
+          {"--hierarchical-context-parallel-sizes", pcx::samples::digest(config.hierarchical_context_parallel_sizes),
+           /*is_digest=*/true},
           {"--megatron (0: not given)", options.megatron ? 1 : 0}};
 }
 

@@ -1058,6 +1058,33 @@ BOOST_AUTO_TEST_CASE(instances_worked_out_by_hand) {
                     {"--distributed-optimizer-instances", "'two'"});
 }
 
+BOOST_AUTO_TEST_CASE(hybrid_and_hierarchical_groups_worked_out_by_hand) {
+  // W 16, cp 4, dp 4 (tp-cp-ep-dp-pp): one data-context group of all 16 ranks; rank 5 is in
+  // the context group [4, 5, 6, 7], of which levels [2, 2] take [4, 5] and [5, 7].
+  const std::vector<std::string> args{"--world", "16", "--cp", "4", "--hybrid-context-parallel",
+                                      "--hierarchical-context-parallel-sizes", "2,2", "--megatron"};
+  const Json j = parse_json(run_ok(with(args, {"--format", "json", "--rank", "5"})));
+  const std::map<std::string, std::vector<int>> expected{
+      {"hybrid_data_context_parallel/2", {4, 5}},
+      {"hybrid_data_context_parallel/4", {4, 5, 6, 7}},
+      {"hybrid_data_context_parallel/8", {0, 1, 2, 3, 4, 5, 6, 7}},
+      {"hierarchical_context_parallel/L0", {4, 5}},
+      {"hierarchical_context_parallel/L1", {5, 7}},
+  };
+  for (const auto& [kind, members] : expected) {
+    BOOST_TEST_REQUIRE(j["groups"].contains(kind), kind);
+    BOOST_TEST(j["groups"][kind].get<std::vector<int>>() == members, boost::test_tools::per_element());
+  }
+  BOOST_TEST(!j["groups"].contains("hybrid_data_context_parallel/16"));
+  BOOST_TEST(run_ok(args).out.starts_with("world 16 = pipeline 1 x data 4 x context 4 x tensor 1, hybrid context "
+                                          "parallel, hierarchical context parallel 2x2\n"));
+  check_usage_error({"--world", "16", "--cp", "4", "--hierarchical-context-parallel-sizes", "2,3"},
+                    {"hierarchical context parallel sizes [2,3]", "6", "4"});
+  check_usage_error({"--world", "16", "--cp", "4", "--hierarchical-context-parallel-sizes", "2,x"},
+                    {"--hierarchical-context-parallel-sizes", "'x'"});
+  check_usage_error({"--world", "3", "--cp", "3", "--hybrid-context-parallel"}, {"even", "3"});
+}
+
 BOOST_AUTO_TEST_CASE(the_named_orders_are_the_two_order_strings) {
   for (const auto& [name, order] : {std::pair{"expert-first", "tp-cp-ep-dp-pp"}, std::pair{"data-first", "tp-cp-dp-ep-pp"}}) {
     const Outcome named = run_ok({"--world", "16", "--tp", "2", "--ep", "4", "--expert-order", name, "--format", "json"});

@@ -77,7 +77,7 @@ inline bool context_works(const pcx::ParallelContext& context) {
     // of its grids (world, hpZ and the node kinds are not on them).
     const bool on_grid = id.kind != pcx::GroupKind::world && id.kind != pcx::GroupKind::zero_param_intra &&
                          id.kind != pcx::GroupKind::all_to_all_local && id.kind != pcx::GroupKind::all_to_all_global;
-    const bool spec_formula = (!pcx::is_dense_kind(id.kind) && !pcx::test::MegatronReference::is_instance_kind(id.kind)) ||
+    const bool spec_formula = (!pcx::is_dense_kind(id.kind) && !pcx::test::MegatronReference::is_cut_kind(id.kind)) ||
                               id.kind == pcx::GroupKind::tensor_parallel ||
                               id.kind == pcx::GroupKind::pipeline_parallel || id.kind == pcx::GroupKind::data_parallel;
     const bool seed_layout = topology.context_parallel_size() == 1 && !config.order &&

@@ -121,6 +121,8 @@ inline Groups hierarchical_level(const std::vector<int>& ranks, const std::vecto
 /// rules between them, and every kind of pcx's table as Megatron names it.
 struct MegatronReference {
   int world, tp, cp, pp, dp, etp, instances;
+  bool hybrid = false;
+  std::vector<int> hierarchical;  // hierarchical_context_parallel_sizes
   std::string order;
   MegatronGenerator dense;
   std::vector<std::pair<int, MegatronGenerator>> experts;  // expert parallel size, its generator
@@ -137,6 +139,8 @@ struct MegatronReference {
                           dp,
                           etp,
                           instances,
+                          false,
+                          {},
                           order,
                           MegatronGenerator({{"tp", tp}, {"ep", 1}, {"dp", dp}, {"pp", pp}, {"cp", cp}}, order),
                           {}};
@@ -229,6 +233,34 @@ struct MegatronReference {
       // The main branch's algorithm on the dense grid: P consecutive tp-pp groups.
       case GroupKind::intra_distributed_optimizer_instance:
         return concatenated(dense.get_ranks("tp-pp"), dp * cp / instances);
+      case GroupKind::hybrid_data_context_parallel: {
+        const std::vector<int> sizes = hybrid ? hybrid_sizes() : std::vector<int>{};
+        if (std::find(sizes.begin(), sizes.end(), id.group_size) == sizes.end()) {
+          throw std::runtime_error("Megatron has no " + id.name() + " groups");
+        }
+        // create_hybrid_dp_cp_groups: ranks[i:i + size] for i in range(0, len(ranks), size).
+        Groups out;
+        const auto size = static_cast<std::size_t>(id.group_size);
+        for (const std::vector<int>& ranks : dense.get_ranks("dp-cp")) {
+          for (std::size_t i = 0; i < ranks.size(); i += size) {
+            out.emplace_back(ranks.begin() + static_cast<std::ptrdiff_t>(i),
+                             ranks.begin() + static_cast<std::ptrdiff_t>(std::min(i + size, ranks.size())));
+          }
+        }
+        return out;
+      }
+      case GroupKind::hierarchical_context_parallel: {
+        if (id.level < 0 || static_cast<std::size_t>(id.level) >= hierarchical.size()) {
+          throw std::runtime_error("Megatron has no " + id.name() + " groups");
+        }
+        Groups out;
+        for (const std::vector<int>& ranks : dense.get_ranks("cp")) {
+          for (std::vector<int>& group : hierarchical_level(ranks, hierarchical, static_cast<std::size_t>(id.level))) {
+            out.push_back(group);
+          }
+        }
+        return out;
+      }
       case GroupKind::world:
       case GroupKind::zero_param_intra:
       case GroupKind::all_to_all_local:
@@ -250,10 +282,35 @@ struct MegatronReference {
     return concatenated(grid.get_ranks("tp-ep-pp"), static_cast<int>(grid.get_ranks("dp").front().size()) / instances);
   }
 
-  /// Whether @p kind is a distributed-optimizer kind. Megatron creates their groups per data
-  /// group, not in pcx's colour order, so only the groups as a set compare.
-  static bool is_instance_kind(GroupKind kind) {
-    return kind == GroupKind::intra_partial_data_context_parallel ||
+  /// The same configuration with Megatron's hybrid and hierarchical context parallel groups.
+  /// Throws std::runtime_error where Megatron asserts.
+  MegatronReference with_context_groups(bool hybrid_cp, const std::vector<int>& sizes) const {
+    if (hybrid_cp && dp * cp % 2 != 0) throw std::runtime_error("hybrid context parallel needs an even dp x cp");
+    long long product = 1;
+    for (const int size : sizes) product *= size;
+    if (!sizes.empty() && product != cp) throw std::runtime_error("hierarchical sizes do not multiply to cp");
+    MegatronReference copy = *this;
+    copy.hybrid = hybrid_cp;
+    copy.hierarchical = sizes;
+    return copy;
+  }
+
+  /// The sizes of Megatron's hybrid groups (create_hybrid_dp_cp_groups):
+  /// [2**i for i in range(int(log2(len(ranks))))][1:].
+  std::vector<int> hybrid_sizes() const {
+    std::vector<int> sizes;
+    const int members = dp * cp;
+    int floor_log2 = 0;
+    while ((2 << floor_log2) <= members) ++floor_log2;
+    for (int i = 1; i < floor_log2; ++i) sizes.push_back(1 << i);
+    return sizes;
+  }
+
+  /// Whether Megatron creates the groups of @p kind per data or context group, not in pcx's
+  /// colour order, so that only the groups as a set compare.
+  static bool is_cut_kind(GroupKind kind) {
+    return kind == GroupKind::hybrid_data_context_parallel || kind == GroupKind::hierarchical_context_parallel ||
+           kind == GroupKind::intra_partial_data_context_parallel ||
            kind == GroupKind::inter_distributed_optimizer_instance ||
            kind == GroupKind::intra_distributed_optimizer_instance ||
            kind == GroupKind::intra_partial_expert_data_parallel || kind == GroupKind::inter_partial_expert_data_parallel;

@@ -327,6 +327,55 @@ BOOST_AUTO_TEST_CASE(one_instance_adds_no_kind) {
              "[[0, 4], [1, 5], [2, 6], [3, 7]]");
 }
 
+BOOST_AUTO_TEST_CASE(hybrid_and_hierarchical_groups_that_megatron_refuses_are_rejected) {
+  ParallelConfig hybrid = config({10, 2});  // dp 5
+  hybrid.hybrid_context_parallel = true;
+  check_rejected(hybrid, {"hybrid context parallel", "even"}, {5});
+  // dp 10: Megatron would cut [8, 9] as a group "of size 4"; pcx refuses.
+  hybrid.world_size = 20;
+  check_rejected(hybrid, {"hybrid context parallel group size", "Megatron would build a group of"}, {4, 10, 2});
+  ParallelConfig levels = config({16, 1, 1, 4});
+  levels.hierarchical_context_parallel_sizes = {2, 3};
+  check_rejected(levels, {"hierarchical context parallel sizes [2,3]", "context parallel size"}, {6, 4});
+  levels.hierarchical_context_parallel_sizes = {4, 0};
+  check_rejected(levels, {"hierarchical context parallel size"}, {0});
+  levels.hierarchical_context_parallel_sizes = {65536, 65536};
+  check_rejected(levels, {"[65536,65536]", "more than 2147483647"}, {4});
+}
+
+BOOST_AUTO_TEST_CASE(hierarchical_groups_are_those_of_megatrons_own_example) {
+  // create_hierarchical_groups' docstring: 16 ranks in sizes [2, 2, 4].
+  ParallelConfig c = config({16, 1, 1, 16});
+  c.hierarchical_context_parallel_sizes = {2, 2, 4};
+  const Topology topology(c);
+  auto level = [&](int l) { return show(topology.layout({GroupKind::hierarchical_context_parallel, 0, 0, l}).groups()); };
+  BOOST_TEST(level(0) == "[[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13], [14, 15]]");
+  BOOST_TEST(level(1) == "[[0, 2], [1, 3], [4, 6], [5, 7], [8, 10], [9, 11], [12, 14], [13, 15]]");
+  BOOST_TEST(level(2) == "[[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]");
+  BOOST_TEST(GroupId({GroupKind::hierarchical_context_parallel, 0, 0, 2}).name() == "hierarchical_context_parallel/L2");
+  BOOST_CHECK_THROW((void)topology.layout({GroupKind::hierarchical_context_parallel, 0, 0, 3}), pcx::GroupNotFound);
+}
+
+BOOST_AUTO_TEST_CASE(hybrid_groups_have_the_sizes_of_megatrons_test) {
+  // test_hybrid_dp_cp_groups: 8 ranks, tp 1, cp 2, dp 4, and 8 ranks of dp 8: sizes 2 and 4.
+  for (const int cp : {2, 1}) {
+    ParallelConfig c = config({8, 1, 1, cp});
+    c.hybrid_context_parallel = true;
+    const Topology topology(c);
+    std::vector<int> sizes;
+    for (const pcx::GroupView& view : topology.megatron_views()) {
+      if (view.id.kind != GroupKind::hybrid_data_context_parallel) continue;
+      sizes.push_back(view.id.group_size);
+      BOOST_TEST(view.layout.group_size() == view.id.group_size);
+    }
+    BOOST_TEST(show({sizes}) == "[2, 4]");
+    BOOST_TEST(show(groups_of(topology, GroupKind::data_context_parallel)) == "[[0, 1, 2, 3, 4, 5, 6, 7]]");
+    BOOST_TEST(show(topology.layout({GroupKind::hybrid_data_context_parallel, 0, 4}).groups()) ==
+               "[[0, 1, 2, 3], [4, 5, 6, 7]]");
+  }
+  BOOST_TEST(GroupId({GroupKind::hybrid_data_context_parallel, 0, 4}).name() == "hybrid_data_context_parallel/4");
+}
+
 BOOST_AUTO_TEST_CASE(pipeline_groups_that_differ_between_the_grids_are_rejected) {
   // Dense: tp 2 before pp, stages 2 apart; expert: etp 1 before pp, stages 1 apart.
   check_rejected(config({8, 2, 2, 1, {2}, 1, "tp-pp-ep-dp"}), {"pipeline groups", "'tp-pp-ep-dp'"}, {2, 1});
@@ -357,8 +406,8 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
   BOOST_TEST_MESSAGE("random seed " << seed);
   std::mt19937 random(seed);
   auto pick = [&random](int low, int high) { return std::uniform_int_distribution<int>(low, high)(random); };
-  int accepted = 0, refused = 0, irregular = 0, with_instances = 0;
-  for (int round = 0; round < 600; ++round) {
+  int accepted = 0, refused = 0, irregular = 0, with_instances = 0, with_hybrid = 0, with_levels = 0;
+  for (int round = 0; round < 1500; ++round) {
     const int tp = pick(1, 4), cp = pick(1, 3), pp = pick(1, 4), dp = pick(1, 6);
     const int world = tp * cp * pp * dp;
     const int etp = pick(0, 1) == 0 ? tp : std::vector<int>{1, 2, 4}[static_cast<std::size_t>(pick(0, 2))];
@@ -372,13 +421,28 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
     std::erase_if(tokens, [&](const std::string&) { return tokens.size() > 1 && pick(0, 9) == 0; });
     const std::string order = fmt::format("{}", fmt::join(tokens, "-"));
     const int instances = pick(0, 1) == 0 ? 1 : pick(2, 4);
-    const ParallelConfig c = config({world, tp, pp, cp, eps, etp, order, instances});
-    const std::string what = fmt::format("round {}: W {} tp {} cp {} pp {} etp {} eps [{}] order {} instances {}",
-                                         round, world, tp, cp, pp, etp, fmt::join(eps, ","), order, instances);
+    ParallelConfig c = config({world, tp, pp, cp, eps, etp, order, instances});
+    c.hybrid_context_parallel = pick(0, 2) == 0;
+    if (pick(0, 2) == 0) {
+      // A factorization of cp in random order, now and then with a wrong product.
+      for (int rest = cp; rest > 1;) {
+        const int f = rest % 2 == 0 && pick(0, 1) == 0 ? 2 : rest;
+        c.hierarchical_context_parallel_sizes.push_back(f);
+        rest /= f;
+      }
+      if (pick(0, 1) == 0) c.hierarchical_context_parallel_sizes.push_back(1);
+      if (pick(0, 5) == 0) c.hierarchical_context_parallel_sizes.push_back(2);
+      std::shuffle(c.hierarchical_context_parallel_sizes.begin(), c.hierarchical_context_parallel_sizes.end(), random);
+    }
+    const std::string what = fmt::format(
+        "round {}: W {} tp {} cp {} pp {} etp {} eps [{}] order {} instances {} hybrid {} hierarchical [{}]", round,
+        world, tp, cp, pp, etp, fmt::join(eps, ","), order, instances, c.hybrid_context_parallel,
+        fmt::join(c.hierarchical_context_parallel_sizes, ","));
 
     std::optional<MegatronReference> reference;
     try {
-      reference.emplace(MegatronReference::of(world, tp, cp, pp, etp, eps, order, instances));
+      reference.emplace(MegatronReference::of(world, tp, cp, pp, etp, eps, order, instances)
+                            .with_context_groups(c.hybrid_context_parallel, c.hierarchical_context_parallel_sizes));
     } catch (const std::runtime_error&) {
     }
     if (!reference) {
@@ -390,25 +454,43 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
     try {
       built.emplace(c);
     } catch (const ConfigError& e) {
-      // pcx refuses only instances that are not translates of one another, which no grid holds.
+      // pcx refuses only groups that are not translates of one another, which no grid holds:
+      // irregular instances, or hybrid groups cut short or irregular.
       bool regular = true;
-      for (const GroupKind kind : {GroupKind::intra_partial_data_context_parallel,
-                                   GroupKind::inter_distributed_optimizer_instance,
-                                   GroupKind::intra_distributed_optimizer_instance}) {
-        regular = regular && translates(reference->groups({kind}));
+      if (instances > 1) {
+        for (const GroupKind kind : {GroupKind::intra_partial_data_context_parallel,
+                                     GroupKind::inter_distributed_optimizer_instance,
+                                     GroupKind::intra_distributed_optimizer_instance}) {
+          regular = regular && translates(reference->groups({kind}));
+        }
       }
-      BOOST_TEST(!regular, what << ": refused although Megatron's instances are regular: " << e.what());
+      for (const int size : c.hybrid_context_parallel ? reference->hybrid_sizes() : std::vector<int>{}) {
+        regular = regular && translates(reference->groups({GroupKind::hybrid_data_context_parallel, 0, size}));
+      }
+      BOOST_TEST(!regular, what << ": refused although Megatron's groups are regular: " << e.what());
       ++irregular;
       continue;
     }
     ++accepted;
     with_instances += instances > 1 ? 1 : 0;
+    with_hybrid += c.hybrid_context_parallel ? 1 : 0;
+    with_levels += c.hierarchical_context_parallel_sizes.size() > 1 ? 1 : 0;
     const Topology& topology = *built;
+    // Every hybrid size and hierarchical level Megatron builds, and no other.
+    std::vector<int> hybrid_sizes;
+    std::size_t levels = 0;
+    for (const pcx::GroupView& view : topology.all_views()) {
+      if (view.id.kind == GroupKind::hybrid_data_context_parallel) hybrid_sizes.push_back(view.id.group_size);
+      if (view.id.kind == GroupKind::hierarchical_context_parallel) ++levels;
+    }
+    BOOST_TEST(show({hybrid_sizes}) == show({c.hybrid_context_parallel ? reference->hybrid_sizes() : std::vector<int>{}}),
+               what);
+    BOOST_TEST(levels == c.hierarchical_context_parallel_sizes.size(), what);
     for (const pcx::GroupView& view : topology.all_views()) {
       if (view.id.kind == GroupKind::world) continue;  // the configuration has no hpZ and no nodes
       Groups expected = reference->groups(view.id);
       // Groups in Megatron's creation order where it is pcx's colour order, else sorted.
-      if (MegatronReference::is_instance_kind(view.id.kind)) std::ranges::sort(expected);
+      if (MegatronReference::is_cut_kind(view.id.kind)) std::ranges::sort(expected);
       BOOST_TEST(show(view.layout.groups()) == show(expected), what << " " << view.id.name());
       for (int r = 0; r < world; ++r) {
         int colour = GroupLayout::kNoGroup, index = GroupLayout::kNoGroup;
@@ -446,10 +528,13 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
       }
     }
   }
-  BOOST_TEST_MESSAGE(accepted << " accepted (" << with_instances << " with instances), " << refused
-                              << " refused by both, " << irregular << " irregular instances refused by pcx");
-  BOOST_TEST(accepted > 150);
-  BOOST_TEST(with_instances > 40);
+  BOOST_TEST_MESSAGE(accepted << " accepted (" << with_instances << " with instances, " << with_hybrid
+                              << " with hybrid groups, " << with_levels << " with hierarchical levels), " << refused
+                              << " refused by both, " << irregular << " irregular groups refused by pcx");
+  BOOST_TEST(accepted > 300);
+  BOOST_TEST(with_instances > 60);
+  BOOST_TEST(with_hybrid > 50);
+  BOOST_TEST(with_levels > 25);
   BOOST_TEST(refused > 20);
 }
 

@@ -116,6 +116,8 @@ struct Reference {
       case GroupKind::intra_distributed_optimizer_instance:
       case GroupKind::intra_partial_expert_data_parallel:
       case GroupKind::inter_partial_expert_data_parallel:
+      case GroupKind::hybrid_data_context_parallel:
+      case GroupKind::hierarchical_context_parallel:
         throw std::logic_error("the SPEC has no formula for Megatron's kinds: see megatron_reference.hpp");
     }
     return g;
