@@ -273,6 +273,24 @@ inline bool reference_valid(const pcx::ParallelConfig& c) {
     if (data_context % instances != 0) return false;
     if (!dense.regular_blocks(axes, "cp", "dp", data_context / instances)) return false;
   }
+  // Megatron's hybrid and hierarchical rules, and pcx's whole runs of each hybrid size.
+  if (!c.hierarchical_context_parallel_sizes.empty()) {
+    long long product = 1;
+    for (const int size : c.hierarchical_context_parallel_sizes) {
+      if (size < 1) return false;
+      product = std::min<long long>(product * size, 1LL << 40);
+    }
+    if (product != c.context_parallel_size) return false;
+  }
+  if (c.hybrid_context_parallel) {
+    const long long members = data * c.context_parallel_size;
+    if (members % 2 != 0) return false;
+    long long largest = 1;
+    while (largest * 2 <= members) largest *= 2;
+    for (long long size = 2; size < largest; size *= 2) {
+      if (members % size != 0 || !dense.regular_blocks(axes, "cp", "dp", size)) return false;
+    }
+  }
   if (c.zero_hpz_size) {
     if (*c.zero_hpz_size < 1) return false;
     if (world % std::min<long long>(*c.zero_hpz_size, world) != 0) return false;
@@ -330,7 +348,9 @@ inline void check_megatron_kinds(const pcx::Topology& topology, const pcx::Paral
   const auto reference = pcx::test::MegatronReference::of(
       world, tensor, config.context_parallel_size, config.pipeline_parallel_size,
       config.expert_tensor_parallel_size.value_or(tensor), config.expert_parallel_sizes, reference_order(config),
-      config.distributed_optimizer_instances);
+      config.distributed_optimizer_instances)
+                             .with_context_groups(config.hybrid_context_parallel,
+                                                  config.hierarchical_context_parallel_sizes);
   for (const pcx::GroupView& view : topology.all_views()) {
     const GroupKind kind = view.id.kind;
     if (kind == GroupKind::world || kind == GroupKind::zero_param_intra || kind == GroupKind::all_to_all_local ||

@@ -144,6 +144,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (optional & 1) config.zero_hpz_size = world_relative(in, config.world_size);
     if (optional & 2) config.ranks_per_node = world_relative(in, config.world_size);
     if (optional & 32) config.distributed_optimizer_instances = in.value([](std::uint8_t b) { return b % 5; });
+    config.hybrid_context_parallel = (optional & 64) != 0;
+    if (optional & 128) {
+      config.hierarchical_context_parallel_sizes.resize(in.byte() % 4);
+      for (int& size : config.hierarchical_context_parallel_sizes) size = in.value([](std::uint8_t b) { return b % 5; });
+    }
 
     std::vector<int> probes;
     while (!in.empty() && probes.size() < 4) probes.push_back(in.raw_int());

@@ -62,7 +62,9 @@ inline bool context_works(const pcx::ParallelContext& context) {
   const auto megatron = pcx::test::MegatronReference::of(
       topology.world_size(), topology.tensor_parallel_size(), topology.context_parallel_size(),
       topology.pipeline_parallel_size(), topology.expert_tensor_parallel_size(), config.expert_parallel_sizes,
-      std::string(topology.order()), config.distributed_optimizer_instances);
+      std::string(topology.order()), config.distributed_optimizer_instances)
+                            .with_context_groups(config.hybrid_context_parallel,
+                                                 config.hierarchical_context_parallel_sizes);
   bool ok = true;
   for (pcx::GroupId id : context.group_ids()) {
     const pcx::ProcessGroup& group = context.group(id);

@@ -121,15 +121,17 @@ BOOST_AUTO_TEST_CASE(context_parallel_and_expert_tensor_layouts_communicate_as_m
   BOOST_TEST(everyone(ok));
 }
 
-BOOST_AUTO_TEST_CASE(distributed_optimizer_instances_communicate_as_megatron_lays_them_out) {
+// Megatron's optional groups: distributed-optimizer instances, hybrid data-context
+// groups and hierarchical context parallel levels.
+BOOST_AUTO_TEST_CASE(megatrons_optional_groups_communicate_as_megatron_lays_them_out) {
   const MpiCommunicator world = MpiCommunicator::world();
   const int n = world.size();
   int configurations = 0;
   bool ok = true;
   for (const int tp : {1, 2}) {
-    for (const int cp : {1, 2}) {
+    for (const int cp : {1, 2, 4}) {
       for (const int pp : {1, 2}) {
-        for (const int instances : {2, 4}) {
+        for (const int instances : {1, 2, 4}) {
           for (const std::string order : {"tp-cp-ep-dp-pp", "tp-cp-dp-ep-pp", "tp-dp-pp-cp-ep"}) {
             pcx::ParallelConfig config = world_config({});
             config.world_size = n;
@@ -138,6 +140,9 @@ BOOST_AUTO_TEST_CASE(distributed_optimizer_instances_communicate_as_megatron_lay
             config.pipeline_parallel_size = pp;
             config.order = order;
             config.distributed_optimizer_instances = instances;
+            config.hybrid_context_parallel = n / (tp * pp) % 2 == 0;
+            if (cp == 4) config.hierarchical_context_parallel_sizes = {2, 2};
+            if (cp == 2) config.hierarchical_context_parallel_sizes = {2};
             for (int ep = 1; ep <= n; ++ep) {
               if (n % (tp * pp * ep * instances) == 0) config.expert_parallel_sizes.push_back(ep);
             }
@@ -149,8 +154,7 @@ BOOST_AUTO_TEST_CASE(distributed_optimizer_instances_communicate_as_megatron_lay
             const auto mpu = std::make_shared<const pcx::GridMpu>(world, config);
             const ParallelContext context(world, config, mpu);
             ok = context_works(context) && ok;
-            // An instance kind with the groups of another kind, an MPU's included, holds its
-            // communicator.
+            // A kind with the groups of another kind, an MPU's included, holds its communicator.
             for (const pcx::GroupView& view : context.topology().megatron_views()) {
               if (pcx::is_dense_kind(view.id.kind)) continue;
               for (const pcx::GroupView& other : context.topology().all_views()) {
@@ -166,7 +170,7 @@ BOOST_AUTO_TEST_CASE(distributed_optimizer_instances_communicate_as_megatron_lay
     }
   }
   BOOST_TEST_MESSAGE(configurations << " configurations on " << n << " ranks");
-  if (n == 8) BOOST_TEST(configurations >= 20);
+  if (n == 8) BOOST_TEST(configurations >= 40);
   BOOST_TEST(everyone(ok));
 }
 
