@@ -183,7 +183,7 @@ GroupLayout RankGrid::along_positions(std::string_view axis, std::span<const int
 // two layouts with the same groups in the same order have the same dims, so that == compares
 // groups whatever grid they were cut from.
 GroupLayout::GroupLayout(std::vector<Dim> dims, int world_size, int group_size)
-    : world_size_(world_size), group_size_(group_size), group_count_(world_size / group_size) {
+    : world_size_(world_size), span_(world_size), group_size_(group_size), group_count_(world_size / group_size) {
   for (const Dim& dim : dims) {
     if (!dims_.empty()) {
       Dim& slower = dims_.back();
@@ -209,8 +209,14 @@ void GroupLayout::check_rank(int rank) const {
   }
 }
 
+int GroupLayout::in_part(int rank) const noexcept {
+  return rank >= offset_ && rank - offset_ < span_ ? rank - offset_ : kNoGroup;
+}
+
 int GroupLayout::colour(int rank) const {
   check_rank(rank);
+  rank = in_part(rank);
+  if (rank == kNoGroup) return kNoGroup;
   int colour = 0;
   for (const Dim& dim : dims_) {
     const int d = digit(dim, rank);
@@ -225,6 +231,8 @@ int GroupLayout::colour(int rank) const {
 
 int GroupLayout::group_rank(int rank) const {
   check_rank(rank);
+  rank = in_part(rank);
+  if (rank == kNoGroup) return kNoGroup;
   int index = 0;
   for (const Dim& dim : dims_) {
     if (!dim.varying) continue;
@@ -243,7 +251,7 @@ int GroupLayout::global_rank(int colour, int group_rank) const {
   if (group_rank < 0 || group_rank >= group_size_) {
     throw ConfigError(fmt::format("group rank {} is outside [0, {})", group_rank, group_size_));
   }
-  int rank = 0;
+  int rank = offset_;
   for (auto dim = dims_.rbegin(); dim != dims_.rend(); ++dim) {
     const bool kept = dim->varying && !positions_.empty();
     int& digits = dim->varying ? group_rank : colour;
@@ -332,7 +340,7 @@ GroupLayout GroupLayout::subgroups(int stride, int size) const {
     dim->varying = below >= stride && below < stride * size;
     below *= dim->size;
   }
-  return GroupLayout(std::move(dims), world_size_, size);
+  return placed_like_this(GroupLayout(std::move(dims), span_, size));
 }
 
 GroupLayout GroupLayout::complement() const {
@@ -341,7 +349,25 @@ GroupLayout GroupLayout::complement() const {
   }
   std::vector<Dim> dims = dims_;
   for (Dim& dim : dims) dim.varying = !dim.varying;
-  return GroupLayout(std::move(dims), world_size_, group_count_);
+  return placed_like_this(GroupLayout(std::move(dims), span_, group_count_));
+}
+
+GroupLayout GroupLayout::shifted(int offset, int world_size) const {
+  // In 64 bits: both are at most INT_MAX.
+  if (offset < 0 || static_cast<long long>(offset) + world_size_ > world_size) {
+    throw ConfigError(fmt::format("a layout of {} ranks shifted by {} does not fit in a world of {} ranks", world_size_,
+                                  offset, world_size));
+  }
+  GroupLayout layout = *this;
+  layout.offset_ += offset;
+  layout.world_size_ = world_size;
+  return layout;
+}
+
+GroupLayout GroupLayout::placed_like_this(GroupLayout layout) const {
+  layout.offset_ = offset_;
+  layout.world_size_ = world_size_;
+  return layout;
 }
 
 }  // namespace pcx

@@ -103,8 +103,9 @@ class RankGrid {
 /// axes), except listing a group, which costs O(group size).
 ///
 /// Usually every rank is in exactly one group. A layout made by
-/// RankGrid::along_positions() leaves some ranks out: for them colour() and
-/// group_rank() give kNoGroup, and covers_world() is false.
+/// RankGrid::along_positions() leaves some ranks out, and so does one shifted() into a
+/// larger world: for them colour() and group_rank() give kNoGroup, and covers_world() is
+/// false.
 class GroupLayout {
  public:
   /// colour() and group_rank() of a rank that belongs to no group. Equal to
@@ -118,7 +119,9 @@ class GroupLayout {
   /// Number of groups; group_count() * group_size() is the number of ranks in a group.
   [[nodiscard]] int group_count() const noexcept { return group_count_; }
   /// Whether every rank of the world is in a group.
-  [[nodiscard]] bool covers_world() const noexcept { return positions_.empty(); }
+  [[nodiscard]] bool covers_world() const noexcept { return positions_.empty() && span_ == world_size_; }
+  /// The first rank of the part of the world the groups lie in: 0 unless shifted().
+  [[nodiscard]] int offset() const noexcept { return offset_; }
 
   /// Index of the group of @p rank among all groups, in [0, group_count()), usable
   /// as the colour of a communicator split; kNoGroup if @p rank is in no group.
@@ -164,6 +167,12 @@ class GroupLayout {
   /// @throws ConfigError if the layout leaves ranks out (RankGrid::along_positions()).
   [[nodiscard]] GroupLayout complement() const;
 
+  /// The same groups over a larger world, as Megatron's `rank_offset` lays a grid over
+  /// part of the ranks: every member moved up by @p offset, in a world of @p world_size
+  /// ranks, where the ranks outside [offset, offset + world_size()) are in no group.
+  /// @throws ConfigError if @p offset is negative or the part does not fit in @p world_size.
+  [[nodiscard]] GroupLayout shifted(int offset, int world_size) const;
+
   /// Same world and the same groups, in the same colour and member order, whatever
   /// grids the two layouts were cut from.
   friend bool operator==(const GroupLayout&, const GroupLayout&) = default;
@@ -180,12 +189,18 @@ class GroupLayout {
 
   GroupLayout(std::vector<Dim> dims, int world_size, int group_size);
   void check_rank(int rank) const;
+  // @p layout, cut from this one's grid, in this one's part of its world.
+  [[nodiscard]] GroupLayout placed_like_this(GroupLayout layout) const;
+  // The rank's index in the part, or kNoGroup outside it.
+  [[nodiscard]] int in_part(int rank) const noexcept;
   // The coordinate of @p rank on @p dim as a digit of its group rank or colour, or
   // kNoGroup for a position left out.
   [[nodiscard]] int digit(const Dim& dim, int rank) const;
 
   std::vector<Dim> dims_;  // slowest first, axes of size 1 left out, contiguous neighbours merged
   int world_size_;
+  int offset_ = 0;  // the first rank of the part the grid covers
+  int span_;        // ranks in that part: the grid's world
   int group_size_;
   int group_count_;
   // The positions kept on the one varying axis; empty when every rank is in a group.

@@ -650,6 +650,25 @@ BOOST_AUTO_TEST_CASE(the_complement_holds_one_group_rank_of_every_group) {
                         message_names({"leaves ranks out"}));
 }
 
+BOOST_AUTO_TEST_CASE(a_layout_shifted_over_part_of_a_larger_world) {
+  // Megatron's rank_offset: tp 2 over 4 ranks placed at ranks 4..7 of 10.
+  const GroupLayout tp = RankGrid({{"dp", 2}, {"tp", 2}}).along({"tp"}).shifted(4, 10);
+  BOOST_TEST(show(tp.groups()) == "[[4, 5], [6, 7]]");
+  BOOST_TEST(tp.world_size() == 10);
+  BOOST_TEST(tp.offset() == 4);
+  BOOST_TEST(tp.group_count() == 2);
+  BOOST_TEST(!tp.covers_world());
+  BOOST_TEST(tp.colour(3) == GroupLayout::kNoGroup);
+  BOOST_TEST(tp.colour(8) == GroupLayout::kNoGroup);
+  BOOST_TEST(tp.colour(7) == 1);
+  BOOST_TEST(tp.group_rank(7) == 1);
+  BOOST_TEST(show(tp.group_of(9)) == "[]");
+  BOOST_TEST(show(tp.shifted(1, 11).groups()) == "[[5, 6], [7, 8]]");
+  BOOST_CHECK_EXCEPTION(tp.shifted(1, 10), ConfigError, message_names({"10 ranks shifted by 1", "world of 10"}));
+  BOOST_CHECK_EXCEPTION(tp.shifted(-1, 20), ConfigError, message_names({"shifted by -1"}));
+  BOOST_CHECK_EXCEPTION((void)tp.colour(10), ConfigError, message_names({"rank 10", "[0, 10)"}));
+}
+
 BOOST_AUTO_TEST_CASE(bad_cuts_are_rejected_naming_the_values) {
   const GroupLayout dp = RankGrid({{"dp", 6}, {"tp", 2}}).along({"dp"});
   BOOST_CHECK_EXCEPTION(dp.subgroups(1, 4), ConfigError,
@@ -713,6 +732,28 @@ BOOST_AUTO_TEST_CASE(random_layouts_and_cuts_match_list_slicing) {
       Groups complement = sub.complement().groups();
       std::ranges::sort(complement);
       BOOST_TEST_REQUIRE(complement == positions, what << ": complement " << show(complement));
+      // Shifted into a larger world: every member moved up, the ranks outside in no group,
+      // and cutting before or after the shift the same.
+      const int offset = static_cast<int>(rng() % 5);
+      const int world = grid.world_size() + offset + static_cast<int>(rng() % 3);
+      const GroupLayout moved = layout.shifted(offset, world);
+      BOOST_TEST_REQUIRE((moved.subgroups(stride, size) == sub.shifted(offset, world)), what);
+      BOOST_TEST_REQUIRE((moved.subgroups(stride, size).complement() == sub.complement().shifted(offset, world)), what);
+      Groups shifted_expected = expected;
+      for (std::vector<int>& group : shifted_expected) {
+        for (int& rank : group) rank += offset;
+      }
+      Groups shifted_got = moved.subgroups(stride, size).groups();
+      std::ranges::sort(shifted_got);
+      BOOST_TEST_REQUIRE(shifted_got == shifted_expected, what << " shifted by " << offset);
+      BOOST_TEST_REQUIRE(moved.covers_world() == (offset == 0 && world == grid.world_size()), what);
+      for (int r = 0; r < world; ++r) {
+        const bool inside = r >= offset && r < offset + grid.world_size();
+        const int colour = moved.colour(r);
+        BOOST_TEST_REQUIRE((colour == GroupLayout::kNoGroup) == !inside, what << " rank " << r);
+        BOOST_TEST_REQUIRE((moved.group_rank(r) == GroupLayout::kNoGroup) == !inside, what << " rank " << r);
+        if (inside) BOOST_TEST_REQUIRE(moved.global_rank(colour, moved.group_rank(r)) == r, what << " rank " << r);
+      }
       ++cut;
     } catch (const ConfigError&) {
       // Refused only where no layout of a grid could hold them.
