@@ -317,42 +317,16 @@ void validate_series(const ParallelConfig& c, const RankGrid& dense) {
   (void)series_views(c, dense);
 }
 
-RankGrid validated_dense_grid(const ParallelConfig& c) {
-  validate(c);
-  return dense_grid_of(c);
+// The configuration of the grid's part of the world, counted from its first rank.
+ParallelConfig part_of(ParallelConfig c) {
+  c.world_size = c.local_world_size.value_or(c.world_size - std::max(c.rank_offset, 0));
+  c.rank_offset = 0;
+  c.local_world_size.reset();
+  return c;
 }
 
-}  // namespace
-
-std::string_view to_string(ExpertOrder order) noexcept {
-  return order == ExpertOrder::expert_first ? "expert-first" : "data-first";
-}
-
-ExpertOrder parse_expert_order(std::string_view text) {
-  if (text == "expert-first") return ExpertOrder::expert_first;
-  if (text == "data-first") return ExpertOrder::data_first;
-  throw ConfigError(fmt::format("expert order '{}' is neither 'expert-first' nor 'data-first'", text));
-}
-
-std::string_view order_of(const ParallelConfig& config) noexcept {
-  if (config.order) return *config.order;
-  return config.expert_order == ExpertOrder::expert_first ? kExpertFirstOrder : kDataFirstOrder;
-}
-
-std::span<const GridKind> grid_kinds() noexcept { return kGridKinds; }
-
-bool is_dense_kind(GroupKind kind) noexcept {
-  return kind == GroupKind::embedding || kind == GroupKind::position_embedding ||
-         std::ranges::any_of(kGridKinds, [kind](const GridKind& k) { return k.kind == kind && k.grid == Grid::dense; });
-}
-
-void validate(const ParallelConfig& c) {
-  if (c.world_size == 0) {
-    throw ConfigError(
-        "world size 0 (the default) stands for the world communicator's size, which a Topology without "
-        "a communicator does not know: set ParallelConfig::world_size");
-  }
-  require_positive(c.world_size, "world size");
+// Every rule of a configuration whose grid is its whole world.
+void validate_part(const ParallelConfig& c) {
   require_positive(c.tensor_parallel_size, "tensor parallel size");
   require_positive(c.pipeline_parallel_size, "pipeline parallel size");
   require_positive(c.context_parallel_size, "context parallel size");
@@ -401,6 +375,63 @@ void validate(const ParallelConfig& c) {
   }
 }
 
+RankGrid validated_dense_grid(const ParallelConfig& c) {
+  validate(c);
+  return dense_grid_of(part_of(c));
+}
+
+}  // namespace
+
+std::string_view to_string(ExpertOrder order) noexcept {
+  return order == ExpertOrder::expert_first ? "expert-first" : "data-first";
+}
+
+ExpertOrder parse_expert_order(std::string_view text) {
+  if (text == "expert-first") return ExpertOrder::expert_first;
+  if (text == "data-first") return ExpertOrder::data_first;
+  throw ConfigError(fmt::format("expert order '{}' is neither 'expert-first' nor 'data-first'", text));
+}
+
+std::string_view order_of(const ParallelConfig& config) noexcept {
+  if (config.order) return *config.order;
+  return config.expert_order == ExpertOrder::expert_first ? kExpertFirstOrder : kDataFirstOrder;
+}
+
+std::span<const GridKind> grid_kinds() noexcept { return kGridKinds; }
+
+bool is_dense_kind(GroupKind kind) noexcept {
+  return kind == GroupKind::embedding || kind == GroupKind::position_embedding ||
+         std::ranges::any_of(kGridKinds, [kind](const GridKind& k) { return k.kind == kind && k.grid == Grid::dense; });
+}
+
+void validate(const ParallelConfig& c) {
+  if (c.world_size == 0) {
+    throw ConfigError(
+        "world size 0 (the default) stands for the world communicator's size, which a Topology without "
+        "a communicator does not know: set ParallelConfig::world_size");
+  }
+  require_positive(c.world_size, "world size");
+  if (c.rank_offset < 0) throw ConfigError(fmt::format("rank offset {} must be at least 0", c.rank_offset));
+  if (c.local_world_size) require_positive(*c.local_world_size, "local world size");
+  const ParallelConfig part = part_of(c);
+  if (part.world_size < 1 || static_cast<long long>(c.rank_offset) + part.world_size > c.world_size) {
+    throw ConfigError(fmt::format(
+        "the grid's ranks [{}, {}) (rank offset {}, local world size {}) do not fit in the world of {} ranks",
+        c.rank_offset, static_cast<long long>(c.rank_offset) + part.world_size, c.rank_offset, part.world_size,
+        c.world_size));
+  }
+  if (c.ranks_per_node && *c.ranks_per_node > 0 && c.rank_offset % *c.ranks_per_node != 0) {
+    throw ConfigError(fmt::format("rank offset {} does not start a node of {} ranks (the grid's nodes are the world's)",
+                                  c.rank_offset, *c.ranks_per_node));
+  }
+  if (part.world_size == c.world_size) return validate_part(c);
+  try {
+    validate_part(part);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("the grid of {} ranks from rank {}: {}", part.world_size, c.rank_offset, e.what()));
+  }
+}
+
 std::string GroupId::name() const {
   const std::string_view base = kind_name(kind);
   if (on_expert_grid(kind)) return fmt::format("{}/{}", base, expert_parallel_size);
@@ -409,15 +440,16 @@ std::string GroupId::name() const {
   return std::string(base);
 }
 
-Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(validated_dense_grid(config_)) {
-  const int world = config_.world_size;
-  tensor_ = clamped_tensor(config_);
-  expert_tensor_ = config_.expert_tensor_parallel_size.value_or(tensor_);
-  if (tensor_ != config_.tensor_parallel_size) {
+Topology::Topology(ParallelConfig config)
+    : config_(std::move(config)), part_(part_of(config_)), dense_(validated_dense_grid(config_)) {
+  const int world = part_.world_size;
+  tensor_ = clamped_tensor(part_);
+  expert_tensor_ = part_.expert_tensor_parallel_size.value_or(tensor_);
+  if (tensor_ != part_.tensor_parallel_size) {
     clamp_notes_.push_back(fmt::format("tensor parallel size {} is larger than the world; using {}",
-                                       config_.tensor_parallel_size, tensor_));
+                                       part_.tensor_parallel_size, tensor_));
   }
-  for (const int ep : config_.expert_parallel_sizes) expert_grids_.push_back(expert_grid_of(config_, ep));
+  for (const int ep : part_.expert_parallel_sizes) expert_grids_.push_back(expert_grid_of(part_, ep));
 
   auto add = [this](GroupKind kind, const GroupLayout& layout, int ep = 0) {
     views_.push_back({GroupId{kind, ep}, layout});
@@ -431,29 +463,29 @@ Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(v
       }
     };
     if (grid == Grid::dense) return add_on(dense_, 0);
-    for (std::size_t i = 0; i < expert_grids_.size(); ++i) add_on(expert_grids_[i], config_.expert_parallel_sizes[i]);
+    for (std::size_t i = 0; i < expert_grids_.size(); ++i) add_on(expert_grids_[i], part_.expert_parallel_sizes[i]);
   };
   const auto along = [](const GridKind& k, const RankGrid& on, int) { return on.along_names(k.varying); };
   const auto cut = [this](const InstanceKind& k, const RankGrid& on, int ep) {
-    return instance_layout(config_, k, on, ep);
+    return instance_layout(part_, k, on, ep);
   };
   const auto context_kinds = std::span<const GridKind>(kGridKinds).first(kContextKinds);
   const auto megatron_kinds = std::span<const GridKind>(kGridKinds).subspan(kContextKinds);
 
-  add(GroupKind::world, RankGrid({{"rank", world}}).along({"rank"}));
+  add(GroupKind::world, RankGrid({{"rank", config_.world_size}}).along({"rank"}));
   add_kinds(context_kinds, Grid::dense, along);
   add_kinds(context_kinds, Grid::expert, along);
-  if (config_.zero_hpz_size) {
-    hpz_ = std::min(*config_.zero_hpz_size, world);
-    if (*hpz_ != *config_.zero_hpz_size) {
+  if (part_.zero_hpz_size) {
+    hpz_ = std::min(*part_.zero_hpz_size, world);
+    if (*hpz_ != *part_.zero_hpz_size) {
       clamp_notes_.push_back(
-          fmt::format("ZeRO hpZ partition size {} is larger than the world; using {}", *config_.zero_hpz_size, *hpz_));
+          fmt::format("ZeRO hpZ partition size {} is larger than the world; using {}", *part_.zero_hpz_size, *hpz_));
     }
     add(GroupKind::zero_param_intra, RankGrid({{"block", world / *hpz_}, {"member", *hpz_}}).along({"member"}));
   }
-  if (config_.ranks_per_node) {
+  if (part_.ranks_per_node) {
     // A world smaller than a node is one node of all its ranks.
-    const int local = std::min(*config_.ranks_per_node, world);
+    const int local = std::min(*part_.ranks_per_node, world);
     const RankGrid nodes({{"node", world / local}, {"local", local}});
     add(GroupKind::all_to_all_local, nodes.along({"local"}));
     if (world > local) add(GroupKind::all_to_all_global, nodes.along({"node"}));
@@ -462,20 +494,26 @@ Topology::Topology(ParallelConfig config) : config_(std::move(config)), dense_(v
 
   add_kinds(megatron_kinds, Grid::dense, along);
   // Megatron's default embedding ranks: the first and last stage of each pipeline group.
-  const std::array<int, 2> ends{0, config_.pipeline_parallel_size - 1};
+  const std::array<int, 2> ends{0, part_.pipeline_parallel_size - 1};
   const std::size_t end_count = ends[1] == 0 ? 1 : 2;
   add(GroupKind::embedding, dense_.along_positions("pp", std::span(ends).first(end_count)));
   add(GroupKind::position_embedding, dense_.along_positions("pp", std::span(ends).first(1)));
   add_kinds(megatron_kinds, Grid::expert, along);
-  if (config_.distributed_optimizer_instances > 1) {
+  if (part_.distributed_optimizer_instances > 1) {
     add_kinds(kInstanceKinds, Grid::dense, cut);
     add_kinds(kInstanceKinds, Grid::expert, cut);
   }
-  for (GroupView& view : series_views(config_, dense_)) views_.push_back(std::move(view));
+  for (GroupView& view : series_views(part_, dense_)) views_.push_back(std::move(view));
+  // Every kind but the world's lies in the grid's part of the world.
+  for (GroupView& view : std::span(views_).subspan(1)) view.layout = shifted(view.layout);
+}
+
+GroupLayout Topology::shifted(const GroupLayout& layout) const {
+  return layout.shifted(config_.rank_offset, config_.world_size);
 }
 
 int Topology::data_parallel_size() const noexcept {
-  return config_.world_size / (tensor_ * config_.context_parallel_size * config_.pipeline_parallel_size);
+  return part_.world_size / (tensor_ * part_.context_parallel_size * part_.pipeline_parallel_size);
 }
 
 const GroupLayout& Topology::layout(const GroupId& id) const {
@@ -496,11 +534,22 @@ const RankGrid& Topology::expert_grid(int expert_parallel_size) const {
   return expert_grids_[static_cast<std::size_t>(it - sizes.begin())];
 }
 
+GroupLayout Topology::dense_groups(std::string_view axes) const { return shifted(dense_.along_names(axes)); }
+
 GroupLayout Topology::expert_groups(int expert_parallel_size, std::string_view axes) const {
-  return expert_grid(expert_parallel_size).along_names(axes);
+  return shifted(expert_grid(expert_parallel_size).along_names(axes));
 }
 
-RankCoordinates Topology::coordinates(int rank) const {
+RankCoordinates Topology::coordinates(int world_rank) const {
+  if (world_rank < 0 || world_rank >= config_.world_size) {
+    throw ConfigError(fmt::format("rank {} is outside the world [0, {})", world_rank, config_.world_size));
+  }
+  const int rank = world_rank - config_.rank_offset;
+  if (rank < 0 || rank >= part_.world_size) {
+    throw ConfigError(fmt::format("rank {} is outside the grid's ranks [{}, {}) (rank offset {}, local world size {})",
+                                  world_rank, config_.rank_offset, config_.rank_offset + part_.world_size,
+                                  config_.rank_offset, part_.world_size));
+  }
   auto on = [rank](const RankGrid& grid) {
     return [&grid, coords = grid.coordinates(rank)](std::string_view axis) { return coords[grid.axis_index(axis)]; };
   };

@@ -66,6 +66,13 @@ struct ParallelConfig {
   /// group is cut into N instances of consecutive members, and each expert data group
   /// likewise, which adds the distributed-optimizer kinds (see Topology::megatron_views()).
   int distributed_optimizer_instances = 1;
+  /// Megatron's `rank_offset`: the grid covers the global ranks from this one on, and
+  /// every kind but the world lies in that part; the ranks outside are in no group of it
+  /// (e.g. an encoder on ranks 0 to 7, a decoder from rank 8, as two configurations).
+  int rank_offset = 0;
+  /// Megatron's `local_world_size`: the number of ranks of the grid. Absent: world_size −
+  /// rank_offset. The sizes of the other fields are those of the grid.
+  std::optional<int> local_world_size;
   /// Megatron's `hybrid_context_parallel`: groups of every power of two 2^k with
   /// 2 ≤ 2^k < 2^⌊log2(dp × cp)⌋, each a run of consecutive members of a data-context group,
   /// for dynamic context parallelism (GroupKind::hybrid_data_context_parallel).
@@ -233,15 +240,19 @@ class Topology {
 
   /// The configuration as given.
   [[nodiscard]] const ParallelConfig& config() const noexcept { return config_; }
-  /// Number of ranks.
+  /// Number of ranks of the world.
   [[nodiscard]] int world_size() const noexcept { return config_.world_size; }
+  /// Number of ranks of the grid: world_size() unless the grid covers part of the world.
+  [[nodiscard]] int local_world_size() const noexcept { return part_.world_size; }
+  /// The grid's first rank (ParallelConfig::rank_offset).
+  [[nodiscard]] int rank_offset() const noexcept { return config_.rank_offset; }
   /// Tensor parallel size after clamping to the world size.
   [[nodiscard]] int tensor_parallel_size() const noexcept { return tensor_; }
   /// Pipeline parallel size.
   [[nodiscard]] int pipeline_parallel_size() const noexcept { return config_.pipeline_parallel_size; }
   /// Context parallel size.
   [[nodiscard]] int context_parallel_size() const noexcept { return config_.context_parallel_size; }
-  /// world / (tensor × context × pipeline).
+  /// local_world_size() / (tensor × context × pipeline).
   [[nodiscard]] int data_parallel_size() const noexcept;
   /// The expert grid's tensor parallel size: as configured, else the tensor parallel size.
   [[nodiscard]] int expert_tensor_parallel_size() const noexcept { return expert_tensor_; }
@@ -280,30 +291,36 @@ class Topology {
   /// @throws GroupNotFound if this configuration has no such kind.
   [[nodiscard]] const GroupLayout& layout(const GroupId& id) const;
 
-  /// The dense grid: tp, cp, dp, pp (and ep of size 1), laid out by order().
+  /// The dense grid: tp, cp, dp, pp (and ep of size 1), laid out by order(). Its ranks
+  /// count from rank_offset(): grid rank g is world rank g + rank_offset().
   [[nodiscard]] const RankGrid& dense_grid() const noexcept { return dense_; }
 
   /// The expert grid of expert parallel size @p expert_parallel_size: tp (the expert
-  /// tensor size), ep, dp (the expert data size), pp (and cp of size 1), laid out by order().
+  /// tensor size), ep, dp (the expert data size), pp (and cp of size 1), laid out by order(),
+  /// its ranks counted from rank_offset().
   /// @throws GroupNotFound if that size is not configured.
   [[nodiscard]] const RankGrid& expert_grid(int expert_parallel_size) const;
 
   /// The groups that vary @p axes of the dense grid, as Megatron's
   /// `get_ranks("tp-dp")` lists them.
   /// @throws ConfigError if an axis name is empty, unknown or repeated.
-  [[nodiscard]] GroupLayout dense_groups(std::string_view axes) const { return dense_.along_names(axes); }
+  [[nodiscard]] GroupLayout dense_groups(std::string_view axes) const;
 
   /// The groups that vary @p axes of the expert grid of @p expert_parallel_size
   /// ("tp" there is the expert tensor axis, "dp" the expert data axis).
   /// @throws GroupNotFound if that size is not configured; ConfigError as dense_groups().
   [[nodiscard]] GroupLayout expert_groups(int expert_parallel_size, std::string_view axes) const;
 
-  /// Where @p rank sits on every axis of both grids.
-  /// @throws ConfigError if @p rank is outside [0, world_size()).
+  /// Where @p rank (a rank of the world) sits on every axis of both grids.
+  /// @throws ConfigError if @p rank is outside [0, world_size()) or outside the grid's part.
   [[nodiscard]] RankCoordinates coordinates(int rank) const;
 
  private:
+  // @p layout, cut from a grid of the part, over the world.
+  [[nodiscard]] GroupLayout shifted(const GroupLayout& layout) const;
+
   ParallelConfig config_;
+  ParallelConfig part_;  // the configuration of the grid's part: its world is local_world_size()
   int tensor_ = 1;
   int expert_tensor_ = 1;
   RankGrid dense_;

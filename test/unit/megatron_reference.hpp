@@ -122,6 +122,7 @@ inline Groups hierarchical_level(const std::vector<int>& ranks, const std::vecto
 struct MegatronReference {
   int world, tp, cp, pp, dp, etp, instances;
   bool hybrid = false;
+  int rank_offset = 0;
   std::vector<int> hierarchical;  // hierarchical_context_parallel_sizes
   std::string order;
   MegatronGenerator dense;
@@ -140,6 +141,7 @@ struct MegatronReference {
                           etp,
                           instances,
                           false,
+                          0,
                           {},
                           order,
                           MegatronGenerator({{"tp", tp}, {"ep", 1}, {"dp", dp}, {"pp", pp}, {"cp", cp}}, order),
@@ -174,9 +176,26 @@ struct MegatronReference {
     return {};
   }
 
-  /// The groups of @p id, in Megatron's order; for the embedding kinds, only the groups
-  /// there are (a rank in none is in no listed group).
+  /// The groups of @p id, in Megatron's order, every rank moved up by the rank offset (as
+  /// RankGenerator.get_ranks adds it); for the embedding kinds, only the groups there are
+  /// (a rank in none is in no listed group).
   Groups groups(const GroupId& id) const {
+    Groups out = grid_groups(id);
+    for (std::vector<int>& group : out) {
+      for (int& rank : group) rank += rank_offset;
+    }
+    return out;
+  }
+
+  /// The same configuration over the ranks from @p offset on.
+  MegatronReference at_offset(int offset) const {
+    MegatronReference copy = *this;
+    copy.rank_offset = offset;
+    return copy;
+  }
+
+ private:
+  Groups grid_groups(const GroupId& id) const {
     switch (id.kind) {
       case GroupKind::tensor_parallel: return dense.get_ranks("tp");
       case GroupKind::pipeline_parallel: return dense.get_ranks("pp");
@@ -271,6 +290,7 @@ struct MegatronReference {
     throw std::logic_error("not a Megatron kind: " + id.name());
   }
 
+ public:
   /// The main branch's one inter-instance group, which attention shares with the experts
   /// (get_inter_distributed_optimizer_instance_group): from the expert grid of @p ep.
   Groups shared_inter_instance(int ep) const { return instance_levels(expert(ep), 1); }

@@ -376,6 +376,47 @@ BOOST_AUTO_TEST_CASE(hybrid_groups_have_the_sizes_of_megatrons_test) {
   BOOST_TEST(GroupId({GroupKind::hybrid_data_context_parallel, 0, 4}).name() == "hybrid_data_context_parallel/4");
 }
 
+BOOST_AUTO_TEST_CASE(a_grid_over_part_of_the_world) {
+  // An encoder of tp 2 on ranks 0..3 and a decoder of tp 2, pp 2 on ranks 4..11 of 12.
+  ParallelConfig encoder = config({12, 2});
+  encoder.local_world_size = 4;
+  ParallelConfig decoder = config({12, 2, 2});
+  decoder.rank_offset = 4;
+  const Topology first(encoder), second(decoder);
+  BOOST_TEST(first.local_world_size() == 4);
+  BOOST_TEST(second.local_world_size() == 8);
+  BOOST_TEST(second.data_parallel_size() == 2);
+  BOOST_TEST(show(groups_of(first, GroupKind::tensor_parallel)) == "[[0, 1], [2, 3]]");
+  BOOST_TEST(show(groups_of(second, GroupKind::tensor_parallel)) == "[[4, 5], [6, 7], [8, 9], [10, 11]]");
+  BOOST_TEST(show(groups_of(second, GroupKind::pipeline_parallel)) == "[[4, 8], [5, 9], [6, 10], [7, 11]]");
+  BOOST_TEST(show(second.dense_groups("tp-dp").groups()) == "[[4, 5, 6, 7], [8, 9, 10, 11]]");
+  // The world is every rank; a rank outside the part is in no group of the others.
+  BOOST_TEST(groups_of(second, GroupKind::world).front().size() == 12u);
+  BOOST_TEST(second.layout({GroupKind::data_parallel}).colour(2) == GroupLayout::kNoGroup);
+  BOOST_TEST(second.coordinates(9).pipeline == 1);
+  BOOST_CHECK_EXCEPTION((void)second.coordinates(2), ConfigError, message_names({"rank 2", "[4, 12)"}));
+}
+
+BOOST_AUTO_TEST_CASE(a_part_that_does_not_fit_or_whose_grid_breaks_a_rule_is_rejected) {
+  ParallelConfig c = config({12, 2});
+  c.rank_offset = -1;
+  check_rejected(c, {"rank offset -1"}, {0});
+  c.rank_offset = 8;
+  c.local_world_size = 8;
+  check_rejected(c, {"[8, 16)", "world of 12 ranks"}, {8});
+  c.local_world_size = 0;
+  check_rejected(c, {"local world size 0 must be at least 1"}, {});
+  // The part's own rules, named as the part's: 6 ranks from rank 6, tp 4.
+  c = config({12, 4});
+  c.rank_offset = 6;
+  check_rejected(c, {"grid of 6 ranks from rank 6", "tensor parallel size 4"}, {6});
+  c = config({16, 1});
+  c.rank_offset = 2;
+  c.local_world_size = 8;
+  c.ranks_per_node = 4;
+  check_rejected(c, {"rank offset 2", "node of 4 ranks"}, {2, 4});
+}
+
 BOOST_AUTO_TEST_CASE(pipeline_groups_that_differ_between_the_grids_are_rejected) {
   // Dense: tp 2 before pp, stages 2 apart; expert: etp 1 before pp, stages 1 apart.
   check_rejected(config({8, 2, 2, 1, {2}, 1, "tp-pp-ep-dp"}), {"pipeline groups", "'tp-pp-ep-dp'"}, {2, 1});
@@ -406,7 +447,7 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
   BOOST_TEST_MESSAGE("random seed " << seed);
   std::mt19937 random(seed);
   auto pick = [&random](int low, int high) { return std::uniform_int_distribution<int>(low, high)(random); };
-  int accepted = 0, refused = 0, irregular = 0, with_instances = 0, with_hybrid = 0, with_levels = 0;
+  int accepted = 0, refused = 0, irregular = 0, with_instances = 0, with_hybrid = 0, with_levels = 0, in_part = 0;
   for (int round = 0; round < 1500; ++round) {
     const int tp = pick(1, 4), cp = pick(1, 3), pp = pick(1, 4), dp = pick(1, 6);
     const int world = tp * cp * pp * dp;
@@ -434,15 +475,22 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
       if (pick(0, 5) == 0) c.hierarchical_context_parallel_sizes.push_back(2);
       std::shuffle(c.hierarchical_context_parallel_sizes.begin(), c.hierarchical_context_parallel_sizes.end(), random);
     }
+    // Now and then a grid over part of a larger world.
+    const int offset = pick(0, 2) == 0 ? pick(0, 5) : 0;
+    const int extra = pick(0, 2) == 0 ? pick(0, 3) : 0;
+    c.world_size = world + offset + extra;
+    c.rank_offset = offset;
+    if (extra > 0 || pick(0, 1) == 0) c.local_world_size = world;
     const std::string what = fmt::format(
-        "round {}: W {} tp {} cp {} pp {} etp {} eps [{}] order {} instances {} hybrid {} hierarchical [{}]", round,
-        world, tp, cp, pp, etp, fmt::join(eps, ","), order, instances, c.hybrid_context_parallel,
-        fmt::join(c.hierarchical_context_parallel_sizes, ","));
+        "round {}: W {} tp {} cp {} pp {} etp {} eps [{}] order {} instances {} hybrid {} hierarchical [{}] at {} of {}",
+        round, world, tp, cp, pp, etp, fmt::join(eps, ","), order, instances, c.hybrid_context_parallel,
+        fmt::join(c.hierarchical_context_parallel_sizes, ","), offset, c.world_size);
 
     std::optional<MegatronReference> reference;
     try {
       reference.emplace(MegatronReference::of(world, tp, cp, pp, etp, eps, order, instances)
-                            .with_context_groups(c.hybrid_context_parallel, c.hierarchical_context_parallel_sizes));
+                            .with_context_groups(c.hybrid_context_parallel, c.hierarchical_context_parallel_sizes)
+                            .at_offset(offset));
     } catch (const std::runtime_error&) {
     }
     if (!reference) {
@@ -473,6 +521,7 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
     }
     ++accepted;
     with_instances += instances > 1 ? 1 : 0;
+    in_part += world < c.world_size ? 1 : 0;
     with_hybrid += c.hybrid_context_parallel ? 1 : 0;
     with_levels += c.hierarchical_context_parallel_sizes.size() > 1 ? 1 : 0;
     const Topology& topology = *built;
@@ -492,7 +541,8 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
       // Groups in Megatron's creation order where it is pcx's colour order, else sorted.
       if (MegatronReference::is_cut_kind(view.id.kind)) std::ranges::sort(expected);
       BOOST_TEST(show(view.layout.groups()) == show(expected), what << " " << view.id.name());
-      for (int r = 0; r < world; ++r) {
+      BOOST_TEST(view.layout.world_size() == c.world_size, what << " " << view.id.name());
+      for (int r = 0; r < c.world_size; ++r) {
         int colour = GroupLayout::kNoGroup, index = GroupLayout::kNoGroup;
         for (std::size_t g = 0; g < expected.size(); ++g) {
           const auto it = std::ranges::find(expected[g], r);
@@ -506,10 +556,11 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
       }
     }
     // A rank's coordinate on an axis is its index in its group along that axis.
-    for (int r = 0; r < world; ++r) {
-      auto index_in = [r](const Groups& groups) {
+    for (int r = offset; r < offset + world; ++r) {
+      // The generators list the grid's ranks, from 0.
+      auto index_in = [grid_rank = r - offset](const Groups& groups) {
         for (const auto& g : groups) {
-          if (const auto it = std::ranges::find(g, r); it != g.end()) return static_cast<int>(it - g.begin());
+          if (const auto it = std::ranges::find(g, grid_rank); it != g.end()) return static_cast<int>(it - g.begin());
         }
         return -1;
       };
@@ -529,12 +580,14 @@ BOOST_AUTO_TEST_CASE(every_kind_and_rank_matches_megatrons_algorithm) {
     }
   }
   BOOST_TEST_MESSAGE(accepted << " accepted (" << with_instances << " with instances, " << with_hybrid
-                              << " with hybrid groups, " << with_levels << " with hierarchical levels), " << refused
+                              << " with hybrid groups, " << with_levels << " with hierarchical levels, " << in_part
+                              << " over part of the world), " << refused
                               << " refused by both, " << irregular << " irregular groups refused by pcx");
   BOOST_TEST(accepted > 300);
   BOOST_TEST(with_instances > 60);
   BOOST_TEST(with_hybrid > 50);
   BOOST_TEST(with_levels > 25);
+  BOOST_TEST(in_part > 100);
   BOOST_TEST(refused > 20);
 }
 
