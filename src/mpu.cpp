@@ -40,6 +40,9 @@ ParallelConfig agreed_config(const Communicator& world, const ParallelConfig& re
   const ParallelConfig config = dense_config(world, requested);
   std::exception_ptr failure;
   try {
+    ParallelConfig whole = requested;
+    if (whole.world_size == 0) whole.world_size = world.size();
+    require_whole_world(whole, "GridMpu");
     if (config.world_size != world.size()) {
       throw ConfigError(
           fmt::format("GridMpu: the configuration's world size {} is not the world communicator's size {}",

@@ -154,6 +154,7 @@ Topology local_topology(const Communicator& world, ParallelConfig config, const 
     throw ConfigError(fmt::format("the configuration's world size {} is not the world communicator's size {}",
                                   config.world_size, world.size()));
   }
+  require_whole_world(config, "ParallelContext");
   if (mpu) {
     // Sizes above the world are clamped to it, as in the MPU's own layout.
     const auto take = [&config](int& configured, int from_mpu, std::string_view what) {

@@ -432,6 +432,15 @@ void validate(const ParallelConfig& c) {
   }
 }
 
+void require_whole_world(const ParallelConfig& config, std::string_view builder) {
+  const int local = config.local_world_size.value_or(config.world_size - config.rank_offset);
+  if (config.rank_offset == 0 && local == config.world_size) return;
+  throw ConfigError(fmt::format(
+      "rank offset {} and local world size {} lay the grid over part of the {} ranks, which a {} does not build: "
+      "build it over a communicator of those ranks (Communicator::split), where the grid is the whole world",
+      config.rank_offset, local, config.world_size, builder));
+}
+
 std::string GroupId::name() const {
   const std::string_view base = kind_name(kind);
   if (on_expert_grid(kind)) return fmt::format("{}/{}", base, expert_parallel_size);

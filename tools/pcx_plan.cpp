@@ -145,13 +145,18 @@ void print_json_coordinates(Output& out, const pcx::Topology& topology, int rank
   out.put("}}");
 }
 
+// Whether @p rank is one of the grid's: a grid over part of the world has no coordinates elsewhere.
+bool in_grid(const pcx::Topology& topology, int rank) {
+  return rank >= topology.rank_offset() && rank - topology.rank_offset() < topology.local_world_size();
+}
+
 void print_json(Output& out, const pcx::Topology& topology, std::span<const pcx::GroupView> views,
                 std::optional<int> rank, bool coordinates) {
   // The same document nlohmann::ordered_json::dump() gave when it held the whole tree.
   out.print("{{\"world_size\":{}", topology.world_size());
   if (rank) {
     out.print(",\"rank\":{}", *rank);
-    if (coordinates) print_json_coordinates(out, topology, *rank);
+    if (coordinates && in_grid(topology, *rank)) print_json_coordinates(out, topology, *rank);
   }
   out.put(",\"groups\":{");
   bool first_kind = true;
@@ -176,12 +181,17 @@ void print_json(Output& out, const pcx::Topology& topology, std::span<const pcx:
   out.put("}}\n");
 }
 
-// "world 16 = pipeline 2 x data 4 x tensor 2", with the context size, the order, the
-// expert tensor size and Megatron's optional groups where they are not the defaults.
+// "world 16 = pipeline 2 x data 4 x tensor 2" ("world 12, ranks 4 to 11: 8 = ..." for a grid
+// over part of the world), with the context size, the order, the expert tensor size and
+// Megatron's optional groups where they are not the defaults.
 std::string world_line(const pcx::Topology& topology) {
   const pcx::ParallelConfig& config = topology.config();
-  std::string line = fmt::format("world {} = pipeline {} x data {}", topology.world_size(),
-                                 topology.pipeline_parallel_size(), topology.data_parallel_size());
+  const bool part = topology.local_world_size() != topology.world_size();
+  std::string line =
+      part ? fmt::format("world {}, ranks {} to {}: {}", topology.world_size(), topology.rank_offset(),
+                         topology.rank_offset() + topology.local_world_size() - 1, topology.local_world_size())
+           : fmt::format("world {}", topology.world_size());
+  line += fmt::format(" = pipeline {} x data {}", topology.pipeline_parallel_size(), topology.data_parallel_size());
   if (topology.context_parallel_size() > 1) line += fmt::format(" x context {}", topology.context_parallel_size());
   line += fmt::format(" x tensor {}", topology.tensor_parallel_size());
   if (config.order) line += fmt::format(", order {}", *config.order);
@@ -196,6 +206,7 @@ std::string world_line(const pcx::Topology& topology) {
     line += fmt::format(", {} distributed optimizer instances", config.distributed_optimizer_instances);
   }
   if (config.hybrid_context_parallel) line += ", hybrid context parallel";
+
   if (!config.hierarchical_context_parallel_sizes.empty()) {
     line += fmt::format(", hierarchical context parallel {}", fmt::join(config.hierarchical_context_parallel_sizes, "x"));
   }
@@ -224,7 +235,12 @@ void print_table(Output& out, const pcx::Topology& topology, std::span<const pcx
   out.print("{}\n", world_line(topology));
   if (rank) {
     out.print("rank {}\n", *rank);
-    print_table_coordinates(out, topology, *rank);
+    if (in_grid(topology, *rank)) {
+      print_table_coordinates(out, topology, *rank);
+    } else {
+      out.print("coordinates: none (the grid's ranks are {} to {})\n", topology.rank_offset(),
+                topology.rank_offset() + topology.local_world_size() - 1);
+    }
     out.print("{:<36} {:>12} {:>12}  members\n", "kind", "group", "group rank");
     for (const pcx::GroupView& view : views) {
       const pcx::GroupLayout& layout = view.layout;

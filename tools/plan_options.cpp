@@ -13,8 +13,8 @@ namespace pcx::cli {
 namespace {
 
 struct RawOptions {
-  std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, instances, levels, rank, format,
-      colour_by;
+  std::string world, tp, pp, cp, ep, etp, order, megatron_order, hpz, per_node, instances, levels, offset, local, rank,
+      format, colour_by;
   bool megatron = false;
   bool hybrid = false;
   bool check = false;
@@ -46,6 +46,13 @@ void describe(CLI::App& app, RawOptions& raw, bool world_required) {
   app.add_option("--hierarchical-context-parallel-sizes", raw.levels,
                  "Megatron's hierarchical context parallel sizes, comma separated, whose product is --cp")
       ->type_name("S[,S...]");
+  app.add_option("--rank-offset", raw.offset,
+                 "Megatron's rank offset: the grid starts at this rank, and the ranks before it are in no group but "
+                 "the world (default 0)")
+      ->type_name("O");
+  app.add_option("--local-world-size", raw.local,
+                 "Megatron's local world size: the grid's number of ranks (default: the world size - the rank offset)")
+      ->type_name("L");
   app.add_option("--rank", raw.rank, "print only this rank's groups")->type_name("R");
   app.add_flag("--megatron", raw.megatron,
                "also list Megatron's other kinds (context, model, embedding, expert tensor, ...) and, with --rank, "
@@ -138,6 +145,8 @@ PlanOptions parse_plan_options(std::span<const std::string> args, bool world_req
   if (app.count("--hierarchical-context-parallel-sizes") > 0) {
     config.hierarchical_context_parallel_sizes = parse_list("--hierarchical-context-parallel-sizes", raw.levels);
   }
+  if (app.count("--rank-offset") > 0) config.rank_offset = parse_int("--rank-offset", raw.offset);
+  if (app.count("--local-world-size") > 0) config.local_world_size = parse_int("--local-world-size", raw.local);
   if (app.count("--rank") > 0) options.rank = parse_int("--rank", raw.rank);
   options.megatron = raw.megatron;
   options.check = raw.check;

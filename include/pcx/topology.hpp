@@ -86,6 +86,12 @@ struct ParallelConfig {
   friend bool operator==(const ParallelConfig&, const ParallelConfig&) = default;
 };
 
+/// Throws ConfigError if @p config lays its grid over part of its world (a rank offset or a
+/// local world size below the world), naming @p builder, which builds the whole world's
+/// groups only: a ParallelContext or GridMpu of a part is built over a communicator of the
+/// part's ranks (Communicator::split()), where the grid is that communicator's world.
+void require_whole_world(const ParallelConfig& config, std::string_view builder);
+
 /// ParallelConfig::ranks_per_node for "detect them" ("auto" on the command line).
 inline constexpr int kDetectRanksPerNode = 0;
 

@@ -1085,6 +1085,26 @@ BOOST_AUTO_TEST_CASE(hybrid_and_hierarchical_groups_worked_out_by_hand) {
   check_usage_error({"--world", "3", "--cp", "3", "--hybrid-context-parallel"}, {"even", "3"});
 }
 
+BOOST_AUTO_TEST_CASE(a_grid_over_part_of_the_world) {
+  // tp 2 x pp 2 x dp 2 on ranks 4..11 of 12: Megatron's RankGenerator shifted by 4.
+  const std::vector<std::string> args{"--world", "12", "--tp", "2", "--pp", "2", "--rank-offset", "4"};
+  const Json j = parse_json(run_ok(with(args, {"--format", "json"})));
+  BOOST_TEST(j["world_size"].get<int>() == 12);
+  BOOST_TEST(j["groups"]["tensor_parallel"].dump() == "[[4,5],[6,7],[8,9],[10,11]]");
+  BOOST_TEST(j["groups"]["pipeline_parallel"].dump() == "[[4,8],[5,9],[6,10],[7,11]]");
+  BOOST_TEST(j["groups"]["world"].dump() == "[[0,1,2,3,4,5,6,7,8,9,10,11]]");
+  BOOST_TEST(run_ok(args).out.starts_with("world 12, ranks 4 to 11: 8 = pipeline 2 x data 2 x tensor 2\n"));
+  // A rank before the grid is in no group but the world's, and has no coordinates.
+  const Json outside = parse_json(run_ok(with(args, {"--format", "json", "--rank", "2", "--megatron"})));
+  BOOST_TEST(keys_of(outside["groups"]) == (std::vector<std::string>{"world"}), boost::test_tools::per_element());
+  BOOST_TEST(!outside.contains("coordinates"));
+  BOOST_TEST(run_ok(with(args, {"--rank", "2"})).out.find("coordinates: none (the grid's ranks are 4 to 11)") !=
+             std::string::npos);
+  check_usage_error(with(args, {"--local-world-size", "10"}), {"[4, 14)", "12"});
+  check_usage_error({"--world", "12", "--rank-offset", "-1"}, {"rank offset -1"});
+  check_usage_error({"--world", "12", "--tp", "3", "--rank-offset", "4"}, {"grid of 8 ranks from rank 4", "3"});
+}
+
 BOOST_AUTO_TEST_CASE(the_named_orders_are_the_two_order_strings) {
   for (const auto& [name, order] : {std::pair{"expert-first", "tp-cp-ep-dp-pp"}, std::pair{"data-first", "tp-cp-dp-ep-pp"}}) {
     const Outcome named = run_ok({"--world", "16", "--tp", "2", "--ep", "4", "--expert-order", name, "--format", "json"});

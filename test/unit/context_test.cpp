@@ -246,6 +246,17 @@ BOOST_AUTO_TEST_CASE(bad_configurations_are_config_errors_naming_the_values) {
   });
   BOOST_CHECK_EXCEPTION(ParallelContext(comm, make_config(8, 1, 1, {3})), pcx::ConfigError,
                         [](const pcx::Error& e) { return message_has(e, {"expert parallel size 3"}); });
+  // A grid over part of the world is built over a communicator of that part.
+  pcx::ParallelConfig part = make_config(8);
+  part.rank_offset = 4;
+  BOOST_CHECK_EXCEPTION(ParallelContext(comm, part), pcx::ConfigError, [](const pcx::Error& e) {
+    return message_has(e, {"rank offset 4", "local world size 4", "ParallelContext", "Communicator::split"});
+  });
+  part.rank_offset = 0;
+  part.local_world_size = 2;
+  BOOST_CHECK_EXCEPTION(pcx::GridMpu(comm, part), pcx::ConfigError, [](const pcx::Error& e) {
+    return message_has(e, {"local world size 2", "GridMpu", "Communicator::split"});
+  });
 
   // The MPU says tp 2 but its data parallel group is not Megatron's.
   auto wrong = std::make_shared<MockMpu>();
