@@ -62,6 +62,17 @@ std::vector<std::string> write_back(const PlanOptions& options, bool world_requi
   }
   if (c.zero_hpz_size) args.push_back("--zero-hpz=" + std::to_string(*c.zero_hpz_size));
   if (c.ranks_per_node) args.push_back("--ranks-per-node=" + std::to_string(*c.ranks_per_node));
+  args.push_back("--distributed-optimizer-instances=" + std::to_string(c.distributed_optimizer_instances));
+  if (c.hybrid_context_parallel) args.push_back("--hybrid-context-parallel");
+  if (!c.hierarchical_context_parallel_sizes.empty()) {
+    std::string sizes = "--hierarchical-context-parallel-sizes=";
+    for (std::size_t i = 0; i < c.hierarchical_context_parallel_sizes.size(); ++i) {
+      sizes += (i == 0 ? "" : ",") + std::to_string(c.hierarchical_context_parallel_sizes[i]);
+    }
+    args.push_back(sizes);
+  }
+  args.push_back("--rank-offset=" + std::to_string(c.rank_offset));
+  if (c.local_world_size) args.push_back("--local-world-size=" + std::to_string(*c.local_world_size));
   if (options.rank) args.push_back("--rank=" + std::to_string(*options.rank));
   args.push_back("--format=" + std::string(format_name(options.format)));
   if (!options.colour_by.empty()) args.push_back("--colour-by=" + options.colour_by);

@@ -236,9 +236,26 @@ struct ReferenceGrid {
   }
 };
 
+/// The configuration of @p c's grid alone, when it lies over part of the world (Megatron's
+/// rank offset and local world size), with its ranks counted from 0; nullopt when the part
+/// does not fit in the world.
+inline std::optional<pcx::ParallelConfig> reference_part(pcx::ParallelConfig c) {
+  if (c.world_size < 1 || c.rank_offset < 0 || (c.local_world_size && *c.local_world_size < 1)) return std::nullopt;
+  const long long local = c.local_world_size ? *c.local_world_size : c.world_size - c.rank_offset;
+  if (local < 1 || c.rank_offset + local > c.world_size) return std::nullopt;
+  if (c.ranks_per_node && *c.ranks_per_node >= 1 && c.rank_offset % *c.ranks_per_node != 0) return std::nullopt;
+  c.world_size = static_cast<int>(local);
+  c.rank_offset = 0;
+  c.local_world_size.reset();
+  return c;
+}
+
 /// Whether @p c satisfies every rule of SPEC.md and of Megatron's layout (issue: context
 /// parallel, expert tensor parallel, order strings), computed independently of pcx::validate.
-inline bool reference_valid(const pcx::ParallelConfig& c) {
+inline bool reference_valid(const pcx::ParallelConfig& whole) {
+  const std::optional<pcx::ParallelConfig> part = reference_part(whole);
+  if (!part) return false;
+  const pcx::ParallelConfig& c = *part;
   if (c.world_size < 1 || c.tensor_parallel_size < 1 || c.pipeline_parallel_size < 1) return false;
   if (c.context_parallel_size < 1 || c.distributed_optimizer_instances < 1) return false;
   if (c.expert_tensor_parallel_size && *c.expert_tensor_parallel_size < 1) return false;
@@ -545,7 +562,25 @@ inline void check_config(const pcx::ParallelConfig& config, std::span<const int>
   }
   pcx::validate(config);  // a ConfigError here escapes to the guard: a valid config was refused
   const pcx::Topology topology(config);
-  if (config.world_size <= kMaxCheckedWorld) check_topology(topology, config, probes);
+  const pcx::ParallelConfig part = *reference_part(config);
+  if (part.world_size > kMaxCheckedWorld || config.world_size > kMaxCheckedWorld) return;
+  if (part.world_size == config.world_size) return check_topology(topology, config, probes);
+  // A grid over part of the world: the part's groups, checked on their own, moved up by the offset.
+  const pcx::Topology alone(part);
+  check_topology(alone, part, {});
+  PCX_FUZZ_CHECK(topology.all_views().size() == alone.all_views().size());
+  for (std::size_t i = 1; i < alone.all_views().size(); ++i) {
+    pcx::test::Groups expected = alone.all_views()[i].layout.groups();
+    for (std::vector<int>& group : expected) {
+      for (int& rank : group) rank += config.rank_offset;
+    }
+    PCX_FUZZ_CHECK(topology.all_views()[i].layout.groups() == expected);
+    for (int r = 0; r < config.world_size; ++r) {
+      const int g = r - config.rank_offset;
+      const int colour = g >= 0 && g < part.world_size ? alone.all_views()[i].layout.colour(g) : pcx::GroupLayout::kNoGroup;
+      PCX_FUZZ_CHECK(topology.all_views()[i].layout.colour(r) == colour);
+    }
+  }
 }
 
 }  // namespace pcx_fuzz

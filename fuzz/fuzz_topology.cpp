@@ -145,6 +145,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (optional & 2) config.ranks_per_node = world_relative(in, config.world_size);
     if (optional & 32) config.distributed_optimizer_instances = in.value([](std::uint8_t b) { return b % 5; });
     config.hybrid_context_parallel = (optional & 64) != 0;
+    if (optional & 4 && optional & 8) {
+      const std::uint8_t part = in.byte();
+      config.rank_offset = part % 7 == 6 ? in.raw_int() : part % 7;
+      if (part & 8) config.local_world_size = world_relative(in, config.world_size);
+      const long long world = static_cast<long long>(config.world_size) + config.rank_offset + (part >> 5);
+      if (world <= INT_MAX && world >= INT_MIN) config.world_size = static_cast<int>(world);
+    }
     if (optional & 128) {
       config.hierarchical_context_parallel_sizes.resize(in.byte() % 4);
       for (int& size : config.hierarchical_context_parallel_sizes) size = in.value([](std::uint8_t b) { return b % 5; });

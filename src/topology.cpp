@@ -319,7 +319,10 @@ void validate_series(const ParallelConfig& c, const RankGrid& dense) {
 
 // The configuration of the grid's part of the world, counted from its first rank.
 ParallelConfig part_of(ParallelConfig c) {
-  c.world_size = c.local_world_size.value_or(c.world_size - std::max(c.rank_offset, 0));
+  // In 64 bits and clamped: this runs before validation, on any values.
+  const long long local = c.local_world_size ? *c.local_world_size
+                                             : static_cast<long long>(c.world_size) - std::max(c.rank_offset, 0);
+  c.world_size = static_cast<int>(std::clamp<long long>(local, INT_MIN, INT_MAX));
   c.rank_offset = 0;
   c.local_world_size.reset();
   return c;
@@ -433,7 +436,8 @@ void validate(const ParallelConfig& c) {
 }
 
 void require_whole_world(const ParallelConfig& config, std::string_view builder) {
-  const int local = config.local_world_size.value_or(config.world_size - config.rank_offset);
+  const long long local = config.local_world_size ? *config.local_world_size
+                                                  : static_cast<long long>(config.world_size) - config.rank_offset;
   if (config.rank_offset == 0 && local == config.world_size) return;
   throw ConfigError(fmt::format(
       "rank offset {} and local world size {} lay the grid over part of the {} ranks, which a {} does not build: "

@@ -174,6 +174,42 @@ BOOST_AUTO_TEST_CASE(megatrons_optional_groups_communicate_as_megatron_lays_them
   BOOST_TEST(everyone(ok));
 }
 
+// Megatron's rank_offset: two grids over the two halves of the world (an encoder and a
+// decoder), each built over a communicator of its ranks, have the groups the whole world's
+// Topology lays over that part, and the ranks of the other half are in none of them.
+BOOST_AUTO_TEST_CASE(a_grid_over_part_of_the_world_is_built_over_a_communicator_of_its_ranks,
+                     *boost::unit_test::precondition(pcx::test::two_or_more_ranks)) {
+  const MpiCommunicator world = MpiCommunicator::world();
+  const int n = world.size();
+  const int half = n / 2;
+  const bool second = world.rank() >= half;
+  const int offset = second ? half : 0;
+  const int size = second ? n - half : half;
+  const auto part = world.split(second ? 1 : 0, world.rank());
+  ParallelConfig config = world_config({1});
+  config.world_size = size;
+  config.tensor_parallel_size = size % 2 == 0 ? 2 : 1;
+  config.pipeline_parallel_size = second && size % 4 == 0 ? 2 : 1;
+  const auto mpu = std::make_shared<const pcx::GridMpu>(*part, config);
+  const ParallelContext context(*part, config, mpu);
+  ParallelConfig whole = config;
+  whole.world_size = n;
+  whole.rank_offset = offset;
+  whole.local_world_size = size;
+  const pcx::Topology layout(whole);
+  bool ok = context_works(context);
+  for (const GroupId& id : context.group_ids()) {
+    if (id.kind == GroupKind::world || id.kind == GroupKind::sequence_data_parallel) continue;
+    std::vector<int> members = context.group(id).ranks();
+    for (int& rank : members) rank += offset;
+    ok = members == layout.layout(id).group_of(world.rank()) && ok;
+    for (int r = 0; r < n; ++r) {
+      if (r < offset || r >= offset + size) ok = layout.layout(id).colour(r) == pcx::GroupLayout::kNoGroup && ok;
+    }
+  }
+  BOOST_TEST(everyone(ok));
+}
+
 // Creation over the members and splits of the whole world give the same groups, the
 // embedding kinds' ranks in no group included (middle pipeline stages take no part).
 BOOST_AUTO_TEST_CASE(groups_created_over_their_members_or_split_are_the_same) {
