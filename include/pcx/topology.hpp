@@ -108,7 +108,9 @@ inline constexpr int kDetectRanksPerNode = 0;
 ///         irregular (see GroupLayout::subgroups()), hybrid context parallel groups of a
 ///         data-context group of odd size or that a power of two does not divide, hierarchical
 ///         context parallel sizes below 1 or whose product is not the context parallel size,
-///         or an overflow.
+///         a rank offset below 0, a local world size below 1, a part that does not fit in the
+///         world or (with ranks per node) does not start a node, or an overflow. The rules of
+///         the sizes apply to the grid's part (its local world size).
 void validate(const ParallelConfig& config);
 
 /// The order string that lays out @p config: its `order`, else the one its
