@@ -243,7 +243,10 @@ inline std::optional<pcx::ParallelConfig> reference_part(pcx::ParallelConfig c) 
   if (c.world_size < 1 || c.rank_offset < 0 || (c.local_world_size && *c.local_world_size < 1)) return std::nullopt;
   const long long local = c.local_world_size ? *c.local_world_size : c.world_size - c.rank_offset;
   if (local < 1 || c.rank_offset + local > c.world_size) return std::nullopt;
-  if (c.ranks_per_node && *c.ranks_per_node >= 1 && c.rank_offset % *c.ranks_per_node != 0) return std::nullopt;
+  if (c.ranks_per_node && *c.ranks_per_node >= 1) {
+    const int per_node = *c.ranks_per_node;
+    if (c.rank_offset % per_node != 0 || (c.world_size > per_node && c.world_size % per_node != 0)) return std::nullopt;
+  }
   c.world_size = static_cast<int>(local);
   c.rank_offset = 0;
   c.local_world_size.reset();

@@ -156,7 +156,7 @@ void validate_expert_grids(const ParallelConfig& c, const RankGrid& dense) {
     }
     const auto per_stage = static_cast<int>(c.world_size / replicated);
     if (per_stage % ep != 0) {
-      if (per_stage == data) {
+      if (per_stage == data && expert_tensor == tensor && c.context_parallel_size == 1) {
         throw ConfigError(fmt::format(
             "expert parallel size {} does not divide data parallel size {} (world {} / tensor {} / pipeline {})", ep,
             data, c.world_size, tensor, pp));
@@ -317,6 +317,38 @@ void validate_series(const ParallelConfig& c, const RankGrid& dense) {
   (void)series_views(c, dense);
 }
 
+// Where the grid lies: a part of the world that fits in it, on node boundaries.
+void validate_place(const ParallelConfig& c) {
+  require_positive(c.world_size, "world size");
+  if (c.rank_offset < 0) throw ConfigError(fmt::format("rank offset {} must be at least 0", c.rank_offset));
+  if (c.local_world_size) {
+    require_positive(*c.local_world_size, "local world size");
+    // In 64 bits: both are at most INT_MAX.
+    if (static_cast<long long>(c.rank_offset) + *c.local_world_size > c.world_size) {
+      throw ConfigError(fmt::format(
+          "the grid's ranks [{}, {}) (rank offset {}, local world size {}) do not fit in the world of {} ranks",
+          c.rank_offset, static_cast<long long>(c.rank_offset) + *c.local_world_size, c.rank_offset,
+          *c.local_world_size, c.world_size));
+    }
+  } else if (c.rank_offset >= c.world_size) {
+    throw ConfigError(fmt::format("rank offset {} leaves no rank of the world of {} ranks to the grid", c.rank_offset,
+                                  c.world_size));
+  }
+  if (c.ranks_per_node && *c.ranks_per_node > 0) {
+    const int per_node = *c.ranks_per_node;
+    if (c.rank_offset % per_node != 0) {
+      throw ConfigError(fmt::format(
+          "rank offset {} does not start a node of {} ranks (the grid's nodes are the world's)", c.rank_offset,
+          per_node));
+    }
+    if (c.world_size > per_node && c.world_size % per_node != 0) {
+      throw ConfigError(fmt::format("world size {} is not a whole number of nodes of {} ranks (a world larger than one "
+                                    "node must be divisible by the ranks per node)",
+                                    c.world_size, per_node));
+    }
+  }
+}
+
 // The configuration of the grid's part of the world, counted from its first rank.
 ParallelConfig part_of(ParallelConfig c) {
   // In 64 bits and clamped: this runs before validation, on any values.
@@ -413,20 +445,8 @@ void validate(const ParallelConfig& c) {
         "world size 0 (the default) stands for the world communicator's size, which a Topology without "
         "a communicator does not know: set ParallelConfig::world_size");
   }
-  require_positive(c.world_size, "world size");
-  if (c.rank_offset < 0) throw ConfigError(fmt::format("rank offset {} must be at least 0", c.rank_offset));
-  if (c.local_world_size) require_positive(*c.local_world_size, "local world size");
+  validate_place(c);
   const ParallelConfig part = part_of(c);
-  if (part.world_size < 1 || static_cast<long long>(c.rank_offset) + part.world_size > c.world_size) {
-    throw ConfigError(fmt::format(
-        "the grid's ranks [{}, {}) (rank offset {}, local world size {}) do not fit in the world of {} ranks",
-        c.rank_offset, static_cast<long long>(c.rank_offset) + part.world_size, c.rank_offset, part.world_size,
-        c.world_size));
-  }
-  if (c.ranks_per_node && *c.ranks_per_node > 0 && c.rank_offset % *c.ranks_per_node != 0) {
-    throw ConfigError(fmt::format("rank offset {} does not start a node of {} ranks (the grid's nodes are the world's)",
-                                  c.rank_offset, *c.ranks_per_node));
-  }
   if (part.world_size == c.world_size) return validate_part(c);
   try {
     validate_part(part);
@@ -436,6 +456,7 @@ void validate(const ParallelConfig& c) {
 }
 
 void require_whole_world(const ParallelConfig& config, std::string_view builder) {
+  validate_place(config);
   const long long local = config.local_world_size ? *config.local_world_size
                                                   : static_cast<long long>(config.world_size) - config.rank_offset;
   if (config.rank_offset == 0 && local == config.world_size) return;
@@ -459,8 +480,8 @@ Topology::Topology(ParallelConfig config)
   tensor_ = clamped_tensor(part_);
   expert_tensor_ = part_.expert_tensor_parallel_size.value_or(tensor_);
   if (tensor_ != part_.tensor_parallel_size) {
-    clamp_notes_.push_back(fmt::format("tensor parallel size {} is larger than the world; using {}",
-                                       part_.tensor_parallel_size, tensor_));
+    clamp_notes_.push_back(fmt::format("tensor parallel size {} is larger than the {}; using {}",
+                                       part_.tensor_parallel_size, grid_name(), tensor_));
   }
   for (const int ep : part_.expert_parallel_sizes) expert_grids_.push_back(expert_grid_of(part_, ep));
 
@@ -492,7 +513,8 @@ Topology::Topology(ParallelConfig config)
     hpz_ = std::min(*part_.zero_hpz_size, world);
     if (*hpz_ != *part_.zero_hpz_size) {
       clamp_notes_.push_back(
-          fmt::format("ZeRO hpZ partition size {} is larger than the world; using {}", *part_.zero_hpz_size, *hpz_));
+          fmt::format("ZeRO hpZ partition size {} is larger than the {}; using {}", *part_.zero_hpz_size, grid_name(),
+                      *hpz_));
     }
     add(GroupKind::zero_param_intra, RankGrid({{"block", world / *hpz_}, {"member", *hpz_}}).along({"member"}));
   }
@@ -519,6 +541,10 @@ Topology::Topology(ParallelConfig config)
   for (GroupView& view : series_views(part_, dense_)) views_.push_back(std::move(view));
   // Every kind but the world's lies in the grid's part of the world.
   for (GroupView& view : std::span(views_).subspan(1)) view.layout = shifted(view.layout);
+}
+
+std::string Topology::grid_name() const {
+  return part_.world_size == config_.world_size ? "world" : fmt::format("grid of {} ranks", part_.world_size);
 }
 
 GroupLayout Topology::shifted(const GroupLayout& layout) const {

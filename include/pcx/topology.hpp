@@ -326,6 +326,8 @@ class Topology {
  private:
   // @p layout, cut from a grid of the part, over the world.
   [[nodiscard]] GroupLayout shifted(const GroupLayout& layout) const;
+  // "world", or "grid of 8 ranks" for a grid over part of the world.
+  [[nodiscard]] std::string grid_name() const;
 
   ParallelConfig config_;
   ParallelConfig part_;  // the configuration of the grid's part: its world is local_world_size()

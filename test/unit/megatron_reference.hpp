@@ -321,7 +321,7 @@ struct MegatronReference {
     std::vector<int> sizes;
     const int members = dp * cp;
     int floor_log2 = 0;
-    while ((2 << floor_log2) <= members) ++floor_log2;
+    while ((2LL << floor_log2) <= members) ++floor_log2;
     for (int i = 1; i < floor_log2; ++i) sizes.push_back(1 << i);
     return sizes;
   }

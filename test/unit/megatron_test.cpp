@@ -334,6 +334,11 @@ BOOST_AUTO_TEST_CASE(hybrid_and_hierarchical_groups_that_megatron_refuses_are_re
   // dp 10: Megatron would cut [8, 9] as a group "of size 4"; pcx refuses.
   hybrid.world_size = 20;
   check_rejected(hybrid, {"hybrid context parallel group size", "Megatron would build a group of"}, {4, 10, 2});
+  // cp 3 and dp 2 apart in rank (pp between them): runs of 2 cut a cp row. Megatron would
+  // build [0, 1], [2, 6], [7, 8].
+  ParallelConfig apart = config({12, 1, 2, 3, {}, std::nullopt, "tp-cp-pp-dp"});
+  apart.hybrid_context_parallel = true;
+  check_rejected(apart, {"hybrid_data_context_parallel/2", "'tp-cp-pp-dp'", "translates"}, {2});
   ParallelConfig levels = config({16, 1, 1, 4});
   levels.hierarchical_context_parallel_sizes = {2, 3};
   check_rejected(levels, {"hierarchical context parallel sizes [2,3]", "context parallel size"}, {6, 4});
@@ -415,6 +420,13 @@ BOOST_AUTO_TEST_CASE(a_part_that_does_not_fit_or_whose_grid_breaks_a_rule_is_rej
   c.local_world_size = 8;
   c.ranks_per_node = 4;
   check_rejected(c, {"rank offset 2", "node of 4 ranks"}, {2, 4});
+  c = config({12, 1});
+  c.rank_offset = 12;
+  check_rejected(c, {"rank offset 12 leaves no rank", "world of 12 ranks"}, {12});
+  c.rank_offset = 0;
+  c.local_world_size = 8;
+  c.ranks_per_node = 8;
+  check_rejected(c, {"world size 12", "nodes of 8 ranks"}, {12, 8});
 }
 
 BOOST_AUTO_TEST_CASE(pipeline_groups_that_differ_between_the_grids_are_rejected) {
