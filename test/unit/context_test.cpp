@@ -489,6 +489,33 @@ BOOST_AUTO_TEST_CASE(kinds_with_the_same_groups_share_unless_dedicated) {
              &context.world_group().communicator());
 }
 
+BOOST_AUTO_TEST_CASE(megatrons_cut_kinds_share_with_the_kinds_of_the_same_groups) {
+  // W 16, dp 16, ep 2 in 2 instances with hybrid groups, rank 6. Distinct groups of more
+  // than one rank besides the world: expert_parallel/2 {6,7}, expert_data_parallel/2 (the
+  // evens), the instance {0..7}, across instances {6,14}, the expert instance {0,2,4,6} and
+  // hybrid/4 {4..7}: 6 splits. The others repeat one of them.
+  ParallelConfig config = make_config(16, 1, 1, {2});
+  config.distributed_optimizer_instances = 2;
+  config.hybrid_context_parallel = true;
+  const auto world = std::make_shared<FakeWorld>(16);
+  const ParallelContext context(FakeCommunicator(world, 6), config);
+  BOOST_TEST(world->split_count(6) == 6);
+  auto communicator = [&](GroupKind kind, int ep = 0, int size = 0) {
+    return &context.group({kind, ep, size}).communicator();
+  };
+  BOOST_TEST(context.group({GroupKind::inter_distributed_optimizer_instance}).ranks() == std::vector<int>({6, 14}));
+  BOOST_TEST(communicator(GroupKind::intra_distributed_optimizer_instance) ==
+             communicator(GroupKind::intra_partial_data_context_parallel));
+  BOOST_TEST(communicator(GroupKind::hybrid_data_context_parallel, 0, 8) ==
+             communicator(GroupKind::intra_partial_data_context_parallel));
+  BOOST_TEST(communicator(GroupKind::hybrid_data_context_parallel, 0, 2) == communicator(GroupKind::expert_parallel, 2));
+  BOOST_TEST(communicator(GroupKind::inter_partial_expert_data_parallel, 2) ==
+             communicator(GroupKind::inter_distributed_optimizer_instance));
+  BOOST_TEST(context.group({GroupKind::intra_partial_expert_data_parallel, 2}).ranks() ==
+             std::vector<int>({0, 2, 4, 6}));
+  BOOST_CHECK_THROW((void)context.group({GroupKind::hybrid_data_context_parallel, 0, 16}), pcx::GroupNotFound);
+}
+
 BOOST_AUTO_TEST_CASE(a_grid_mpus_group_of_the_whole_world_is_the_world_clone) {
   // tp = cp = pp = 1: the GridMpu's data parallel groups (and dp-cp, tp-dp, tp-dp-cp) are
   // the world; the context clones nothing, and expert_parallel/8 with hpZ 8 is one split.
