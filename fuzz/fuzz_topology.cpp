@@ -154,7 +154,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     if (optional & 128) {
       config.hierarchical_context_parallel_sizes.resize(in.byte() % 4);
-      for (int& size : config.hierarchical_context_parallel_sizes) size = in.value([](std::uint8_t b) { return b % 5; });
+      for (int& level : config.hierarchical_context_parallel_sizes) level = in.value([](std::uint8_t b) { return b % 5; });
     }
 
     std::vector<int> probes;
