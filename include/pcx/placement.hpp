@@ -31,7 +31,8 @@ struct PlacementWarning {
 };
 
 /// Checks every kind of Megatron's grids of @p topology (its views on the dense and expert
-/// grids; not the world, hpZ, node or embedding kinds) against nodes of its configuration's
+/// grids; not the world, hpZ, node or embedding kinds, nor the distributed-optimizer, hybrid
+/// and hierarchical cuts of those views) against nodes of its configuration's
 /// ranks per node, consecutive ranks each. Tensor, context and expert tensor parallel
 /// groups across nodes are the classic mistakes. A kind with crossing groups larger than
 /// a node is named without an order when its axes are tp and cp only (expert, data and
