@@ -317,6 +317,14 @@ void validate_series(const ParallelConfig& c, const RankGrid& dense) {
   (void)series_views(c, dense);
 }
 
+void require_whole_nodes(int world, int per_node) {
+  if (world > per_node && world % per_node != 0) {
+    throw ConfigError(fmt::format("world size {} is not a whole number of nodes of {} ranks (a world larger than one "
+                                  "node must be divisible by the ranks per node)",
+                                  world, per_node));
+  }
+}
+
 // Where the grid lies: a part of the world that fits in it, on node boundaries.
 void validate_place(const ParallelConfig& c) {
   require_positive(c.world_size, "world size");
@@ -341,11 +349,7 @@ void validate_place(const ParallelConfig& c) {
           "rank offset {} does not start a node of {} ranks (the grid's nodes are the world's)", c.rank_offset,
           per_node));
     }
-    if (c.world_size > per_node && c.world_size % per_node != 0) {
-      throw ConfigError(fmt::format("world size {} is not a whole number of nodes of {} ranks (a world larger than one "
-                                    "node must be divisible by the ranks per node)",
-                                    c.world_size, per_node));
-    }
+    require_whole_nodes(c.world_size, per_node);
   }
 }
 
@@ -401,12 +405,7 @@ void validate_part(const ParallelConfig& c) {
           "communicator, which a Topology without one does not have: give the number of ranks per node");
     }
     require_positive(per_node, "ranks per node");
-    if (c.world_size > per_node && c.world_size % per_node != 0) {
-      throw ConfigError(
-          fmt::format("world size {} is not a whole number of nodes of {} ranks (a world larger than one node "
-                      "must be divisible by the ranks per node)",
-                      c.world_size, per_node));
-    }
+    require_whole_nodes(c.world_size, per_node);
   }
 }
 

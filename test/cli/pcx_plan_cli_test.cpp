@@ -950,6 +950,14 @@ BOOST_AUTO_TEST_SUITE(megatron)
 
 namespace {
 
+// The groups a --rank listing in JSON gives @p expected kinds.
+void check_rank_groups(const Json& j, const std::map<std::string, std::vector<int>>& expected) {
+  for (const auto& [kind, members] : expected) {
+    BOOST_TEST_REQUIRE(j["groups"].contains(kind), kind);
+    BOOST_TEST(j["groups"][kind].get<std::vector<int>>() == members, boost::test_tools::per_element());
+  }
+}
+
 const std::vector<std::string> kMegatronArgs{"--world", "16", "--tp",    "2", "--cp",    "2", "--pp", "2", "--ep",
                                              "2",       "--etp", "1", "--order", "tp-cp-ep-dp-pp", "--megatron"};
 
@@ -979,10 +987,7 @@ BOOST_AUTO_TEST_CASE(rank_listing_has_coordinates_and_every_kind_worked_out_by_h
       {"tensor_expert_parallel/2", {12, 13}},
       {"tensor_expert_pipeline_parallel/2", {4, 5, 12, 13}},
   };
-  for (const auto& [kind, members] : expected) {
-    BOOST_TEST_REQUIRE(j["groups"].contains(kind), kind);
-    BOOST_TEST(j["groups"][kind].get<std::vector<int>>() == members, boost::test_tools::per_element());
-  }
+  check_rank_groups(j, expected);
   // Rank 13 is on the last stage: no position embedding group.
   BOOST_TEST(!j["groups"].contains("position_embedding"));
 }
@@ -1043,10 +1048,7 @@ BOOST_AUTO_TEST_CASE(instances_worked_out_by_hand) {
       {"intra_partial_expert_data_parallel/2", {13, 15}},
       {"inter_partial_expert_data_parallel/2", {9, 13}},
   };
-  for (const auto& [kind, members] : expected) {
-    BOOST_TEST_REQUIRE(j["groups"].contains(kind), kind);
-    BOOST_TEST(j["groups"][kind].get<std::vector<int>>() == members, boost::test_tools::per_element());
-  }
+  check_rank_groups(j, expected);
   const Outcome header = run_ok(with(kMegatronArgs, {"--distributed-optimizer-instances", "2"}));
   BOOST_TEST(header.out.starts_with("world 16 = pipeline 2 x data 2 x context 2 x tensor 2, order tp-cp-ep-dp-pp, "
                                     "experts 2, expert tensor 1, 2 distributed optimizer instances\n"),
@@ -1071,10 +1073,7 @@ BOOST_AUTO_TEST_CASE(hybrid_and_hierarchical_groups_worked_out_by_hand) {
       {"hierarchical_context_parallel/L0", {4, 5}},
       {"hierarchical_context_parallel/L1", {5, 7}},
   };
-  for (const auto& [kind, members] : expected) {
-    BOOST_TEST_REQUIRE(j["groups"].contains(kind), kind);
-    BOOST_TEST(j["groups"][kind].get<std::vector<int>>() == members, boost::test_tools::per_element());
-  }
+  check_rank_groups(j, expected);
   BOOST_TEST(!j["groups"].contains("hybrid_data_context_parallel/16"));
   BOOST_TEST(run_ok(args).out.starts_with("world 16 = pipeline 1 x data 4 x context 4 x tensor 1, hybrid context "
                                           "parallel, hierarchical context parallel 2x2\n"));
